@@ -1,0 +1,49 @@
+# Everything installs from scratch: a fresh Debian 12 / Python 3.11 machine needs nothing beforehand.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install install-test system-packages demo test test-slow bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test system-packages
+
+# sshd (real OpenSSH server for the tests) and gpg; installed with apt when missing.
+system-packages:
+	@missing=""; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	command -v gpg >/dev/null || missing="$$missing gnupg"; \
+	command -v gpgconf >/dev/null || missing="$$missing gnupg"; \
+	command -v ssh-keygen >/dev/null || missing="$$missing openssh-client"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+demo: install system-packages
+	$(VENV)/bin/ibreports demo
+
+test: install-test
+	$(PY) -m pytest -q
+
+test-slow: install-test
+	$(PY) -m pytest -q -m slow
+
+bench: install-test
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,52 @@
+"""Archives (local folder, S3-compatible) behind one interface: inventory, put, get."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..config import ArchiveConfig
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class Archive(Protocol):
+    """Keys are '/'-separated relative paths, e.g. ``statements/U1234567/2026/11/x.xml``."""
+
+    description: str  # e.g. "/srv/archive" or "s3://bucket/prefix" (no credentials)
+
+    def inventory(self) -> dict[str, ObjectInfo]:
+        """Every object under the archive, listed once (paginated; never a request per object)."""
+
+    def put(self, key: str, path: Path, sha256: str, metadata: dict[str, str], private: bool = False) -> bool:
+        """Create ``key`` from ``path`` unless it exists. True if written, False if it already existed.
+
+        The write is atomic (temporary name then rename, or a single verified PUT): a
+        reader never sees a partial object. ``sha256`` (hex) is verified by the store.
+        ``private`` marks plaintext statements (local: 0600).
+        """
+
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        """Write a small object (run records, probes), replacing any existing one."""
+
+    def get(self, key: str, dest: Path) -> None:
+        """Stream ``key`` into ``dest`` (created 0600); ArchiveError if missing."""
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (used by doctor's probe only)."""
+
+
+def open_archive(config: ArchiveConfig) -> Archive:
+    """The archive for ``config.url``: a local folder or ``s3://bucket/prefix``."""
+    if config.is_s3:
+        from .s3 import S3Archive
+
+        return S3Archive(config)
+    from .local import LocalArchive
+
+    return LocalArchive(config)

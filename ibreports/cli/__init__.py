@@ -1,0 +1,66 @@
+"""Thin command layer: parse arguments, call the library, print, map errors to exit codes.
+
+Each submodule registers its commands with ``register(subparsers)``; a handler takes
+the parsed arguments and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import import_module
+
+from .. import __version__
+from ..errors import IbreportsError
+
+COMMAND_MODULES = ("keys", "fetch", "ops")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ibreports",
+        description="Interactive Brokers statements, off IBKR's servers and into storage you own.",
+    )
+    parser.add_argument("--version", action="version", version=f"ibreports {__version__}")
+    parser.add_argument("--config", help="config file (default: $IBREPORTS_CONFIG or ./ibreports.toml)")
+    parser.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2, --help/--version exit 0
+        return int(exc.code or 0)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("paramiko", "botocore", "boto3", "urllib3", "s3transfer", "gnupg"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.handler(args) or 0)
+    except IbreportsError as exc:
+        if args.debug:
+            logging.exception("failed")
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.remedy:
+            print(f"  remedy: {exc.remedy}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

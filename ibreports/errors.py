@@ -1,0 +1,64 @@
+"""One exception family; each error carries the remedy the user should apply.
+
+Exit codes (INTERFACE.md): 1 files failed or at risk, 2 usage or configuration,
+3 connection, authentication or host key.
+"""
+
+from __future__ import annotations
+
+
+class IbreportsError(Exception):
+    """Base error: a one-sentence cause plus a remedy. Never holds a secret."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, remedy: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.remedy = remedy
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.remedy}".strip()
+
+
+class ConfigError(IbreportsError):
+    """Bad configuration, bad arguments or bad user input (exit 2)."""
+
+    exit_code = 2
+
+
+class KeyMaterialError(ConfigError):
+    """Key generation, backup or restore refused (exit 2)."""
+
+
+class ConnectionFailure(IbreportsError):
+    """The server could not be reached or the connection broke (exit 3). Transient."""
+
+    exit_code = 3
+
+
+class HostKeyError(ConnectionFailure):
+    """Unknown or changed host key (exit 3). Never retried."""
+
+
+class AuthenticationError(ConnectionFailure):
+    """The server refused our credentials (exit 3). Never retried."""
+
+
+class RemoteFileError(IbreportsError):
+    """One remote file could not be fetched (hostile name, size changed, ...)."""
+
+
+class DecryptionError(IbreportsError):
+    """A file failed strict decryption; its output was deleted."""
+
+
+class ArchiveError(IbreportsError):
+    """The archive refused a read or a write."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: broken connections, not refused credentials or keys."""
+    if isinstance(exc, (HostKeyError, AuthenticationError)):
+        return False
+    return isinstance(exc, (ConnectionFailure, TimeoutError, ConnectionError, EOFError))

@@ -1,0 +1,51 @@
+"""Remote sources (sFTP, FTP) behind one small interface: list a folder, download a file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from ..config import SourceConfig
+
+Progress = Callable[[int], None]  # called with the number of bytes just received
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A regular file in the remote folder, as listed. ``name`` is raw: validate before use."""
+
+    name: str
+    size: int
+    mtime: float  # seconds since the epoch, UTC
+
+
+class Remote(Protocol):
+    """One logged-in session to a source. Thread-safe: ``download`` may run in parallel."""
+
+    def list(self) -> list[RemoteFile]:
+        """Regular files in the source's remote_dir (no folders, no links to folders)."""
+
+    def download(self, name: str, dest: Path, expected_size: int, progress: Progress | None = None) -> None:
+        """Stream ``name`` into ``dest`` (created 0600); RemoteFileError if the size differs."""
+
+    def delete(self, name: str) -> None:
+        """Remove a remote file (only after it was archived and verified, and only when configured)."""
+
+    def close(self) -> None:
+        """Close every connection."""
+
+    def __enter__(self) -> "Remote": ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def open_remote(source: SourceConfig) -> Remote:
+    """Connect and authenticate; raises HostKeyError, AuthenticationError or ConnectionFailure."""
+    if source.kind == "sftp":
+        from .sftp import SftpRemote
+
+        return SftpRemote(source)
+    from .ftp import FtpRemote
+
+    return FtpRemote(source)
