@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Protocol
 
 from ..config import ArchiveConfig
+from ..errors import ArchiveError
+
+MAX_KEY_BYTES = 1024  # S3's limit; also keeps local paths within PATH_MAX
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,30 @@ class Archive(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (used by doctor's probe only)."""
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative '/'-separated key, else raise ArchiveError.
+
+    Shared by every archive so a key that one backend refuses is refused by all:
+    no leading '/', no empty, '.' or '..' segment, no backslash, NUL or control character.
+    """
+    bad = (
+        not isinstance(key, str)
+        or not key
+        or key.startswith("/")
+        or "\\" in key
+        or any(not ch.isprintable() and ch != " " for ch in key)
+        or any(part in ("", ".", "..") for part in key.split("/"))
+        or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES
+    )
+    if bad:
+        raise ArchiveError(
+            f"Refused archive key {key!r}: it must be a relative path without '..', '.', empty segments, "
+            "backslashes or control characters.",
+            "This is a bug or a hostile file name; report it with the file name.",
+        )
+    return key
 
 
 def open_archive(config: ArchiveConfig) -> Archive:

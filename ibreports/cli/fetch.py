@@ -1,5 +1,103 @@
-"""Commands: placeholder until implemented."""
+"""`ibreports fetch`: one retrieval run, with progress and a summary table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from datetime import date
+
+from ..config import load_config
+from ..errors import ConfigError
+from ..report import RunReport
+
+MAX_ROWS = 40
 
 
-def register(sub):  # noqa: D103
-    pass
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fetch", help="list, download, verify, decrypt and archive new statements")
+    p.add_argument("--source", action="append", dest="sources", metavar="NAME", help="only this source (repeatable)")
+    p.add_argument("--since", type=parse_date, help="statement date from (YYYY-MM-DD)")
+    p.add_argument("--until", type=parse_date, help="statement date until (YYYY-MM-DD)")
+    p.add_argument("--dry-run", action="store_true", help="plan only: show what would be fetched")
+    p.add_argument("--force", action="store_true", help="re-download archived files and verify them against the archive")
+    p.set_defaults(handler=run)
+
+
+def parse_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a date in the form YYYY-MM-DD") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.since and args.until and args.since > args.until:
+        raise ConfigError(f"--since {args.since} is after --until {args.until}.", "Swap them.")
+    config = load_config(args.config)
+    from ..pipeline import fetch  # lazy: keeps `ibreports --help` fast
+
+    progress = Progress(sys.stderr)
+    try:
+        report = fetch(config, args.sources, args.since, args.until, args.dry_run, args.force, progress)
+    finally:
+        progress.done()
+    print_report(report)
+    return report.exit_code
+
+
+class Progress:
+    """Files and bytes done: a live line on a terminal, a log line every 10 s otherwise."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.counts = {"files": 0, "bytes": 0, "total-files": 0, "total-bytes": 0}
+        self.lock = threading.Lock()
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, event: str, amount: int) -> None:
+        with self.lock:
+            self.counts[event] += amount
+            now = time.monotonic()
+            if now - self.last >= (0.2 if self.tty else 10.0):
+                self.last = now
+                self.show(end="\r" if self.tty else "\n")
+
+    def show(self, end: str) -> None:
+        c = self.counts
+        rate = c["bytes"] / max(time.monotonic() - self.start, 1e-6) / 1e6
+        self.stream.write(
+            f"files {c['files']}/{c['total-files']}  {c['bytes'] / 1e6:.1f}/{c['total-bytes'] / 1e6:.1f} MB"
+            f"  {rate:.1f} MB/s\033[K{end}" if self.tty else
+            f"progress: files {c['files']}/{c['total-files']}, {c['bytes'] / 1e6:.1f}/{c['total-bytes'] / 1e6:.1f} MB{end}"
+        )
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty and self.counts["total-files"]:
+            self.show(end="\n")
+
+
+def print_report(report: RunReport) -> None:
+    interesting = [f for f in report.files if f.outcome != "already-archived"]
+    interesting.sort(key=lambda f: (f.outcome not in ("failed", "rejected"), f.source, f.name))
+    if interesting:
+        widths = (10, 16, 10, 11, 6)
+        print(f"{'outcome':<{widths[0]}} {'account':<{widths[1]}} {'date':<{widths[2]}} {'size':>{widths[3]}} {'left':>{widths[4]}}  file")
+        for f in interesting[:MAX_ROWS]:
+            print(
+                f"{f.outcome:<{widths[0]}} {(f.account or '-'):<{widths[1]}} {f.statement_date:<{widths[2]}} "
+                f"{f.size:>{widths[3]}} {f.days_left:>{widths[4]}}  {f.source}/{f.name!s:.120}"
+            )
+            if f.reason:
+                print(f"{'':<{widths[0]}} reason: {f.reason}")
+        if len(interesting) > MAX_ROWS:
+            print(f"... and {len(interesting) - MAX_ROWS} more (see the run record)")
+    for source, message in report.source_errors.items():
+        print(f"source {source}: {message}")
+    for f in report.at_risk:
+        print(f"AT RISK: {f.source}/{f.name} is not archived and the server purges it in {f.days_left} day(s)")
+    prefix = "dry run: " if report.dry_run else ""
+    print(f"{prefix}{report.summary_line()}" + (f"; run record: {report.record_key}" if report.record_key else ""))

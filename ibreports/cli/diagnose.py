@@ -1,0 +1,5 @@
+"""Commands: placeholder until implemented."""
+
+
+def register(sub):  # noqa: D103
+    pass

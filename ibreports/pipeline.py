@@ -1,0 +1,269 @@
+"""The retrieval run: plan (remote listing minus archive inventory), then per file
+download -> verify -> archive original -> decrypt -> archive statement -> record.
+
+The archive is the only state: object keys are deterministic (statements.py), so a
+run lists the archive once and fetches only what is missing. Stages pass plain
+data (paths in a private staging folder, hashes, keys), never clients or bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from . import statements
+from .archive import Archive, ObjectInfo, open_archive
+from .config import Config, SourceConfig
+from .errors import ConnectionFailure, DecryptionError, IbreportsError, RemoteFileError
+from .files import sha256_file
+from .pgp import Decryptor, is_openpgp
+from .remote import Remote, RemoteFile, open_remote
+from .report import FileOutcome, RunReport
+
+log = logging.getLogger("ibreports.pipeline")
+
+ProgressHook = Callable[[str, int], None]  # ("files", n) | ("bytes", n) | ("total-files", n) | ("total-bytes", n)
+DOWNLOAD_ATTEMPTS = 3
+
+
+@dataclass
+class _Item:
+    """One planned file: everything a worker needs, as plain data."""
+
+    index: int
+    remote: RemoteFile
+    statement: statements.Statement
+    outcome: FileOutcome
+    original_key: str
+    statement_key: str
+
+
+def fetch(
+    config: Config,
+    sources: list[str] | None = None,
+    since: date | None = None,
+    until: date | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    progress: ProgressHook | None = None,
+) -> RunReport:
+    """One retrieval run over the selected sources (all by default)."""
+    selected = config.select(sources)
+    now = datetime.now(timezone.utc)
+    report = RunReport(
+        run_id=now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3),
+        started=now.isoformat(timespec="seconds"),
+        dry_run=dry_run,
+        force=force,
+        sources=[s.name for s in selected],
+        warn_days=config.retention.warn_days,
+    )
+    archive = open_archive(config.archive)
+    inventory = archive.inventory()
+    with _Run(config, archive, inventory, report, progress) as run:
+        for source in selected:
+            try:
+                run.source(source, since, until, dry_run, force)
+            except IbreportsError as exc:
+                log.error("%s: %s", source.name, exc)
+                report.source_errors[source.name] = str(exc)
+                report.source_error_types[source.name] = type(exc).__name__
+    report.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if not dry_run:
+        report.record_key = f"runs/{now:%Y/%m}/{report.run_id}.json"
+        archive.put_bytes(report.record_key, report.to_json(), {"kind": "run-record"})
+    log.info("run %s: %s", report.run_id, report.summary_line())
+    return report
+
+
+class _Run:
+    """State of one run: archive, staging folder, lazily started decryptor."""
+
+    def __init__(self, config: Config, archive: Archive, inventory: dict[str, ObjectInfo],
+                 report: RunReport, progress: ProgressHook | None) -> None:
+        self.config = config
+        self.archive = archive
+        self.inventory = inventory
+        self.report = report
+        self.progress = progress or (lambda event, n: None)
+        self._decryptor: Decryptor | None = None
+        self._lock = threading.Lock()
+        self.staging: Path | None = None
+
+    def __enter__(self) -> "_Run":
+        base = self.config.run.staging_dir
+        if base is not None:
+            base.mkdir(parents=True, exist_ok=True)
+        # mkdtemp creates the folder 0700: plaintext never sits where others can read it.
+        self.staging = Path(tempfile.mkdtemp(prefix="ibreports-staging-", dir=base)).resolve()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._decryptor is not None:
+            self._decryptor.close()
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def decryptor(self) -> Decryptor:
+        with self._lock:
+            if self._decryptor is None:
+                pgp = self.config.pgp
+                if not pgp.secret_key_files:
+                    raise DecryptionError(
+                        "The file is PGP-encrypted but no PGP secret key is configured.",
+                        "Set [pgp] secret_key_file (ibreports keygen writes keys/ibkr_pgp_secret.asc).",
+                    )
+                passphrase = pgp.passphrase.get() if pgp.passphrase else None
+                self._decryptor = Decryptor(pgp.secret_key_files, passphrase, homes=min(2, os.cpu_count() or 1))
+            return self._decryptor
+
+    # -- planning -------------------------------------------------------------------------
+
+    def source(self, source: SourceConfig, since: date | None, until: date | None,
+               dry_run: bool, force: bool) -> None:
+        with open_remote(source) as remote:
+            listing = remote.list()
+            items = self.plan(source, listing, since, until, force)
+            self.progress("total-files", len(items))
+            self.progress("total-bytes", sum(i.remote.size for i in items))
+            if dry_run:
+                for item in items:
+                    item.outcome.outcome = "planned"
+                    self.progress("files", 1)
+                return
+            workers = max(1, min(self.config.run.workers, source.connections))
+            with ThreadPoolExecutor(workers, thread_name_prefix=f"fetch-{source.name}") as pool:
+                list(pool.map(lambda item: self.process(source, remote, item, force), items))
+
+    def plan(self, source: SourceConfig, listing: list[RemoteFile], since: date | None,
+             until: date | None, force: bool) -> list[_Item]:
+        now = time.time()
+        keep = self.config.archive.keep_encrypted
+        items: list[_Item] = []
+        for rf in sorted(listing, key=lambda f: (f.mtime, f.name)):  # oldest = closest to purge first
+            st = statements.parse(rf.name, rf.mtime) if _printable(rf.name) else None
+            outcome = FileOutcome(
+                source=source.name, name=rf.name, size=rf.size, mtime=rf.mtime,
+                account=st.account if st else None,
+                statement_date=(st.statement_date if st else _utc_date(rf.mtime)).isoformat(),
+                outcome="planned",
+                days_left=statements.days_left(rf.mtime, self.config.retention.purge_days, now),
+            )
+            try:
+                statements.check_name(rf.name)
+            except RemoteFileError as exc:
+                outcome.outcome, outcome.reason = "rejected", exc.message
+                log.warning("%s: rejected remote name %r: %s", source.name, rf.name[:80], exc.message)
+                self.report.files.append(outcome)
+                continue
+            assert st is not None
+            if (since and st.statement_date < since) or (until and st.statement_date > until):
+                continue
+            self.report.files.append(outcome)
+            okey, skey = statements.original_key(source.name, st), statements.statement_key(st)
+            needed = [skey] + ([okey] if keep and st.encryption else [])
+            if not force and all(k in self.inventory for k in needed):
+                outcome.outcome, outcome.archive_keys = "already-archived", needed
+                continue
+            if now - rf.mtime < source.settle_seconds:
+                outcome.outcome = "waiting"
+                outcome.reason = f"modified {int(now - rf.mtime)} s ago; fetched once it is {source.settle_seconds} s old"
+                continue
+            items.append(_Item(len(items), rf, st, outcome, okey, skey))
+        return items
+
+    # -- one file -------------------------------------------------------------------------
+
+    def process(self, source: SourceConfig, remote: Remote, item: _Item, force: bool) -> None:
+        out = item.outcome
+        assert self.staging is not None
+        encrypted = self.staging / f"{item.index}.download"
+        plain = self.staging / f"{item.index}.plain"
+        try:
+            self.download(remote, item, encrypted)
+            out.sha256 = sha256_file(encrypted)
+            meta = {
+                "source": source.name,
+                "remote-name": item.remote.name,
+                "remote-mtime": str(int(item.remote.mtime)),
+                "original-sha256": out.sha256,
+            }
+            if is_openpgp(encrypted):
+                if self.config.archive.keep_encrypted:
+                    self.store(out, item.original_key, encrypted, out.sha256, meta, force, private=False)
+                try:
+                    meta["pgp-key"] = self.decryptor().decrypt(encrypted, plain)
+                finally:
+                    encrypted.unlink(missing_ok=True)
+                self.store(out, item.statement_key, plain, sha256_file(plain), meta, force, private=True)
+            elif item.statement.encryption:
+                # Named as encrypted but not OpenPGP: keep the evidence, refuse to call it a statement.
+                self.store(out, item.original_key, encrypted, out.sha256, meta, force, private=False)
+                raise DecryptionError(
+                    "Named as encrypted but the content is not an OpenPGP message "
+                    + ("(empty file)." if item.remote.size == 0 else "(corrupted or truncated)."),
+                    "The encrypted original is archived; ask IBKR to redeliver the file.",
+                )
+            else:  # sFTP deliveries may be plain XML/CSV: archived as they are
+                self.store(out, item.statement_key, encrypted, out.sha256, meta, force, private=True)
+            if source.delete_after_archive:
+                remote.delete(item.remote.name)
+            out.outcome = "archived"
+        except IbreportsError as exc:
+            out.outcome, out.reason = "failed", str(exc)
+            log.error("%s: %s failed: %s", source.name, item.remote.name, exc)
+        except OSError as exc:  # e.g. a full disk under staging: this file fails, nothing is lost
+            out.outcome, out.reason = "failed", f"local I/O error: {exc.strerror or exc}"
+            log.error("%s: %s failed: %s", source.name, item.remote.name, out.reason)
+        finally:
+            encrypted.unlink(missing_ok=True)
+            plain.unlink(missing_ok=True)
+            self.progress("files", 1)
+
+    def download(self, remote: Remote, item: _Item, dest: Path) -> None:
+        """Download with bounded retries: a dropped connection costs a retry, not the file."""
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            dest.unlink(missing_ok=True)
+            try:
+                remote.download(item.remote.name, dest, item.remote.size, lambda n: self.progress("bytes", n))
+                return
+            except ConnectionFailure as exc:
+                if attempt == DOWNLOAD_ATTEMPTS or type(exc) is not ConnectionFailure:
+                    raise
+                log.warning("%s: attempt %d failed (%s); retrying", item.remote.name, attempt, exc.message)
+                time.sleep(min(2 ** attempt, 10) * 0.5)
+
+    def store(self, out: FileOutcome, key: str, path: Path, sha256: str, meta: dict[str, str], force: bool, private: bool) -> None:
+        """Put ``key`` unless present; with --force, verify an existing object instead of rewriting it."""
+        written = self.archive.put(key, path, sha256, meta, private=private)
+        out.archive_keys.append(key)
+        if written or not force:
+            return
+        assert self.staging is not None
+        check = self.staging / f"verify-{secrets.token_hex(4)}"
+        try:
+            self.archive.get(key, check)
+            if sha256_file(check) != sha256:
+                raise RemoteFileError(
+                    f"The archived {key} differs from the file on the server (SHA-256 mismatch); nothing was rewritten.",
+                    "Compare both copies before deciding which to keep.",
+                )
+        finally:
+            check.unlink(missing_ok=True)
+
+def _printable(name: str) -> bool:
+    return bool(name) and name.isprintable()
+
+
+def _utc_date(mtime: float) -> date:
+    return datetime.fromtimestamp(mtime, timezone.utc).date()

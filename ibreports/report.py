@@ -1,0 +1,109 @@
+"""Run results as plain data: per-file outcomes, the run report, the JSON run record."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+DONE = ("archived", "already-archived")
+FAILED = ("failed", "rejected")
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one remote file. Plain data only: safe for logs, reports, Prefect."""
+
+    source: str
+    name: str
+    size: int
+    mtime: float
+    account: str | None
+    statement_date: str  # ISO date
+    outcome: str  # "archived" | "already-archived" | "planned" | "waiting" | "failed" | "rejected"
+    reason: str = ""
+    sha256: str = ""
+    archive_keys: list[str] = field(default_factory=list)
+    days_left: int = 0
+
+
+@dataclass
+class RunReport:
+    """The whole run; also written as a JSON run record under ``runs/`` in the archive."""
+
+    run_id: str
+    started: str
+    finished: str = ""
+    dry_run: bool = False
+    force: bool = False
+    sources: list[str] = field(default_factory=list)
+    files: list[FileOutcome] = field(default_factory=list)
+    source_errors: dict[str, str] = field(default_factory=dict)  # source -> one-line cause and remedy
+    source_error_types: dict[str, str] = field(default_factory=dict)  # source -> exception class name
+    warn_days: int = 14
+    record_key: str = ""
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for f in self.files if f.outcome == outcome)
+
+    @property
+    def failed(self) -> list[FileOutcome]:
+        return [f for f in self.files if f.outcome in FAILED]
+
+    @property
+    def at_risk(self) -> list[FileOutcome]:
+        """Files not archived that the server purges within ``warn_days``."""
+        return [f for f in self.files if f.outcome not in DONE and f.days_left <= self.warn_days]
+
+    @property
+    def exit_code(self) -> int:
+        """INTERFACE.md: 3 when a source was unreachable, 1 when files failed or are at risk, else 0."""
+        if self.source_errors:
+            return 3
+        return 1 if self.failed or self.at_risk else 0
+
+    @property
+    def bytes_archived(self) -> int:
+        return sum(f.size for f in self.files if f.outcome == "archived")
+
+    def summary_line(self) -> str:
+        parts = [
+            f"{self.count('archived')} archived",
+            f"{self.count('already-archived')} already archived",
+        ]
+        for label in ("planned", "waiting", "failed", "rejected"):
+            if self.count(label):
+                parts.append(f"{self.count(label)} {label}")
+        if self.at_risk:
+            parts.append(f"{len(self.at_risk)} at risk of purge")
+        if self.source_errors:
+            parts.append(f"{len(self.source_errors)} source(s) unreachable")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunReport":
+        files = [FileOutcome(**f) for f in data.get("files", [])]
+        return cls(**{**data, "files": files})
+
+
+def table_rows(report: RunReport) -> list[dict[str, str]]:
+    """One row per file (for the CLI table and the Prefect artifact)."""
+    return [
+        {
+            "source": f.source,
+            "file": f.name,
+            "account": f.account or "",
+            "statement date": f.statement_date,
+            "size": str(f.size),
+            "days left": str(f.days_left),
+            "outcome": f.outcome,
+            "reason": f.reason,
+            "archive keys": " ".join(f.archive_keys),
+        }
+        for f in report.files
+    ]
