@@ -97,6 +97,7 @@ class _Run:
         self.report = report
         self.progress = progress or (lambda event, n: None)
         self._decryptor: Decryptor | None = None
+        self._decryptor_error: IbreportsError | None = None
         self._lock = threading.Lock()
         self.staging: Path | None = None
 
@@ -116,16 +117,25 @@ class _Run:
 
     def decryptor(self) -> Decryptor:
         with self._lock:
+            if self._decryptor_error is not None:  # a wrong passphrase fails once, not once per file
+                raise self._decryptor_error
             if self._decryptor is None:
-                pgp = self.config.pgp
-                if not pgp.secret_key_files:
-                    raise DecryptionError(
-                        "The file is PGP-encrypted but no PGP secret key is configured.",
-                        "Set [pgp] secret_key_file (ibreports keygen writes keys/ibkr_pgp_secret.asc).",
-                    )
-                passphrase = pgp.passphrase.get() if pgp.passphrase else None
-                self._decryptor = Decryptor(pgp.secret_key_files, passphrase, homes=min(2, os.cpu_count() or 1))
+                try:
+                    self._decryptor = self._start_decryptor()
+                except IbreportsError as exc:
+                    self._decryptor_error = exc
+                    raise
             return self._decryptor
+
+    def _start_decryptor(self) -> Decryptor:
+        pgp = self.config.pgp
+        if not pgp.secret_key_files:
+            raise DecryptionError(
+                "The file is PGP-encrypted but no PGP secret key is configured.",
+                "Set [pgp] secret_key_file (ibreports keygen writes keys/ibkr_pgp_secret.asc).",
+            )
+        passphrase = pgp.passphrase.get() if pgp.passphrase else None
+        return Decryptor(pgp.secret_key_files, passphrase, homes=min(2, os.cpu_count() or 1))
 
     # -- planning -------------------------------------------------------------------------
 

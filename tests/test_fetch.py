@@ -221,7 +221,7 @@ def test_bad_files_fail_alone_and_leave_no_plaintext(tmp_path, sftp_setup, pgp_k
         assert f"statements/U1111111/2026/11/{name}" not in files
     assert not any(secret in data for key, data in files.items() if key.startswith("statements/"))
     assert list(staging.iterdir()) == []  # no plaintext (or anything) left behind
-    assert other_pgp_key.fingerprint[-16:].upper() in out.upper()  # names the key it needs
+    assert other_pgp_key.subkey_id.upper() in out.upper()  # names the key it needs
 
 
 @pytest.mark.parametrize("case", ["unknown", "changed"])

@@ -1,0 +1,173 @@
+"""Statement file names: safety check, best-effort grammar, archive keys, purge horizon.
+
+Pure functions, no I/O. IBKR names look like
+``<account>.<query>.<from>.<to>.<fmt>[.<pgp|gpg|asc>]``, e.g.
+``U1234567.DailyActivity.20261101.20261101.xml.pgp`` (a single date also occurs).
+Anything else still parses, with ``parsed=False`` and the file's date.
+
+Archive layout (deterministic, so a run lists the archive once and fetches the rest):
+
+- ``encrypted/<source>/<YYYY>/<MM>/<name>``: the file exactly as delivered;
+- ``statements/<account or _unsorted>/<YYYY>/<MM>/<decrypted name>``: the statement.
+
+``YYYY/MM`` come from the statement date: the period end, else the file's UTC date.
+The same statement delivered by two sources maps to one statement key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+
+from .errors import ConfigError, RemoteFileError
+
+MAX_NAME_BYTES = 255
+ENCRYPTION_SUFFIXES = ("pgp", "gpg", "asc")
+FORMATS = {"xml", "csv", "zip", "txt", "pdf", "html", "htm", "json", "tsv", "xls", "xlsx", "gz", "qfx", "ofx"}
+ACCOUNT = re.compile(r"[A-Z]{1,3}\d{5,10}")
+QUERY = re.compile(r"[A-Za-z0-9_-]+")
+DATE = re.compile(r"\d{8}")
+UNSORTED = "_unsorted"
+DAY = 86400.0
+
+
+def _shown(name: str) -> str:
+    """repr() of a name, cut to ~80 characters: safe in logs and messages."""
+    text = repr(name)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a safe plain file name; RemoteFileError naming the problem otherwise."""
+    problem = None
+    if not isinstance(name, str):
+        problem = "is not text"
+    elif name == "":
+        problem = "is empty"
+    elif name in (".", ".."):
+        problem = "is a relative folder reference"
+    elif "/" in name or "\\" in name:
+        problem = "contains a path separator"
+    elif "\0" in name:
+        problem = "contains a NUL byte"
+    elif any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+        problem = "contains a control character"
+    elif any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        problem = "is not valid UTF-8"
+    elif not name.isprintable():
+        # Line/paragraph separators, bidi overrides, unassigned code points: log spoofing risks.
+        problem = "contains an invisible or non-printable character"
+    elif len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        problem = f"is longer than {MAX_NAME_BYTES} bytes"
+    if problem:
+        shown = _shown(name) if isinstance(name, str) else type(name).__name__
+        raise RemoteFileError(
+            f"Remote file name {shown} {problem}; it was not downloaded.",
+            "Remove or rename the file on the server if it is yours.",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Statement:
+    """What a file name says about a statement (best effort)."""
+
+    name: str
+    account: str | None
+    query: str | None
+    period_start: date | None
+    period_end: date | None
+    fmt: str | None
+    encryption: str | None
+    statement_date: date
+    parsed: bool
+
+    @property
+    def decrypted_name(self) -> str:
+        """The name without its .pgp/.gpg/.asc suffix (unchanged when not named as encrypted)."""
+        if self.encryption:
+            return self.name[: -(len(self.encryption) + 1)]
+        return self.name
+
+
+def _utc_date(mtime: float) -> date:
+    try:
+        if not math.isfinite(mtime):
+            raise ValueError
+        return datetime.fromtimestamp(mtime, timezone.utc).date()
+    except (ValueError, OverflowError, OSError, TypeError):
+        return date(1970, 1, 1)  # an absurd timestamp must not stop the run
+
+
+def _date(text: str) -> date | None:
+    if not DATE.fullmatch(text):
+        return None
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+
+
+def parse(name: str, mtime: float) -> Statement:
+    """Parse an IBKR statement name; never raises for a str (unparseable -> parsed=False)."""
+    fallback = _utc_date(mtime)
+    parts = name.split(".")
+    encryption = None
+    # The suffix counts only when a usable name remains once it is removed.
+    if len(parts) > 1 and parts[-1].lower() in ENCRYPTION_SUFFIXES and name[: -len(parts[-1]) - 1] not in ("", ".", ".."):
+        encryption = parts[-1]
+        parts = parts[:-1]
+    fmt = None
+    if len(parts) > 1 and parts[-1].lower() in FORMATS:
+        fmt = parts[-1].lower()
+        parts = parts[:-1]
+    account = query = start = end = None
+    ok = False
+    if len(parts) in (3, 4) and ACCOUNT.fullmatch(parts[0]) and QUERY.fullmatch(parts[1]):
+        dates = [_date(p) for p in parts[2:]]
+        if all(dates) and dates[0] <= dates[-1]:
+            account, query, start, end, ok = parts[0], parts[1], dates[0], dates[-1], True
+    return Statement(
+        name=name,
+        account=account,
+        query=query,
+        period_start=start,
+        period_end=end,
+        fmt=fmt,
+        encryption=encryption.lower() if encryption else None,
+        statement_date=end or fallback,
+        parsed=ok,
+    )
+
+
+def _month(st: Statement) -> str:
+    return f"{st.statement_date.year:04d}/{st.statement_date.month:02d}"
+
+
+def original_key(source: str, st: Statement) -> str:
+    """Archive key of the file as delivered: ``encrypted/<source>/<YYYY>/<MM>/<name>``."""
+    try:
+        check_name(source)
+    except RemoteFileError:
+        raise ConfigError(f"Source name {_shown(source)} cannot be used in an archive key.", "Rename the source.") from None
+    return f"encrypted/{source}/{_month(st)}/{check_name(st.name)}"
+
+
+def statement_key(st: Statement) -> str:
+    """Archive key of the statement: ``statements/<account or _unsorted>/<YYYY>/<MM>/<decrypted name>``."""
+    return f"statements/{st.account or UNSORTED}/{_month(st)}/{check_name(st.decrypted_name)}"
+
+
+def age_days(mtime: float, now: float) -> int:
+    """Whole days since ``mtime`` (0 for a file dated in the future)."""
+    try:
+        return max(0, math.floor((now - mtime) / DAY))
+    except (ValueError, OverflowError):
+        return 0
+
+
+def days_left(mtime: float, purge_days: int, now: float) -> int:
+    """Days until the server purges the file (negative once it is overdue)."""
+    return purge_days - age_days(mtime, now)
