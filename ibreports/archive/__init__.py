@@ -55,9 +55,9 @@ def validate_key(key: str) -> str:
         or not key
         or key.startswith("/")
         or "\\" in key
-        or any(not ch.isprintable() and ch != " " for ch in key)
+        or not key.isprintable()  # NUL, control characters, lone surrogates
         or any(part in ("", ".", "..") for part in key.split("/"))
-        or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES
+        or len(key.encode("utf-8", "replace")) > MAX_KEY_BYTES
     )
     if bad:
         raise ArchiveError(

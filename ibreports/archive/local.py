@@ -1,0 +1,206 @@
+"""A local folder as the archive: atomic, never-overwriting writes, one walk to list.
+
+put() writes a temporary file in the root, verifies its SHA-256, fsyncs it, then
+hard-links it to the final name (same file system, so atomic). ``link`` fails if the name exists, so a
+put is create-if-absent even against concurrent writers, and a reader only ever
+sees complete files. No sidecar files: the inventory stays a single walk.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+from ..config import ArchiveConfig
+from ..errors import ArchiveError
+from ..files import CHUNK, create_private
+from . import ObjectInfo, validate_key
+
+TMP_PREFIX = ".tmp-"
+DIR_MODE = 0o750  # the root itself is 0700; sub-folders follow whatever the root allows
+
+
+class LocalArchive:
+    """Archive objects as files under ``Path(config.url)``."""
+
+    def __init__(self, config: ArchiveConfig) -> None:
+        self.root = Path(config.url)
+        self.description = str(self.root)
+        if self.root.exists() and not self.root.is_dir():
+            raise ArchiveError(f"The archive path {self.root} is not a folder.", "Fix archive.url.")
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _error(exc, f"create the archive folder {self.root}") from None
+        self._real_root = self.root.resolve()
+
+    def inventory(self) -> dict[str, ObjectInfo]:
+        """Every regular file under the root, keyed by its '/'-separated relative path."""
+        found: dict[str, ObjectInfo] = {}
+        stack = [(self.root, "")]
+        try:
+            while stack:
+                folder, prefix = stack.pop()
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        if entry.name.startswith(TMP_PREFIX):
+                            continue  # an interrupted or in-flight put
+                        key = prefix + entry.name
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append((Path(entry.path), key + "/"))
+                        elif entry.is_file(follow_symlinks=False):
+                            found[key] = ObjectInfo(key, entry.stat(follow_symlinks=False).st_size)
+        except OSError as exc:
+            raise _error(exc, f"list the archive folder {self.root}") from None
+        return found
+
+    def put(self, key: str, path: Path, sha256: str, metadata: dict[str, str], private: bool = False) -> bool:
+        """Create ``key`` from ``path`` unless it exists; metadata is not kept locally."""
+        final = self._path(key)
+        tmp = self._tmp()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o640)
+            try:
+                digest = hashlib.sha256()
+                with open(path, "rb") as src:
+                    while chunk := src.read(CHUNK):
+                        digest.update(chunk)
+                        _write_all(fd, chunk)
+                if digest.hexdigest() != sha256.lower():
+                    raise ArchiveError(
+                        f"Refused to archive {key}: its SHA-256 does not match the verified download.",
+                        "The staged file changed or was corrupted; run fetch again.",
+                    )
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._make_parent(final, key)  # only now: a refused put leaves no empty folders
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                if final.is_symlink() or not final.is_file():
+                    raise ArchiveError(f"Cannot archive {key}: a folder or special file has that name.",
+                                       f"Move it out of {self.root}.") from None
+                return False
+            _fsync_dir(final.parent)
+            return True
+        except OSError as exc:
+            raise _error(exc, f"write {key} to {self.root}") from None
+        finally:
+            _remove(tmp)
+
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        """Write ``data`` to ``key`` atomically, replacing any existing object."""
+        final = self._path(key)
+        tmp = self._tmp()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._make_parent(final, key)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            raise _error(exc, f"write {key} to {self.root}") from None
+        finally:
+            _remove(tmp)
+
+    def get(self, key: str, dest: Path) -> None:
+        """Copy ``key`` into a new file ``dest``, created 0600."""
+        source = self._path(key)
+        try:
+            src = open(source, "rb")
+        except FileNotFoundError:
+            raise ArchiveError(f"{key} is not in the archive {self.root}.", "Check the key, or run fetch.") from None
+        except OSError as exc:
+            raise _error(exc, f"read {key} from {self.root}") from None
+        created = False
+        try:
+            with src:
+                fd = create_private(dest)
+                created = True
+                try:
+                    while chunk := src.read(CHUNK):
+                        _write_all(fd, chunk)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            if created:
+                _remove(dest)
+            raise _error(exc, f"copy {key} to {dest}") from None
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise _error(exc, f"delete {key} from {self.root}") from None
+
+    def _path(self, key: str) -> Path:
+        """The file for ``key``, proven to stay inside the root (symlinks included)."""
+        validate_key(key)
+        if any(part.startswith(TMP_PREFIX) for part in key.split("/")):
+            raise ArchiveError(f"Refused archive key {key!r}: names starting with {TMP_PREFIX} are reserved.", "")
+        final = self.root.joinpath(*key.split("/"))
+        self._inside(final.parent, key)  # before any mkdir: never create folders through an escaping link
+        return final
+
+    def _tmp(self) -> Path:
+        """A temporary name in the root: same file system as every key, so link/replace are atomic."""
+        return self.root / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+
+    def _make_parent(self, final: Path, key: str) -> None:
+        try:
+            final.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _error(exc, f"create the folder for {key} in {self.root}") from None
+        self._inside(final.parent, key)  # a link swapped in meanwhile
+
+    def _inside(self, folder: Path, key: str) -> None:
+        if not folder.resolve().is_relative_to(self._real_root):
+            raise ArchiveError(
+                f"Refused archive key {key!r}: it leads outside the archive folder {self.root}.",
+                "Remove the symbolic link inside the archive folder that points elsewhere.",
+            )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the new name durable: a crash after put() returns must not lose the file."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # best effort: the original error is the one worth reporting
+
+
+def _error(exc: OSError, action: str) -> ArchiveError:
+    """An OSError as one sentence with the remedy that fits its cause."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        remedy = "Free disk space on the archive's file system, or move archive.url to a larger disk."
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        remedy = "Give the user running ibreports write access to the archive folder, or change archive.url."
+    elif exc.errno == errno.ENAMETOOLONG:
+        remedy = "The file name is too long for this file system; use a file system with longer names."
+    else:
+        remedy = "Check the archive folder and its file system."
+    return ArchiveError(f"Could not {action}: {reason}.", remedy)

@@ -1,0 +1,351 @@
+"""Any S3-compatible store as the archive: checksummed, conditional, encrypted writes.
+
+put() sends the caller's SHA-256 (``ChecksumSHA256``) so the store verifies what it
+received, and ``If-None-Match: *`` so the write is create-if-absent on the server:
+a 412 means the object already exists, which is how two concurrent runs never
+overwrite each other. Stores that answer 501 to conditional writes (older MinIO,
+Ceph RGW) fall back to HEAD-then-PUT, which is not atomic; stores that silently
+ignore the header overwrite. AWS S3, MinIO >= 2024-11, R2 and moto honour it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import boto3
+import botocore.session
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError as BotoConnectionError,
+    FlexibleChecksumError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+
+from ..config import ArchiveConfig
+from ..errors import ArchiveError
+from ..files import CHUNK, create_private, sha256_file
+from . import ObjectInfo, validate_key
+
+MiB = 1 << 20
+MAX_PARTS = 10_000
+_CLIENT_LOCK = threading.Lock()
+_LOADER = None
+CONFLICT_RETRIES = 5  # 409 ConditionalRequestConflict: another writer is mid-flight on the key
+
+
+def make_s3_client(config: ArchiveConfig, *, max_attempts: int = 8, connect_timeout: float = 10,
+                   read_timeout: float = 60):
+    """The one place a boto3 S3 client is made (archive and key backup share it)."""
+    global _LOADER
+    boto_config = BotoConfig(
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        tcp_keepalive=True,
+        max_pool_connections=16,
+        # Custom endpoints (MinIO, Ceph, moto) rarely have wildcard DNS for virtual hosts.
+        s3={"addressing_style": "path"} if config.endpoint_url else None,
+    )
+    kwargs = {"config": boto_config}
+    if config.endpoint_url:
+        kwargs["endpoint_url"] = config.endpoint_url
+    if config.region:
+        kwargs["region_name"] = config.region
+    with _CLIENT_LOCK:
+        # A private session per client (boto3 sessions are not thread-safe), sharing one model
+        # loader: parsing the S3 service model again costs ~0.1 s per client.
+        botocore_session = botocore.session.get_session()
+        if _LOADER is None:
+            _LOADER = botocore_session.get_component("data_loader")
+        botocore_session.register_component("data_loader", _LOADER)
+        return boto3.session.Session(botocore_session=botocore_session).client("s3", **kwargs)
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``."""
+    if not url.startswith("s3://") or not url[5:].split("/")[0]:
+        raise ArchiveError(f"{url!r} is not an s3://bucket/path URL.", "Write it as s3://bucket/path.")
+    bucket, _, prefix = url[5:].partition("/")
+    return bucket, prefix.strip("/")
+
+
+class S3Archive:
+    """Archive objects under ``s3://bucket/prefix``."""
+
+    single_put_limit = 16 * MiB  # above this, multipart: memory stays bounded by one part
+    part_size = 16 * MiB
+    page_size = 1000  # list_objects_v2's maximum
+
+    def __init__(self, config: ArchiveConfig, client=None) -> None:
+        self.config = config
+        self.bucket, self.prefix = parse_s3_url(config.url)
+        self.description = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        if config.endpoint_url:
+            self.description += f" at {config.endpoint_url}"
+        try:
+            self.client = client or make_s3_client(config)
+        except BotoCoreError as exc:  # e.g. AWS_PROFILE names a profile that does not exist
+            raise s3_error(exc, "open", self.bucket, self.prefix, config.endpoint_url) from None
+        self._conditional = True  # False once the store answered 501 to If-None-Match
+
+    def inventory(self) -> dict[str, ObjectInfo]:
+        """Every object under the prefix, one paginated listing."""
+        start = f"{self.prefix}/" if self.prefix else ""
+        found: dict[str, ObjectInfo] = {}
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=start, PaginationConfig={"PageSize": self.page_size}):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(start):]
+                    if key and not key.endswith("/"):  # skip "folder" markers made by consoles
+                        found[key] = ObjectInfo(key, obj["Size"])
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "list", start) from None
+        return found
+
+    def put(self, key: str, path: Path, sha256: str, metadata: dict[str, str], private: bool = False) -> bool:
+        """Create ``key`` from ``path`` unless it exists (``private`` is moot: objects are never public)."""
+        return self._upload(self._name(key), path, sha256, metadata, conditional=True)
+
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        """Write a small object, replacing any existing one."""
+        name = self._name(key)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=name, Body=data, **self._write_args(metadata or {}),
+                                   ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(hashlib.sha256(data).digest()))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "put", name) from None
+
+    def get(self, key: str, dest: Path) -> None:
+        """Stream ``key`` into a new file ``dest`` (0600); the stored checksum is verified on the way."""
+        name = self._name(key)
+        fd = None
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=name, ChecksumMode="ENABLED")["Body"]
+            with body:
+                fd = create_private(dest)
+                for chunk in body.iter_chunks(CHUNK):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+        except (ClientError, BotoCoreError, OSError) as exc:
+            if fd is not None:
+                os.close(fd)
+                fd = None
+                dest.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise ArchiveError(f"Could not write {dest}: {exc.strerror or exc}.", "Check the local folder.") from None
+            raise self._error(exc, "get", name) from None
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+        name = self._name(key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=name)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "delete", name) from None
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _name(self, key: str) -> str:
+        validate_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _write_args(self, metadata: dict[str, str]) -> dict:
+        args: dict = {"Metadata": encode_metadata(metadata)}
+        sse = self.config.server_side_encryption
+        if sse:
+            args["ServerSideEncryption"] = sse
+        if sse == "aws:kms" and self.config.kms_key_id:
+            args["SSEKMSKeyId"] = self.config.kms_key_id
+        return args
+
+    def _upload(self, name: str, path: Path, sha256: str, metadata: dict[str, str], conditional: bool) -> bool:
+        try:
+            size = os.stat(path).st_size
+        except OSError as exc:
+            raise ArchiveError(f"Could not read {path}: {exc.strerror or exc}.", "Check the staging folder.") from None
+        if size > self.single_put_limit:
+            return self._multipart(name, path, size, sha256, metadata, conditional)
+        with open(path, "rb") as fh:
+            data = fh.read()
+        _check_digest(hashlib.sha256(data).hexdigest(), sha256, name)
+        args = dict(Bucket=self.bucket, Key=name, Body=data, ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=_b64(bytes.fromhex(sha256)),
+                    **self._write_args(metadata))
+        return self._create(name, lambda cond: self.client.put_object(**args, **cond), conditional)
+
+    def _multipart(self, name: str, path: Path, size: int, sha256: str, metadata: dict[str, str],
+                   conditional: bool) -> bool:
+        """Upload part by part, each with its own SHA-256; complete only if the whole file matches."""
+        part_size = max(self.part_size, -(-size // MAX_PARTS))
+        try:
+            upload_id = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=name, ChecksumAlgorithm="SHA256", **self._write_args(metadata))["UploadId"]
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "put", name) from None
+        done = False
+        try:
+            digest, parts = hashlib.sha256(), []
+            with open(path, "rb") as fh:
+                while chunk := fh.read(part_size):
+                    digest.update(chunk)
+                    checksum = _b64(hashlib.sha256(chunk).digest())
+                    number = len(parts) + 1
+                    reply = self.client.upload_part(Bucket=self.bucket, Key=name, UploadId=upload_id,
+                                                    PartNumber=number, Body=chunk, ChecksumAlgorithm="SHA256",
+                                                    ChecksumSHA256=checksum)
+                    parts.append({"PartNumber": number, "ETag": reply["ETag"], "ChecksumSHA256": checksum})
+            _check_digest(digest.hexdigest(), sha256, name)
+            complete = dict(Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": parts})
+            written = self._create(name, lambda cond: self.client.complete_multipart_upload(**complete, **cond),
+                                   conditional)
+            done = written
+            return written
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "put", name) from None
+        finally:
+            if not done:  # uploaded parts are billed until aborted
+                try:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id)
+                except (ClientError, BotoCoreError):
+                    pass
+
+    def _create(self, name: str, send, conditional: bool) -> bool:
+        """Send a write with If-None-Match: * (when asked and supported); False if the key exists."""
+        for attempt in range(CONFLICT_RETRIES):
+            if conditional and not self._conditional and self._exists(name):
+                return False  # fallback for stores without conditional writes: not atomic
+            try:
+                send({"IfNoneMatch": "*"} if conditional and self._conditional else {})
+                return True
+            except ClientError as exc:
+                code = _code(exc)
+                if code == "PreconditionFailed" and conditional:
+                    return False
+                if code == "ConditionalRequestConflict" and attempt + 1 < CONFLICT_RETRIES:
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                if code == "NotImplemented" and conditional and self._conditional:
+                    self._conditional = False
+                    continue
+                raise self._error(exc, "put", name) from None
+            except BotoCoreError as exc:
+                raise self._error(exc, "put", name) from None
+        raise ArchiveError(f"Concurrent writers kept conflicting on s3://{self.bucket}/{name}.", "Run fetch again.")
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=name)
+            return True
+        except ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._error(exc, "get", name) from None
+
+    def _error(self, exc: Exception, action: str, name: str) -> ArchiveError:
+        return s3_error(exc, action, self.bucket, name, self.config.endpoint_url)
+
+
+PERMISSIONS = {"list": "s3:ListBucket", "put": "s3:PutObject", "get": "s3:GetObject", "delete": "s3:DeleteObject"}
+
+
+def s3_error(exc: Exception, action: str, bucket: str, name: str, endpoint: str = "") -> ArchiveError:
+    """A boto3/botocore failure as one sentence and a remedy, without credentials."""
+    where = f"s3://{bucket}/{name}"
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError, ProfileNotFound)):
+        return ArchiveError(f"No usable AWS credentials were found to {action} {where} ({type(exc).__name__}).",
+                            "Set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run on a host with an instance role.")
+    if isinstance(exc, FlexibleChecksumError):
+        return ArchiveError(f"{where} does not match the SHA-256 checksum the store holds for it.",
+                            "The stored object or the transfer is corrupt; compare it with the original before trusting it.")
+    if isinstance(exc, (BotoConnectionError, HTTPClientError)):  # refused, DNS, timeouts, after retries
+        target = endpoint or "AWS S3"
+        return ArchiveError(f"Could not reach the S3 endpoint {target} to {action} {where} ({type(exc).__name__}).",
+                            "Check archive.endpoint_url, archive.region and the network path to the store.")
+    if isinstance(exc, BotoCoreError):
+        return ArchiveError(f"Could not {action} {where} ({type(exc).__name__}).", "Check the archive settings.")
+    code = _code(exc)
+    if code == "NoSuchBucket":
+        return ArchiveError(f"Bucket {bucket} does not exist.", "Create it, or fix archive.url.")
+    if code in ("AccessDenied", "403", "AllAccessDisabled"):
+        need = PERMISSIONS.get(action, "s3:*")
+        extra = " and kms:GenerateDataKey/kms:Decrypt on the KMS key" if action in ("put", "get") else ""
+        return ArchiveError(f"Access denied to {action} {where}.",
+                            f"Grant {need}{extra} on arn:aws:s3:::{bucket}/* (s3:ListBucket on the bucket) to these credentials.")
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
+        return ArchiveError(f"The S3 store rejected the credentials ({code}).", "Check the AWS credentials in use for the archive.")
+    if code in ("NoSuchKey", "404", "NotFound"):
+        return ArchiveError(f"{where} is not in the archive.", "Check the key, or run fetch.")
+    if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"):
+        return ArchiveError(f"The S3 store refused {where}: the upload did not match its SHA-256.",
+                            "The staged file changed or was corrupted in transit; run fetch again.")
+    if code == "NotImplemented":
+        return ArchiveError(f"The S3 store does not support a feature needed to {action} {where}.",
+                            "If it cannot encrypt, set archive.server_side_encryption = \"none\"; else upgrade the store.")
+    return ArchiveError(f"The S3 store refused to {action} {where} ({code}).", "See the store's documentation for this error.")
+
+
+def encode_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """S3 metadata travels as HTTP headers: ASCII only. Other values become ``utf-8''<percent-encoded>``."""
+    out = {}
+    for key, value in metadata.items():
+        name = key.lower()
+        if not name or not all(c.isascii() and (c.isalnum() or c in "-_") for c in name):
+            raise ArchiveError(f"Metadata name {key!r} is not a valid S3 metadata name.", "This is a bug; report it.")
+        text = str(value)
+        out[name] = text if text.isascii() and text.isprintable() else "utf-8''" + quote(text, safe="")
+    return out
+
+
+def upload_file(config: ArchiveConfig, url: str, path: Path) -> None:
+    """Copy ``path`` to the object ``s3://bucket/key`` (replacing it), with the archive's SSE settings."""
+    archive, name = _single(config, url)
+    try:
+        sha256 = sha256_file(Path(path))
+    except OSError as exc:
+        raise ArchiveError(f"Could not read {path}: {exc.strerror or exc}.", "Check the file.") from None
+    archive._upload(name, Path(path), sha256, {}, conditional=False)
+
+
+def download_file(config: ArchiveConfig, url: str, dest: Path) -> None:
+    """Copy the object ``s3://bucket/key`` into a new file ``dest`` (0600)."""
+    archive, name = _single(config, url)
+    archive.get(name, Path(dest))
+
+
+def _single(config: ArchiveConfig, url: str) -> tuple[S3Archive, str]:
+    bucket, key = parse_s3_url(url)
+    if not key:
+        raise ArchiveError(f"{url!r} names a bucket, not an object.", "Write it as s3://bucket/path/file.")
+    validate_key(key)
+    return S3Archive(dataclasses.replace(config, url=f"s3://{bucket}")), key
+
+
+def _check_digest(actual: str, expected: str, name: str) -> None:
+    if actual != expected.lower():
+        raise ArchiveError(f"Refused to archive {name}: its SHA-256 does not match the verified download.",
+                           "The staged file changed or was corrupted; run fetch again.")
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "")) or str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
