@@ -37,7 +37,7 @@ demo: install system-packages
 	$(VENV)/bin/ibreports demo
 
 test: install-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
 
 test-slow: install-test
 	$(PY) -m pytest -q -m slow
