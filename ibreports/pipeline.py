@@ -181,7 +181,7 @@ class _Run:
                 continue
             self.report.files.append(outcome)
             okey, skey = statements.original_key(source.name, st), statements.statement_key(st)
-            needed = [skey] + ([okey] if keep and st.encryption else [])
+            needed = statements.needed_keys(source.name, st, keep)
             if not force and all(k in self.inventory for k in needed):
                 outcome.outcome, outcome.archive_keys = "already-archived", needed
                 continue

@@ -160,6 +160,13 @@ def statement_key(st: Statement) -> str:
     return f"statements/{st.account or UNSORTED}/{_month(st)}/{check_name(st.decrypted_name)}"
 
 
+def needed_keys(source: str, st: Statement, keep_encrypted: bool) -> list[str]:
+    """Archive keys whose presence means "archived": the statement, plus the encrypted original
+    when encrypted deliveries are kept. The pipeline and ``status`` share this one rule."""
+    skey = statement_key(st)
+    return [skey, original_key(source, st)] if keep_encrypted and st.encryption else [skey]
+
+
 def age_days(mtime: float, now: float) -> int:
     """Whole days since ``mtime`` (0 for a file dated in the future)."""
     try:

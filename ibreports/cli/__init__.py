@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("paramiko", "botocore", "boto3", "urllib3", "s3transfer", "gnupg"):
+    for noisy in ("paramiko", "botocore", "boto3", "urllib3", "s3transfer", "gnupg", "httpx", "apprise"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.handler(args) or 0)

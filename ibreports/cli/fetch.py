@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.done()
     print_report(report)
+    if config.alerts.urls and not report.dry_run:
+        from ..alerts import send_alerts
+
+        send_alerts(config, report)
     return report.exit_code
 
 

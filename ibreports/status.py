@@ -1,0 +1,148 @@
+"""Status: every remote file against the archive, with the days left before the purge.
+
+The archive is listed once; each source is listed once. A file counts as archived
+exactly when the pipeline would skip it (same keys, same rule).
+
+JSON schema (``ibreports status --json``), stable::
+
+    {"generated": "2026-11-22T06:30:00+00:00", "purge_days": 100, "warn_days": 14,
+     "files": [{"source": str, "name": str, "account": str | null,
+                "statement_date": "YYYY-MM-DD", "age_days": int, "days_left": int,
+                "archived": bool, "at_risk": bool}],
+     "errors": {source: "cause and remedy"}}
+
+``files`` is sorted by days left (soonest purge first), then source and name.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from . import statements
+from .archive import open_archive
+from .config import Config, SourceConfig
+from .errors import ConfigError, IbreportsError
+from .remote import RemoteFile, open_remote
+
+
+@dataclass
+class StatusRow:
+    """One remote file. Plain data: safe to print, log or send."""
+
+    source: str
+    name: str
+    account: str | None
+    statement_date: str  # ISO date
+    age_days: int
+    days_left: int
+    archived: bool
+    at_risk: bool
+
+
+@dataclass
+class StatusReport:
+    generated: str
+    purge_days: int
+    warn_days: int
+    files: list[StatusRow] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # source -> one-line cause and remedy
+    error_codes: dict[str, int] = field(default_factory=dict)  # source -> exit code of its error
+
+    @property
+    def at_risk(self) -> list[StatusRow]:
+        return [r for r in self.files if r.at_risk]
+
+    @property
+    def exit_code(self) -> int:
+        """3 when a source could not be reached (2 for a configuration problem), 1 at risk, else 0."""
+        if self.errors:
+            return max(self.error_codes.values(), default=3)
+        return 1 if self.at_risk else 0
+
+    def to_dict(self) -> dict:
+        """The documented JSON schema (module docstring)."""
+        return {
+            "generated": self.generated,
+            "purge_days": self.purge_days,
+            "warn_days": self.warn_days,
+            "files": [asdict(r) for r in self.files],
+            "errors": dict(self.errors),
+        }
+
+
+def collect_status(config: Config, sources: list[str] | None = None, now: float | None = None) -> StatusReport:
+    """List every selected source against one archive inventory."""
+    now = time.time() if now is None else now
+    ret = config.retention
+    report = StatusReport(
+        generated=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+        purge_days=ret.purge_days,
+        warn_days=ret.warn_days,
+    )
+    selected = config.select(sources)
+    inventory = open_archive(config.archive).inventory()
+    for source in selected:
+        try:
+            listing = _list(source)
+        except IbreportsError as exc:
+            report.errors[source.name] = str(exc)
+            report.error_codes[source.name] = 2 if isinstance(exc, ConfigError) else 3
+            continue
+        for rf in listing:
+            report.files.append(_row(config, source.name, rf, inventory, now))
+    report.files.sort(key=lambda r: (r.days_left, r.source, r.name))
+    return report
+
+
+def _list(source: SourceConfig) -> list[RemoteFile]:
+    with open_remote(source) as remote:
+        return remote.list()
+
+
+def _row(config: Config, source: str, rf: RemoteFile, inventory: dict, now: float) -> StatusRow:
+    days_left = statements.days_left(rf.mtime, config.retention.purge_days, now)
+    st = statements.parse(rf.name, rf.mtime) if rf.name and rf.name.isprintable() else None
+    try:
+        statements.check_name(rf.name)  # also rules out every name that is not printable
+    except IbreportsError:
+        archived = False  # a hostile name is never downloaded: at risk like any other file
+    else:
+        archived = st is not None and all(k in inventory for k in statements.needed_keys(source, st, config.archive.keep_encrypted))
+    when = st.statement_date if st else datetime.fromtimestamp(rf.mtime, timezone.utc).date()
+    return StatusRow(
+        source=source,
+        name=rf.name,
+        account=st.account if st else None,
+        statement_date=when.isoformat(),
+        age_days=statements.age_days(rf.mtime, now),
+        days_left=days_left,
+        archived=archived,
+        at_risk=not archived and days_left <= config.retention.warn_days,
+    )
+
+
+def format_table(report: StatusReport) -> str:
+    """Human table, soonest purge first; at-risk rows marked with '!'."""
+    lines = [f"  {'left':>5} {'age':>4} {'archived':<8} {'account':<10} {'date':<10}  source/file"]
+    for r in report.files:
+        mark = "!" if r.at_risk else " "
+        name = r.name if r.name.isprintable() else repr(r.name)
+        lines.append(
+            f"{mark} {r.days_left:>5} {r.age_days:>4} {'yes' if r.archived else 'NO':<8} "
+            f"{(r.account or '-'):<10} {r.statement_date:<10}  {r.source}/{name[:120]}"
+        )
+    if not report.files:
+        lines.append("  (no files on the server)")
+    for source, message in sorted(report.errors.items()):
+        lines.append(f"source {source}: {message}")
+    risky = report.at_risk
+    if risky:
+        lines.append(
+            f"! {len(risky)} file(s) not archived within {report.warn_days} day(s) of the purge: "
+            "run `ibreports fetch` now."
+        )
+    archived = sum(r.archived for r in report.files)
+    lines.append(f"{len(report.files)} file(s) on the server, {archived} archived, {len(risky)} at risk.")
+    return "\n".join(lines)

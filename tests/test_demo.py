@@ -1,0 +1,110 @@
+"""`ibreports demo`: the real pipeline through the real flow, against the sandbox, in tmp_path."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import zipfile
+from datetime import datetime, timezone
+from xml.etree import ElementTree
+
+import pytest
+
+from ibreports import statements
+from ibreports.cli import main
+from ibreports.cli.ops import run_flow
+from ibreports.demo import MARKER, PASSPHRASE_ENV, SOURCE, deliveries, run_demo
+from ibreports.pgp import is_openpgp
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """The flow runs as `ibreports demo` runs it (ephemeral API); stop that server with this module.
+
+    Stopped here rather than at interpreter exit, when pytest's captured streams are closed.
+    """
+    yield
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
+    APILogWorker.drain_all()
+    EventsWorker.drain_all()
+    SubprocessASGIServer().stop()
+
+
+@pytest.fixture(autouse=True)
+def keep_env(monkeypatch):
+    """run_flow points Prefect at the demo folder; give the process its settings back afterwards."""
+    for name in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED"):
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+
+
+def test_demo_archives_and_decrypts_every_seeded_statement(tmp_path, capfd, prefect_api):
+    folder = tmp_path / "demo"
+    now = datetime.now(timezone.utc)
+    seen: list[str] = []
+
+    def flow(config):
+        seen.append(os.environ[PASSPHRASE_ENV])  # the run sees the passphrase only through the env
+        run_flow(folder, config)
+
+    assert run_demo(folder, flow, out=(buf := io.StringIO()), now=now) == 0
+    printed = buf.getvalue()
+    out, err = capfd.readouterr()
+    assert PASSPHRASE_ENV not in os.environ and len(seen) == 1
+
+    items = deliveries(now)
+    accounts = {statements.parse(d.name, d.mtime).account for d in items}
+    assert {"U1234567", "U7654321", "F1234567", "DU1234567"} <= accounts
+    assert any(d.name.endswith(".zip.pgp") for d in items) and any(not d.encrypted for d in items)
+    archive = folder / "archive"
+    for item in items:
+        st = statements.parse(item.name, item.mtime)
+        plain = archive / statements.statement_key(st)
+        assert plain.read_bytes() == item.plaintext, item.name
+        assert stat.S_IMODE(plain.stat().st_mode) == 0o600
+        original = archive / statements.original_key(SOURCE, st)
+        if item.encrypted:
+            assert is_openpgp(original) and original.read_bytes() != item.plaintext
+        else:
+            assert not original.exists()
+        if item.name.endswith(".zip.pgp"):
+            with zipfile.ZipFile(io.BytesIO(plain.read_bytes())) as zf:
+                assert sorted(zf.namelist()) == ["CashReport.csv", "Trades.csv"]
+                assert zf.read("Trades.csv").startswith(b"ClientAccountID,Symbol")
+        elif ".xml" in item.name:
+            root = ElementTree.fromstring(plain.read_bytes())
+            assert root.tag == "FlexQueryResponse" and root.get("type") in ("AF", "TCF")
+            assert root.find("FlexStatements/FlexStatement").get("accountId") == st.account
+
+    # The seeded file close to the purge was flagged before the run, and archived by it.
+    old = min(items, key=lambda d: d.mtime)
+    flagged = [line for line in printed.splitlines() if line.startswith("!") and old.name in line]
+    assert len(flagged) == 1
+    assert f"{len(items)} file(s) on the server, {len(items)} archived, 0 at risk" in printed
+    assert "ibreports keygen" in printed and "trust-host" in printed and "doctor" in printed
+    assert "statements/" in printed and "encrypted/" in printed and "bytes, 600)" in printed
+
+    # Host key pinned, the passphrase kept nowhere: not in output, not on disk.
+    known = (folder / "keys" / "known_hosts").read_text()
+    assert known.startswith("[127.0.0.1]:") and "ecdsa-sha2-nistp256" in known
+    config = (folder / "ibreports.toml").read_text()
+    assert f"env:{PASSPHRASE_ENV}" in config and "settle_seconds = 0" in config
+    secret = seen[0].encode()
+    assert seen[0] not in printed + out + err
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_bytes(), path
+    assert (folder / MARKER).exists()
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert main(["demo", "--dir", str(tmp_path)]) == 2
+    assert "not made by `ibreports demo`" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["precious.txt"]
