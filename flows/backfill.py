@@ -1,0 +1,45 @@
+"""Flow ``backfill-statements``: retrieve what the servers still hold for a date range."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.common import MAX_PARALLEL_SOURCES, finish, publish, resolve_config, run_sources
+from ibreports.config import load_config
+from ibreports.errors import ConfigError
+
+
+@flow(
+    name="backfill-statements",
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_SOURCES),
+    persist_result=False,
+)
+def backfill_statements(
+    start: date,
+    end: date,
+    sources: list[str] | None = None,
+    force: bool = False,
+    config: str | None = None,
+) -> dict[str, Any]:
+    """Archive every statement dated ``start``..``end`` (inclusive) still on the servers.
+
+    IBKR purges files after about 100 days, so older dates are simply not there.
+    ``force`` re-archives files even when the archive already holds them.
+    """
+    if start > end:
+        raise ConfigError(
+            f"Backfill start {start.isoformat()} is after end {end.isoformat()}.",
+            "Pass start <= end (both inclusive, YYYY-MM-DD).",
+        )
+    logger = get_run_logger()
+    path = resolve_config(config)
+    names = [s.name for s in load_config(path).select(sources)]
+    report = run_sources(path, names, since=start, until=end, dry_run=False, force=force)
+    if not report.files and not report.source_errors:
+        logger.info("no files between %s and %s", start.isoformat(), end.isoformat())
+    publish(report, f"Backfill {start.isoformat()} to {end.isoformat()}")
+    return finish(report)

@@ -1,0 +1,106 @@
+"""The real thing: `prefect server start`, `prefect deploy --all` with the repository's
+prefect.yaml, a process worker, and `prefect deployment run` of the backfill against
+a real sshd, archiving into a local folder.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.prefect_harness import REPO, PrefectStack
+from tests.test_fetch import PLAIN, archived_files, seed, sftp_toml, write_config
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Server up, work pool created, every deployment of prefect.yaml deployed."""
+    stack = PrefectStack(tmp_path_factory.mktemp("prefect-home"), {"IBREPORTS_HOME": str(REPO)})
+    try:
+        stack.start_server()
+        stack.cli("work-pool", "create", "ibreports", "--type", "process")
+        stack.deploy_output = stack.cli("deploy", "--all", "--no-prompt")
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.mark.timeout(240)
+def test_backfill_deployment_runs_on_a_process_worker(stack, tmp_path, sshd_factory, sftp_client_key, pgp_key):
+    server = sshd_factory([sftp_client_key[1]])
+    delivered = seed(server.root / "outgoing", pgp_key.public_file)
+    known_hosts = server.write_known_hosts(tmp_path / "known_hosts")
+    cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key,
+                       f'[archive]\nurl = "{tmp_path / "archive"}"\n')
+    # Secrets reach the flow run the way they would in production: the worker's environment.
+    stack.env.update(TEST_PGP_PASSPHRASE=pgp_key.passphrase, TEST_SSH_PASSPHRASE=sftp_client_key[2])
+    # The worker runs elsewhere: only the deployment's pull step can lead it to flows/.
+    elsewhere = tmp_path / "worker-cwd"
+    elsewhere.mkdir()
+    stack.spawn("worker", "worker", "start", "--pool", "ibreports", "--name", "test-worker", cwd=elsewhere)
+
+    out = stack.cli(
+        "deployment", "run", "backfill-statements/backfill",
+        "--param", "start=2026-11-01", "--param", "end=2026-11-30", "--param", f"config={cfg}",
+    )
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+    run = stack.wait_flow_run(run_id, timeout=180)
+
+    assert run["state_type"] == "COMPLETED", f"{run['state']}\n{stack.log('worker')}"
+    assert run["parameters"]["start"] == "2026-11-01"
+    files = archived_files(tmp_path / "archive")
+    assert len(files) == len(PLAIN) * 2 + 1 == len(delivered) + len(PLAIN)
+    for name, data in PLAIN.items():
+        day = name.split(".")[3]
+        assert files[f"statements/{name.split('.')[0]}/{day[:4]}/{day[4:6]}/{name}"] == data
+    artifacts = stack.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+    assert {a["key"] for a in artifacts} >= {"ibreports-run", "ibreports-summary"}
+
+
+def test_daily_deployment_has_its_cron_schedule_and_time_zone(stack):
+    daily = stack.get("/deployments/name/retrieve-statements/daily")
+    (schedule,) = daily["schedules"]
+    assert schedule["schedule"]["cron"] == "30 6 * * *"
+    assert schedule["schedule"]["timezone"] == "America/New_York"
+    assert schedule["active"] is True
+    assert daily["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    assert daily["global_concurrency_limit"]["limit"] == 1
+    assert daily["entrypoint"] == "flows/retrieve.py:retrieve_statements"
+    assert daily["pull_steps"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
+    ]
+
+
+def test_every_deployment_of_the_interface_exists(stack):
+    for flow, name in [
+        ("backfill-statements", "backfill"), ("generate-keys", "generate-keys"),
+        ("backup-keys", "backup-keys"), ("retrieve-statements", "per-source"),
+    ]:
+        deployment = stack.get(f"/deployments/name/{flow}/{name}")
+        assert deployment["work_pool_name"] == "ibreports"
+    assert stack.get("/deployments/name/backfill-statements/backfill")["schedules"] == []
+    backup = stack.get("/deployments/name/backup-keys/backup-keys")["schedules"][0]["schedule"]
+    assert (backup["cron"], backup["timezone"]) == ("0 7 * * 0", "America/New_York")
+    schema = stack.get("/deployments/name/backfill-statements/backfill")["parameter_openapi_schema"]
+    assert {"start", "end", "sources", "force"} <= set(schema["properties"])
+    assert set(schema["required"]) == {"start", "end"}
+
+
+def test_the_scheduler_creates_the_daily_runs_at_0630_new_york(stack):
+    # Guards the server's scheduler itself: with SQLAlchemy 2.1 Prefect 3.8.8 cannot
+    # insert scheduled runs ("Can't evaluate bulk DML statement"), so no run would ever start.
+    daily = stack.get("/deployments/name/retrieve-statements/daily")
+    deadline = time.monotonic() + 30
+    runs: list = []
+    while time.monotonic() < deadline and not runs:
+        runs = stack.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [daily["id"]]}}})
+        time.sleep(1)
+    assert runs, f"no scheduled run was created:\n{stack.log('server')}"
+    for run in runs:
+        start = datetime.fromisoformat(run["expected_start_time"].replace("Z", "+00:00"))
+        local = start.astimezone(ZoneInfo("America/New_York"))
+        assert (local.hour, local.minute) == (6, 30) and run["state_type"] == "SCHEDULED"
