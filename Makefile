@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install install-test system-packages demo test test-slow bench clean
+.PHONY: install install-test system-packages demo deploy test test-slow bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,15 @@ system-packages:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-demo: install system-packages
+# The demo needs only gpg (its sFTP server runs in-process).
+demo: install
+	@command -v gpg >/dev/null || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq gnupg; }
 	$(VENV)/bin/ibreports demo
+
+# Deploy the Prefect flows of prefect.yaml (needs PREFECT_API_URL; see README).
+deploy: install
+	IBREPORTS_HOME=$(CURDIR) $(VENV)/bin/prefect deploy --all --no-prompt
 
 test: install-test
 	$(PY) -m pytest -q -m "not slow"
