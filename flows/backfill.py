@@ -42,4 +42,4 @@ def backfill_statements(
     if not report.files and not report.source_errors:
         logger.info("no files between %s and %s", start.isoformat(), end.isoformat())
     publish(report, f"Backfill {start.isoformat()} to {end.isoformat()}")
-    return finish(report)
+    return finish(report, path)

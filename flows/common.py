@@ -18,6 +18,7 @@ from prefect.context import get_run_context
 from prefect.tasks import exponential_backoff
 
 from ibreports import errors
+from ibreports.alerts import send_alerts
 from ibreports.config import SourceConfig, config_path, load_config
 from ibreports.errors import ConnectionFailure, IbreportsError, is_transient
 from ibreports.pipeline import fetch
@@ -163,9 +164,12 @@ def publish(report: RunReport, title: str) -> None:
     create_markdown_artifact(markdown=_markdown(report, title), key=SUMMARY_ARTIFACT_KEY, description=title)
 
 
-def finish(report: RunReport) -> dict[str, Any]:
-    """Raise RunFailed when anything failed (after the artifacts exist); else a small summary."""
+def finish(report: RunReport, config: str) -> dict[str, Any]:
+    """Send alerts, then raise RunFailed when anything failed (after the artifacts exist)."""
     logger = get_run_logger()
+    cfg = load_config(config)
+    if cfg.alerts.urls and not report.dry_run:
+        send_alerts(cfg, report)
     for item in report.at_risk:
         logger.warning("%s is not archived and is purged in %d day(s)", item.name, item.days_left)
     failed = len(report.failed)

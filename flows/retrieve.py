@@ -46,7 +46,7 @@ def retrieve_statements(
         return _fan_out(config, names, since, until, dry_run, fan_out_deployment)
     report = run_sources(path, names, since, until, dry_run, force=False)
     publish(report, "Statement retrieval")
-    return finish(report)
+    return finish(report, path)
 
 
 def _fan_out(

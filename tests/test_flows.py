@@ -29,6 +29,7 @@ from flows.keys import backup_keys, generate_keys
 from flows.retrieve import retrieve_statements
 from ibreports.cli import main
 from tests.fixtures.pgpkeys import encrypt_bytes
+from tests.test_alerts import Receiver
 from tests.fixtures.sshd import free_port
 from tests.test_fetch import PLAIN, UNENCRYPTED, archived_files, seed, sftp_toml, write_config
 
@@ -130,6 +131,7 @@ def test_config_defaults_to_ibreports_config_and_is_made_absolute(tmp_path, serv
 
 
 def test_a_corrupt_file_fails_the_run_and_the_artifact_lists_it(tmp_path, server, sftp_client_key, pgp_key):
+    receiver = Receiver()
     bad = "U1234567.DailyActivity.20261105.20261105.xml.pgp"
     good = tmp_path / "x.pgp"
     encrypt_bytes(pgp_key.public_file, b"<FlexQueryResponse>five</FlexQueryResponse>\n", good)
@@ -137,10 +139,15 @@ def test_a_corrupt_file_fails_the_run_and_the_artifact_lists_it(tmp_path, server
     blob[len(blob) // 2] ^= 0xFF  # one flipped byte in the ciphertext: integrity check must fail
     (server.root / "outgoing" / bad).write_bytes(bytes(blob))
     cfg = make_config(tmp_path / "conf", server, sftp_client_key, pgp_key)
+    cfg.write_text(cfg.read_text() + f'\n[alerts]\nurls = ["{receiver.url}"]\n')
 
-    state = retrieve_statements(config=str(cfg), return_state=True)
+    try:
+        state = retrieve_statements(config=str(cfg), return_state=True)
+    finally:
+        receiver.close()
 
     assert state.is_failed()
+    assert len(receiver.messages) == 1 and bad in json.dumps(receiver.messages[0])  # the operator is told
     assert "1 of 5 file(s) failed" in state.message and RUN_ARTIFACT_KEY in state.message
     rows = {r["file"]: r for r in table(flow_run_id(state))}
     assert rows[bad]["outcome"] == "failed" and rows[bad]["reason"]
