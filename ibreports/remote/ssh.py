@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from ..config import SourceConfig
 from ..errors import AuthenticationError, ConfigError, ConnectionFailure, IbreportsError
 from .hostkeys import check_host_key, known_keys, preferred_algorithms
+from .legacy import make_transport, signing_key
 
 
 def load_private_key(source: SourceConfig) -> paramiko.PKey:
@@ -95,7 +96,7 @@ def open_socket(source: SourceConfig):
 def start_transport(source: SourceConfig) -> paramiko.Transport:
     """Connect, negotiate and verify the host key against known_hosts; not yet authenticated."""
     known = known_keys(source)
-    transport = paramiko.Transport(open_socket(source), disabled_algorithms=source.disabled_algorithms)
+    transport = make_transport(open_socket(source), source.disabled_algorithms)
     transport.banner_timeout = transport.handshake_timeout = source.timeout
     transport.auth_timeout = transport.channel_timeout = source.timeout
     opts = transport.get_security_options()
@@ -124,7 +125,7 @@ def start_transport(source: SourceConfig) -> paramiko.Transport:
 
 def scan_host_key(source: SourceConfig) -> paramiko.PKey:
     """The server's host key, without authenticating (for ``trust-host``)."""
-    transport = paramiko.Transport(open_socket(source), disabled_algorithms=source.disabled_algorithms)
+    transport = make_transport(open_socket(source), source.disabled_algorithms)
     transport.banner_timeout = transport.handshake_timeout = source.timeout
     try:
         transport.start_client(timeout=source.timeout)
@@ -139,7 +140,7 @@ def authenticate(source: SourceConfig, transport: paramiko.Transport, key: param
     """Public-key login; AuthenticationError carries IBKR's usual remedy."""
     user = source.username
     try:
-        remaining = transport.auth_publickey(user, key)
+        remaining = transport.auth_publickey(user, signing_key(key, source.disabled_algorithms))
     except paramiko.BadAuthenticationType as exc:
         raise AuthenticationError(
             f"Server does not accept public-key login for user {user} (it allows: {', '.join(exc.allowed_types)}).",

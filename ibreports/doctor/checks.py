@@ -1,0 +1,116 @@
+"""PGP and archive diagnosis: keys unlock, samples are encrypted to a key we hold, the archive round-trips."""
+
+from __future__ import annotations
+
+import secrets
+from contextlib import ExitStack
+from pathlib import Path
+
+from ..archive import Archive
+from ..config import ArchiveConfig, Config
+from ..errors import ArchiveError, ConfigError, DecryptionError
+from ..pgp import Decryptor, recipients
+from .steps import Checklist, Sample
+
+
+def check_pgp(config: Config, cl: Checklist, stack: ExitStack, samples: list[Sample], staging: Path) -> None:
+    """Each secret key file loads with the passphrase; each sample is encrypted to a key we hold and decrypts."""
+    files = config.pgp.secret_key_files
+    if not files:
+        if samples:
+            cl.step("keys", _no_keys, samples)
+        else:
+            cl.skip("keys", "no [pgp] secret_key_file configured (needed only for encrypted statements)")
+        return
+    held: list[Decryptor] = []
+    for path in files:
+        decryptor = cl.step(f"key {Path(path).name}", _load, config, path, blocking=False)
+        if decryptor is not None:
+            stack.callback(decryptor.close)
+            held.append(decryptor)
+    for sample in samples:
+        if held:
+            cl.step(f"sample {sample.source}", _check_sample, sample, held, staging, blocking=False)
+        else:
+            cl.skip(f"sample {sample.source}", "no PGP key loaded")
+
+
+def _no_keys(samples: list[Sample]):
+    raise ConfigError(
+        f"No PGP secret key file is configured, but {samples[0].source} delivers encrypted files.",
+        "Set [pgp] secret_key_file (ibreports keygen writes keys/ibkr_pgp_secret.asc).",
+    )
+
+
+def _load(config: Config, path: Path):
+    passphrase = config.pgp.passphrase.get() if config.pgp.passphrase else None
+    decryptor = Decryptor([Path(path)], passphrase, homes=1)
+    return decryptor, f"unlocks; key IDs {', '.join(decryptor.key_ids)}"
+
+
+def _check_sample(sample: Sample, held: list[Decryptor], staging: Path):
+    needed = recipients(sample.path)
+    ours = sorted({i for d in held for i in d.key_ids})
+    match = next((d for d in held if set(needed) & set(d.key_ids)), None)
+    if not needed:
+        raise DecryptionError(
+            f"The sample {sample.name} from {sample.source} is not encrypted to any public key "
+            "(not an OpenPGP message, or passphrase-only).",
+            "Check the delivery settings in Client Portal: statements must be encrypted to ibkr_pgp_public.asc.",
+        )
+    if match is None:
+        raise DecryptionError(
+            f"Statements from {sample.source} are encrypted to key {', '.join(needed)}; you hold {', '.join(ours)} "
+            f"(sample {sample.name}).",
+            "Upload ibkr_pgp_public.asc in Client Portal, or add the old key to [pgp] secret_key_file.",
+        )
+    plain = staging / f"{sample.source}.plain"
+    try:
+        used = match.decrypt(sample.path, plain)
+    finally:
+        plain.unlink(missing_ok=True)  # only the verdict matters here
+    return None, f"{sample.name}: encrypted to {', '.join(needed)}, decrypts with {used[-16:]}"
+
+
+def check_archive(config: ArchiveConfig, cl: Checklist, staging: Path) -> None:
+    """Write, read back and delete a probe object ``doctor/probe-<random>``."""
+    archive = cl.step("open", _open, config)
+    key = f"doctor/probe-{secrets.token_hex(8)}"
+    data = f"ibreports doctor probe {key}\n".encode()
+    cl.step("write", _write, archive, key, data)
+    cl.step("read", _read, archive, key, data, staging, blocking=False)
+    cl.step("delete", _delete, archive, key)
+
+
+def _open(config: ArchiveConfig) -> tuple[Archive, str]:
+    if config.is_s3:
+        from ..archive.s3 import S3Archive, make_s3_client
+
+        # One attempt and short time-outs: doctor reports a dead endpoint in seconds, not minutes.
+        archive: Archive = S3Archive(config, client=make_s3_client(config, max_attempts=1, connect_timeout=3, read_timeout=10))
+    else:
+        from ..archive.local import LocalArchive
+
+        archive = LocalArchive(config)
+    return archive, archive.description
+
+
+def _write(archive: Archive, key: str, data: bytes):
+    archive.put_bytes(key, data, {"purpose": "ibreports doctor probe"})
+    return None, key
+
+
+def _read(archive: Archive, key: str, data: bytes, staging: Path):
+    dest = staging / "probe"
+    try:
+        archive.get(key, dest)
+        if dest.read_bytes() != data:
+            raise ArchiveError(f"The probe {key} read back differs from what was written.", "Check the archive store.")
+    finally:
+        dest.unlink(missing_ok=True)
+    return None, f"{len(data)} bytes, identical"
+
+
+def _delete(archive: Archive, key: str):
+    archive.delete(key)
+    return None, "probe removed"
