@@ -9,9 +9,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ..config import SourceConfig
-from ..errors import AuthenticationError, ConfigError, ConnectionFailure, RemoteFileError
+from ..errors import ConnectionFailure, RemoteFileError
 from ..files import create_private
-from ..remote.ftpconn import NETWORK_ERRORS, DataChannelError, _FTP, _FTPS, supports_mlsd
+from ..remote.ftpconn import NETWORK_ERRORS, DataChannelError, PassiveFTP, PassiveFTPS, change_dir, login, supports_mlsd
 from .steps import Checklist, Sample, connect_tcp, count_detail, pick_sample, resolve
 
 
@@ -40,7 +40,7 @@ def check_ftp(source: SourceConfig, cl: Checklist, stack: ExitStack, staging: Pa
 
 def _welcome(source: SourceConfig, sock: socket.socket):
     """Hand the connected socket to ftplib and read the greeting (what FTP.connect does)."""
-    ftp = _FTPS(context=_context(source), timeout=source.timeout) if source.tls else _FTP(timeout=source.timeout)
+    ftp = PassiveFTPS(context=_context(source), timeout=source.timeout) if source.tls else PassiveFTP(timeout=source.timeout)
     ftp.host, ftp.port, ftp.sock, ftp.af = source.host, source.port, sock, sock.family
     ftp.file = sock.makefile("r", encoding=ftp.encoding)
     where = f"{source.host}:{source.port}"
@@ -93,18 +93,8 @@ def _tls(source: SourceConfig, ftp: ftplib.FTP_TLS):
 
 
 def _login(source: SourceConfig, ftp: ftplib.FTP):
-    password = source.password.get() if source.password else ""
     try:
-        ftp.login(source.username, password)
-        if source.tls:
-            ftp.prot_p()  # the statements travel on the data channel: protect it too
-        ftp.set_pasv(source.passive)
-        ftp.voidcmd("TYPE I")
-    except ftplib.error_perm as exc:
-        raise AuthenticationError(
-            f"The FTP server refused the username or password for user {source.username} ({str(exc)[:3]}).",
-            "Check the username and the password (IBREPORTS_FTP_PASSWORD); IBKR can reset it.",
-        ) from None
+        login(ftp, source, source.password.get() if source.password else "")
     except (*NETWORK_ERRORS, ssl.SSLError) as exc:
         raise ConnectionFailure(f"The connection broke during login ({type(exc).__name__}).", "Try again.") from None
     return None, f"user {source.username}" + (", data channel protected (PROT P)" if source.tls else "")
@@ -112,12 +102,7 @@ def _login(source: SourceConfig, ftp: ftplib.FTP):
 
 def _cwd(source: SourceConfig, ftp: ftplib.FTP):
     try:
-        ftp.cwd(source.remote_dir)
-    except ftplib.error_perm as exc:
-        raise ConfigError(
-            f"Remote folder {source.remote_dir!r} is not accessible on {source.host} ({exc}).",
-            "Set remote_dir to the folder IBKR delivers to (usually 'outgoing').",
-        ) from None
+        change_dir(ftp, source)
     except (*NETWORK_ERRORS, ssl.SSLError) as exc:
         raise ConnectionFailure(f"The connection broke ({type(exc).__name__}).", "Try again.") from None
     return None, source.remote_dir

@@ -15,9 +15,9 @@ import paramiko
 from ..config import SourceConfig
 from ..errors import AuthenticationError, ConfigError, ConnectionFailure, HostKeyError, RemoteFileError
 from ..files import create_private
-from ..remote.hostkeys import check_host_key, fingerprint, host_id, known_keys, preferred_algorithms
-from ..remote.ssh import authenticate, load_private_key, open_socket
-from ..remote.legacy import SHA2_RSA, make_transport, signing_key, wants_sha1
+from ..remote.hostkeys import check_host_key, fingerprint, host_id, known_keys
+from ..remote.ssh import authenticate, load_private_key, negotiate, open_socket
+from ..remote.legacy import SHA2_RSA, signing_key, wants_sha1
 from .steps import Checklist, Degraded, Sample, connect_tcp, count_detail, pick_sample, resolve
 
 
@@ -95,27 +95,9 @@ def read_banner(source: SourceConfig, sock: socket.socket) -> tuple[None, str]:
         time.sleep(0.01)  # partial banner: peeking again at once would spin
 
 
-def _negotiate(source: SourceConfig, sock, known: dict[str, paramiko.PKey], disabled=None) -> paramiko.Transport:
-    transport = make_transport(sock, disabled if disabled is not None else source.disabled_algorithms)
-    transport.banner_timeout = transport.handshake_timeout = source.timeout
-    transport.auth_timeout = transport.channel_timeout = source.timeout
-    options = transport.get_security_options()
-    options.key_types = preferred_algorithms(known, options.key_types)
-    try:
-        transport.start_client(timeout=source.timeout)
-    except (paramiko.SSHException, EOFError, OSError) as exc:
-        transport.close()
-        raise ConnectionFailure(
-            f"SSH negotiation with {source.host}:{source.port} failed ({type(exc).__name__}: {exc}).",
-            "If the server shares no algorithm with us, adjust disabled_algorithms; otherwise check that host and "
-            "port point to IBKR's sFTP server.",
-        ) from None
-    return transport
-
-
 def _handshake(source: SourceConfig, sock) -> tuple[paramiko.Transport, str]:
     known = known_keys(source)
-    transport = _negotiate(source, sock, known)
+    transport = negotiate(source, sock, known)
     key = transport.get_remote_server_key()
     shown = f"{key.get_name()} {fingerprint(key)}"
     try:
@@ -163,7 +145,7 @@ def _legacy_login(source: SourceConfig, key: paramiko.RSAKey, ip: str) -> parami
     try:
         sock = socket.create_connection((ip, source.port), timeout=source.timeout)
         known = known_keys(source)
-        transport = _negotiate(source, sock, known, disabled)
+        transport = negotiate(source, sock, known, disabled)
     except (OSError, ConnectionFailure):
         return None
     try:

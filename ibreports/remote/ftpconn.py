@@ -54,11 +54,11 @@ class _PassiveMixin:
         return conn
 
 
-class _FTP(_PassiveMixin, ftplib.FTP):
+class PassiveFTP(_PassiveMixin, ftplib.FTP):
     pass
 
 
-class _FTPS(_PassiveMixin, ftplib.FTP_TLS):
+class PassiveFTPS(_PassiveMixin, ftplib.FTP_TLS):
     def _wrap(self, conn):
         if not self._prot_p:
             return conn
@@ -71,9 +71,9 @@ def connect(source: SourceConfig) -> ftplib.FTP:
     password = source.password.get() if source.password else ""
     if source.tls:
         context = ssl.create_default_context(cafile=str(source.ca_file) if source.ca_file else None)
-        ftp: ftplib.FTP = _FTPS(context=context, timeout=source.timeout)
+        ftp: ftplib.FTP = PassiveFTPS(context=context, timeout=source.timeout)
     else:
-        ftp = _FTP(timeout=source.timeout)
+        ftp = PassiveFTP(timeout=source.timeout)
     try:
         ftp.connect(source.host, source.port, timeout=source.timeout)
     except socket.gaierror:
@@ -117,6 +117,12 @@ def _login(ftp: ftplib.FTP, source: SourceConfig, password: str) -> None:
                 f"{source.host}:{source.port} does not offer FTPS (AUTH TLS refused: {exc}).",
                 "Set tls = false for this source, or check host and port.",
             ) from None
+    login(ftp, source, password)
+    change_dir(ftp, source)
+
+
+def login(ftp: ftplib.FTP, source: SourceConfig, password: str) -> None:
+    """USER/PASS, then PROT P (FTPS), passive mode and binary type."""
     try:
         ftp.login(source.username, password)
     except ftplib.error_perm as exc:
@@ -128,6 +134,10 @@ def _login(ftp: ftplib.FTP, source: SourceConfig, password: str) -> None:
         ftp.prot_p()  # the statements travel on the data channel: protect it too
     ftp.set_pasv(source.passive)
     ftp.voidcmd("TYPE I")
+
+
+def change_dir(ftp: ftplib.FTP, source: SourceConfig) -> None:
+    """Enter remote_dir; ConfigError with the usual remedy when it is not there."""
     try:
         ftp.cwd(source.remote_dir)
     except ftplib.error_perm as exc:

@@ -93,10 +93,10 @@ def open_socket(source: SourceConfig):
         raise ConnectionFailure(f"Cannot connect to {where} ({exc.strerror or exc}).", "Check the network, host and port.") from None
 
 
-def start_transport(source: SourceConfig) -> paramiko.Transport:
-    """Connect, negotiate and verify the host key against known_hosts; not yet authenticated."""
-    known = known_keys(source)
-    transport = make_transport(open_socket(source), source.disabled_algorithms)
+def negotiate(source: SourceConfig, sock, known: dict[str, paramiko.PKey],
+              disabled: dict[str, list[str]] | None = None) -> paramiko.Transport:
+    """SSH handshake on ``sock`` with explicit time-outs, preferring the host key types we know."""
+    transport = make_transport(sock, disabled if disabled is not None else source.disabled_algorithms)
     transport.banner_timeout = transport.handshake_timeout = source.timeout
     transport.auth_timeout = transport.channel_timeout = source.timeout
     opts = transport.get_security_options()
@@ -115,6 +115,13 @@ def start_transport(source: SourceConfig) -> paramiko.Transport:
             f"SSH negotiation with {source.host}:{source.port} failed ({type(exc).__name__}: {exc}).",
             "Check that host and port point to IBKR's sFTP server and that nothing on the path cuts the connection.",
         ) from None
+    return transport
+
+
+def start_transport(source: SourceConfig) -> paramiko.Transport:
+    """Connect, negotiate and verify the host key against known_hosts; not yet authenticated."""
+    known = known_keys(source)
+    transport = negotiate(source, open_socket(source), known)
     try:
         check_host_key(source, transport.get_remote_server_key(), known)
     except IbreportsError:
