@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from .errors import KeyMaterialError
+from .files import fsync_dir
 
 SSH_PRIVATE = "ibkr_sftp_rsa"
 SSH_PUBLIC = "ibkr_sftp_rsa.pub"
@@ -99,7 +100,7 @@ def stage_file(path: Path, data: bytes, mode: int) -> Path:
 def commit(tmp: Path, path: Path) -> None:
     """Move a staged file into place (atomic on one file system) and persist the rename."""
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    _fsync_dir_quietly(path.parent)
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -113,13 +114,9 @@ def discard(staged: list[Path]) -> None:
             tmp.unlink()
 
 
-def _fsync_dir(folder: Path) -> None:
+def _fsync_dir_quietly(folder: Path) -> None:
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(folder)
 
 
 def make_private_dir(folder: Path) -> None:
@@ -154,7 +151,7 @@ def retire(folder: Path, relpaths: list[str]) -> Path:
         dest = target / rel
         make_private_dir(dest.parent)
         os.rename(folder / rel, dest)
-    _fsync_dir(target)
+    _fsync_dir_quietly(target)
     return target
 
 

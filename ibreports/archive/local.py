@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..config import ArchiveConfig
 from ..errors import ArchiveError
-from ..files import CHUNK, create_private
+from ..files import CHUNK, create_private, fsync_dir
 from . import ObjectInfo, validate_key
 
 TMP_PREFIX = ".tmp-"
@@ -85,7 +85,7 @@ class LocalArchive:
                     raise ArchiveError(f"Cannot archive {key}: a folder or special file has that name.",
                                        f"Move it out of {self.root}.") from None
                 return False
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             return True
         except OSError as exc:
             raise _error(exc, f"write {key} to {self.root}") from None
@@ -105,7 +105,7 @@ class LocalArchive:
                 os.close(fd)
             self._make_parent(final, key)
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as exc:
             raise _error(exc, f"write {key} to {self.root}") from None
         finally:
@@ -174,15 +174,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the new name durable: a crash after put() returns must not lose the file."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(path: Path) -> None:
