@@ -49,6 +49,10 @@ class RemoteFileError(IbreportsError):
     """One remote file could not be fetched (hostile name, size changed, ...)."""
 
 
+class FileChangedError(RemoteFileError):
+    """The file changed between listing and download (still being written): it waits for the next run."""
+
+
 class DecryptionError(IbreportsError):
     """A file failed strict decryption; its output was deleted."""
 

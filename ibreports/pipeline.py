@@ -24,7 +24,7 @@ from typing import Callable
 from . import statements
 from .archive import Archive, ObjectInfo, open_archive
 from .config import Config, SourceConfig
-from .errors import ConnectionFailure, DecryptionError, IbreportsError, RemoteFileError
+from .errors import ConnectionFailure, DecryptionError, FileChangedError, IbreportsError, RemoteFileError
 from .files import sha256_file
 from .pgp import Decryptor, is_openpgp
 from .remote import Remote, RemoteFile, open_remote
@@ -229,6 +229,9 @@ class _Run:
             if source.delete_after_archive:
                 remote.delete(item.remote.name)
             out.outcome = "archived"
+        except FileChangedError as exc:  # still being written: complete next run, never half
+            out.outcome, out.reason = "waiting", str(exc)
+            log.info("%s: %s", source.name, exc)
         except IbreportsError as exc:
             out.outcome, out.reason = "failed", str(exc)
             log.error("%s: %s failed: %s", source.name, item.remote.name, exc)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..config import SourceConfig
-from ..errors import ConnectionFailure, RemoteFileError
+from ..errors import ConnectionFailure, FileChangedError, RemoteFileError
 from ..files import create_private
 from . import Progress, RemoteFile
 from .ftpconn import NETWORK_ERRORS, DataChannelError, connect, supports_mlsd
@@ -194,7 +194,7 @@ class FtpRemote:
                 except (*NETWORK_ERRORS, ssl.SSLError) as exc:
                     raise self._broken(exc, f"the download of {name}") from None
             if written != expected_size:
-                raise RemoteFileError(
+                raise FileChangedError(
                     f"{name}: received {written} bytes, expected {expected_size}; it changed since the listing.",
                     "It is fetched again on the next run.",
                 )

@@ -19,7 +19,7 @@ import paramiko
 from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, int64
 
 from ..config import SourceConfig
-from ..errors import ConfigError, ConnectionFailure, IbreportsError, RemoteFileError
+from ..errors import ConfigError, ConnectionFailure, IbreportsError, FileChangedError, RemoteFileError
 from ..files import create_private
 from . import Progress, RemoteFile
 from .ssh import authenticate, load_private_key, start_transport
@@ -226,7 +226,7 @@ class SftpRemote:
                 if written != expected_size:
                     if not self._alive(client):
                         raise ConnectionFailure(f"The connection broke while downloading {name}.", "Retried automatically.")
-                    raise RemoteFileError(
+                    raise FileChangedError(
                         f"{name}: received {written} bytes, expected {expected_size}; it changed during the download.",
                         "It is fetched again on the next run.",
                     )
@@ -241,7 +241,7 @@ class SftpRemote:
         except Exception as exc:  # noqa: BLE001 - classified
             raise self._error(exc, name, client) from None
         if size != expected_size:
-            raise RemoteFileError(
+            raise FileChangedError(
                 f"{name} is {size} bytes on the server, not the {expected_size} listed: it changed since the listing.",
                 "It is fetched again on the next run (a file still being written settles first).",
             )
@@ -264,7 +264,7 @@ class SftpRemote:
         except Exception as exc:  # noqa: BLE001 - classified
             raise self._error(exc, name, client) from None
         if grown:
-            raise RemoteFileError(
+            raise FileChangedError(
                 f"{name} changed size during the download: it is still being written.",
                 "It is fetched again on the next run, once it has settled.",
             )
