@@ -263,3 +263,22 @@ def test_wrong_ftp_password_exit_3(tmp_path, ftp_factory, pgp_key, monkeypatch, 
     captured = capsys.readouterr()
     assert "not-the-password" not in captured.out + captured.err
     assert "password" in (captured.out + captured.err).lower()
+
+
+def test_force_verifies_against_the_archive_and_rewrites_nothing(tmp_path, sftp_setup, pgp_key, sftp_client_key, capsys):
+    server, known_hosts, _ = sftp_setup
+    archive_toml, root = local_archive(tmp_path)
+    cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key, archive_toml)
+    assert main(["--config", str(cfg), "fetch"]) == 0
+    stamp = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and "runs" not in p.parts}
+
+    assert main(["--config", str(cfg), "fetch", "--force"]) == 0  # everything re-downloaded and matches
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
+
+    victim = root / "statements/U1234567/2026/11/U1234567.DailyActivity.20261101.20261101.xml"
+    victim.write_bytes(b"<edited/>")
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "fetch", "--force"]) == 1
+    out = capsys.readouterr().out
+    assert "differs from the file on the server" in out and "1 failed" in out
+    assert victim.read_bytes() == b"<edited/>"  # reported, never silently rewritten
