@@ -282,3 +282,17 @@ def test_force_verifies_against_the_archive_and_rewrites_nothing(tmp_path, sftp_
     out = capsys.readouterr().out
     assert "differs from the file on the server" in out and "1 failed" in out
     assert victim.read_bytes() == b"<edited/>"  # reported, never silently rewritten
+
+
+def test_delete_after_archive_removes_only_verified_files(tmp_path, sftp_setup, pgp_key, sftp_client_key):
+    server, known_hosts, delivered = sftp_setup
+    outgoing = server.root / "outgoing"
+    (outgoing / "U1111111.Broken.20261105.20261105.xml.pgp").write_bytes(b"\x85\x01garbage")
+    archive_toml, root = local_archive(tmp_path)
+    source = sftp_toml(server, sftp_client_key, known_hosts) + "delete_after_archive = true\n"
+    cfg = write_config(tmp_path, source, pgp_key, archive_toml)
+    assert main(["--config", str(cfg), "fetch"]) == 1
+    assert sorted(p.name for p in outgoing.iterdir()) == ["U1111111.Broken.20261105.20261105.xml.pgp"]
+    files = archived_files(root)
+    assert all(f"statements/{n.split('.')[0]}/2026/11/{n}" in files for n in PLAIN)
+    assert "encrypted/ibkr-sftp/2026/11/U1111111.Broken.20261105.20261105.xml.pgp" in files
