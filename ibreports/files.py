@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
+from typing import Callable
 
 CHUNK = 1 << 20
 
@@ -30,3 +35,67 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+LOCK_NAME = ".in-use"
+
+
+def claim_workdir(prefix: str, base: Path | None = None) -> tuple[Path, int]:
+    """A new private folder (0700) plus a lock held while this process uses it.
+
+    A process killed with -9 cannot clean up; the lock (released by the kernel when
+    the process dies) is how a later run tells an abandoned folder from a busy one.
+    The descriptor is not inherited by child processes (gpg, gpg-agent).
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return path, fd
+
+
+def release_workdir(path: Path, fd: int) -> None:
+    """Remove a folder from claim_workdir, then drop its lock."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.close(fd)
+
+
+def sweep_abandoned(prefix: str, base: Path | None = None,
+                    before_remove: Callable[[Path], None] | None = None) -> int:
+    """Remove ``prefix*`` folders in ``base`` left by killed runs (their lock is free). Returns the count."""
+    removed = 0
+    for folder in Path(base or tempfile.gettempdir()).glob(prefix + "*"):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            # Between mkdtemp and the lock, a live run has no lock yet: only old folders go.
+            if _age(folder) > 300:
+                removed += _remove_tree(folder, before_remove)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live run holds it
+        try:
+            removed += _remove_tree(folder, before_remove)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _remove_tree(folder: Path, before_remove: Callable[[Path], None] | None) -> int:
+    if before_remove is not None:
+        before_remove(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    return 1

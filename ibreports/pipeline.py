@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +23,7 @@ from . import statements
 from .archive import Archive, ObjectInfo, open_archive
 from .config import Config, SourceConfig
 from .errors import ConnectionFailure, DecryptionError, FileChangedError, IbreportsError, RemoteFileError
-from .files import sha256_file
+from .files import claim_workdir, release_workdir, sha256_file, sweep_abandoned
 from .pgp import Decryptor, is_openpgp
 from .remote import Remote, RemoteFile, open_remote
 from .report import FileOutcome, RunReport
@@ -34,6 +32,7 @@ log = logging.getLogger("ibreports.pipeline")
 
 ProgressHook = Callable[[str, int], None]  # ("files", n) | ("bytes", n) | ("total-files", n) | ("total-bytes", n)
 DOWNLOAD_ATTEMPTS = 3
+STAGING_PREFIX = "ibreports-staging-"
 
 
 @dataclass
@@ -80,8 +79,12 @@ def fetch(
                 report.source_error_types[source.name] = type(exc).__name__
     report.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if not dry_run:
-        report.record_key = f"runs/{now:%Y/%m}/{report.run_id}.json"
-        archive.put_bytes(report.record_key, report.to_json(), {"kind": "run-record"})
+        key = f"runs/{now:%Y/%m}/{report.run_id}.json"
+        try:
+            archive.put_bytes(key, report.to_json(), {"kind": "run-record"})
+            report.record_key = key
+        except IbreportsError as exc:  # the per-file outcomes still reach the user
+            log.error("the run record could not be written: %s", exc)
     log.info("run %s: %s", report.run_id, report.summary_line())
     return report
 
@@ -100,20 +103,26 @@ class _Run:
         self._decryptor_error: IbreportsError | None = None
         self._lock = threading.Lock()
         self.staging: Path | None = None
+        self._staging_lock = -1
 
     def __enter__(self) -> "_Run":
         base = self.config.run.staging_dir
         if base is not None:
             base.mkdir(parents=True, exist_ok=True)
-        # mkdtemp creates the folder 0700: plaintext never sits where others can read it.
-        self.staging = Path(tempfile.mkdtemp(prefix="ibreports-staging-", dir=base)).resolve()
+        swept = sweep_abandoned(STAGING_PREFIX, base)
+        if swept:
+            log.warning("removed %d staging folder(s) left by an interrupted run", swept)
+        # A private 0700 folder, locked while this run lives: plaintext never sits where
+        # others can read it, and a killed run's leftovers are removed by the next run.
+        self.staging, self._staging_lock = claim_workdir(STAGING_PREFIX, base)
+        self.staging = self.staging.resolve()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._decryptor is not None:
             self._decryptor.close()
         if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
+            release_workdir(self.staging, self._staging_lock)
 
     def decryptor(self) -> Decryptor:
         with self._lock:

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import secrets
+import time
 from pathlib import Path
 
 from ..config import ArchiveConfig
@@ -20,6 +21,7 @@ from ..files import CHUNK, create_private, fsync_dir
 from . import ObjectInfo, validate_key
 
 TMP_PREFIX = ".tmp-"
+STALE_SECONDS = 3600  # a put writes continuously; an hour without a write means its run died
 DIR_MODE = 0o750  # the root itself is 0700; sub-folders follow whatever the root allows
 
 
@@ -47,7 +49,8 @@ class LocalArchive:
                 with os.scandir(folder) as entries:
                     for entry in entries:
                         if entry.name.startswith(TMP_PREFIX):
-                            continue  # an interrupted or in-flight put
+                            _remove_if_stale(entry)  # an in-flight put, or one a killed run left
+                            continue
                         key = prefix + entry.name
                         if entry.is_dir(follow_symlinks=False):
                             stack.append((Path(entry.path), key + "/"))
@@ -174,6 +177,15 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def _remove_if_stale(entry: os.DirEntry) -> None:
+    """A temporary file untouched for STALE_SECONDS belongs to a run that died: remove it."""
+    try:
+        if time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS:
+            os.unlink(entry.path)
+    except OSError:
+        pass  # best effort; inventory ignores temporary files anyway
 
 
 def _remove(path: Path) -> None:

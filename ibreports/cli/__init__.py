@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("paramiko", "botocore", "boto3", "urllib3", "s3transfer", "gnupg", "httpx", "apprise"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "gnupg", "httpx", "apprise"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # paramiko logs tracebacks at ERROR for failures we report ourselves, with a remedy.
+    logging.getLogger("paramiko").setLevel(logging.WARNING if args.debug else logging.CRITICAL)
     try:
         return int(args.handler(args) or 0)
     except IbreportsError as exc:

@@ -1,0 +1,51 @@
+"""Leftovers of killed runs: locked work folders and stale archive temp files are cleaned up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from ibreports.archive.local import LocalArchive
+from ibreports.config import ArchiveConfig
+from ibreports.files import claim_workdir, release_workdir, sweep_abandoned
+
+CLAIM_AND_DIE = """
+import os, signal, sys
+from pathlib import Path
+from ibreports.files import claim_workdir
+path, _ = claim_workdir("ibr-test-", Path(sys.argv[1]))
+(path / "1.plain").write_bytes(b"plaintext")
+print(path, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_folders_of_killed_processes_are_swept_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", CLAIM_AND_DIE, str(tmp_path)], capture_output=True, text=True)
+    dead_path = dead.stdout.strip()
+    assert dead.returncode == -9 and os.path.isdir(dead_path)
+    live, fd = claim_workdir("ibr-test-", tmp_path)
+    unlocked_old = tmp_path / "ibr-test-nolock"
+    unlocked_old.mkdir()
+    os.utime(unlocked_old, (time.time() - 3600, time.time() - 3600))
+    unlocked_new = tmp_path / "ibr-test-starting"
+    unlocked_new.mkdir()
+    seen = []
+
+    assert sweep_abandoned("ibr-test-", tmp_path, before_remove=seen.append) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "ibr-test-starting"])
+    assert oct(live.stat().st_mode & 0o777) == "0o700" and len(seen) == 2
+    release_workdir(live, fd)
+    assert not live.exists()
+
+
+def test_local_archive_removes_stale_temp_files_only(tmp_path):
+    archive = LocalArchive(ArchiveConfig(url=str(tmp_path / "a")))
+    old, fresh = tmp_path / "a" / ".tmp-old", tmp_path / "a" / ".tmp-fresh"
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"in flight")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert archive.inventory() == {}
+    assert not old.exists() and fresh.exists()
