@@ -37,6 +37,7 @@ GPG_OPTIONS = [
 # Minimum S2K count: the agent re-protects imported keys cheaply (the home dies with the run).
 AGENT_CONF = "s2k-count 65536\ndisable-scdaemon\n"
 PASSPHRASE_REMEDY = "Set IBREPORTS_KEY_PASSPHRASE (or [pgp] passphrase) to the passphrase of that key."
+GPG_ERR_BAD_PASSPHRASE = 11  # libgpg-error code (the low 16 bits of a status error value)
 REDELIVER = "The encrypted original is kept; download it again or ask IBKR to redeliver it."
 
 
@@ -237,8 +238,16 @@ class Decryptor:
             return used
         needed = [w[1] for w in status if w[0] == "ENC_TO" and len(w) > 1]
         info = next((w for w in status if w[0] == "DECRYPTION_INFO"), None)
-        if any(w[:2] == ["ERROR", "pkdecrypt_failed"] for w in status) and set(needed) & set(self._key_ids):
-            return _raise("locked", "our key could not be unlocked", PASSPHRASE_REMEDY)
+        pk_errors = [w[2] for w in status if w[:2] == ["ERROR", "pkdecrypt_failed"] and len(w) > 2]
+        if pk_errors and set(needed) & set(self._key_ids):
+            if any(code.isdigit() and int(code) & 0xFFFF == GPG_ERR_BAD_PASSPHRASE for code in pk_errors):
+                return _raise("locked", "our key could not be unlocked", PASSPHRASE_REMEDY)
+            # The start-up probe proved the passphrase: a session key that does not decrypt
+            # with our key was damaged in the file, not locked away from us.
+            return _raise(
+                "integrity", "integrity check failed: the encrypted session key does not decrypt with our key "
+                "(the file is corrupted or tampered)",
+            )
         if used is None and (needed or "NEED_PASSPHRASE_SYM" in words):
             held = ", ".join(self.key_ids) or "none"
             if not needed:
@@ -252,6 +261,14 @@ class Decryptor:
             return _raise("no-mdc", "no integrity protection (MDC) - refused")
         if "BADMDC" in words:
             return _raise("integrity", "integrity check failed (tampered or corrupted)")
+        signers = [w[1] for w in status if w[0] == "ERRSIG" and len(w) > 1]
+        if signers and "GOODMDC" in words:
+            # Intact, but gpg exits 2 for a signature it cannot verify; the strict rule refuses it.
+            return _raise(
+                "signature",
+                f"signed by a key we cannot verify (key ID {', '.join(signers)}); strict decryption refuses it",
+                "The encrypted original is kept; IBKR does not sign deliveries, so check where the file came from.",
+            )
         if "NODATA" in words:
             return _raise("malformed", "truncated or not an OpenPGP message")
         if "BEGIN_DECRYPTION" in words:

@@ -187,12 +187,21 @@ class FtpRemote:
                             if isinstance(conn, ssl.SSLSocket):
                                 conn.unwrap()
                         ftp.voidresp()
+                        # A data channel cut with a clean FIN looks like the end of the file, and the
+                        # server may already have answered 226: only the file's current size tells a
+                        # broken transfer (retry it) from a file that changed (wait for the next run).
+                        current = self._server_size(ftp, name) if written != expected_size else written
                 except _LocalWriteError as exc:
                     raise exc.__cause__ from None
                 except ftplib.error_perm as exc:
                     raise RemoteFileError(f"The server refused {name} ({exc}).", "It may have been purged or deleted.") from None
                 except (*NETWORK_ERRORS, ssl.SSLError) as exc:
                     raise self._broken(exc, f"the download of {name}") from None
+            if written != expected_size and current == expected_size:
+                raise ConnectionFailure(
+                    f"The FTP data connection for {name} closed after {written} of {expected_size} bytes.",
+                    "Retried automatically; if it persists, check the network.",
+                )
             if written != expected_size:
                 raise FileChangedError(
                     f"{name}: received {written} bytes, expected {expected_size}; it changed since the listing.",
@@ -201,6 +210,14 @@ class FtpRemote:
         except BaseException:
             Path(dest).unlink(missing_ok=True)
             raise
+
+    @staticmethod
+    def _server_size(ftp: ftplib.FTP, name: str) -> int | None:
+        """SIZE of ``name`` in binary mode, or None when the server cannot say (gone, unsupported)."""
+        try:
+            return ftp.size(name)
+        except (ftplib.error_perm, ftplib.error_temp, ftplib.error_reply, ftplib.error_proto, ValueError):
+            return None  # a network error propagates: the connection itself broke
 
     def delete(self, name: str) -> None:
         """Remove ``name`` from remote_dir; a file already gone counts as deleted."""

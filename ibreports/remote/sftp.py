@@ -55,7 +55,7 @@ def _read_reply(client: paramiko.SFTPClient, replies: _Replies, num: int) -> byt
     return msg.get_string()
 
 
-def _pipelined(client: paramiko.SFTPClient, handle: bytes, size: int) -> Iterator[bytes]:
+def _pipelined(client: paramiko.SFTPClient, handle: bytes, size: int, name: str) -> Iterator[bytes]:
     """Yield the file's bytes in order with IN_FLIGHT reads outstanding, as OpenSSH's sftp does.
 
     paramiko's own prefetch uses a helper thread that busy-waits (10 ms sleeps) when capped and
@@ -63,18 +63,34 @@ def _pipelined(client: paramiko.SFTPClient, handle: bytes, size: int) -> Iterato
     requested and not yet written, so a 1 GB file costs a few MB of memory like a 1 kB one.
     It relies on SFTPClient's request primitives (``_async_request``, ``_read_response``), stable
     since paramiko 1.x; paramiko is pinned and the remote contract suite runs this path.
+
+    Raises:
+        FileChangedError: a read at offset ``size`` returned data: the file is longer than listed.
     """
     replies = _Replies()
     pending: deque[tuple[int, int, int]] = deque()  # (request number, offset, length), in file order
     offset = 0
-    while offset < size or pending:
+    probed = False
+    while offset < size or pending or not probed:
         if len(pending) <= IN_FLIGHT // 2:  # refill in bursts: fewer, fuller packets than one per reply
             while offset < size and len(pending) < IN_FLIGHT:
                 length = min(BLOCK, size - offset)
                 pending.append((client._async_request(replies, CMD_READ, handle, int64(offset), length), offset, length))
                 offset += length
+            if offset >= size and not probed:
+                # Stopping at the listed size would archive a truncated copy when the listing
+                # under-reports: one more read, pipelined behind the others, must hit end of file.
+                pending.append((client._async_request(replies, CMD_READ, handle, int64(size), 1), size, 0))
+                probed = True
         num, start, length = pending.popleft()
         data = _read_reply(client, replies, num)
+        if not length:  # the end-of-file probe, always the last request
+            if data:
+                raise FileChangedError(
+                    f"{name} is longer than the {size} bytes listed: it changed since the listing.",
+                    "It is fetched again on the next run (a file still being written settles first).",
+                )
+            return
         while data:
             yield data
             start, length = start + len(data), length - len(data)
@@ -246,7 +262,7 @@ class SftpRemote:
                 "It is fetched again on the next run (a file still being written settles first).",
             )
         written = 0
-        blocks = _pipelined(client, fh.handle, size)
+        blocks = _pipelined(client, fh.handle, size, name)
         while True:
             try:
                 data = next(blocks, None)
