@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import shutil
 import subprocess
 import tempfile
 import weakref
@@ -23,6 +22,7 @@ from pathlib import Path
 import gnupg
 
 from .errors import ConfigError, DecryptionError
+from .files import claim_workdir, release_workdir, sweep_abandoned
 
 # python-gnupg warns about every non-zero gpg exit; each refusal is reported here, once, clearly.
 logging.getLogger("gnupg").setLevel(logging.ERROR)
@@ -55,19 +55,33 @@ def is_openpgp(path: Path) -> bool:
     return tag in MESSAGE_TAGS
 
 
-def _mkhome() -> Path:
+HOME_PREFIX = "ibr-gpg-"
+
+
+def _home_base() -> str | None:
     # gpg-agent's socket lives in the home: keep the path short (sun_path is ~108 bytes).
-    base = None if len(tempfile.gettempdir()) < 60 else "/tmp"
-    return Path(tempfile.mkdtemp(prefix="ibr-gpg-", dir=base))  # 0700
+    return None if len(tempfile.gettempdir()) < 60 else "/tmp"
 
 
-def _kill_and_remove(homes: list[Path]) -> None:
-    for home in homes:
-        subprocess.run(
-            ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
-            capture_output=True, timeout=30, check=False,
-        )
-        shutil.rmtree(home, ignore_errors=True)
+def _mkhome() -> tuple[Path, int]:
+    """A 0700 home, locked while in use so a later run can tell a killed run's home from a live one."""
+    return claim_workdir(HOME_PREFIX, Path(_home_base()) if _home_base() else None)
+
+
+def _kill_agent(home: Path) -> None:
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+                   capture_output=True, timeout=30, check=False)
+
+
+def _kill_and_remove(homes: list[tuple[Path, int]]) -> None:
+    for home, lock in homes:
+        _kill_agent(home)
+        release_workdir(home, lock)
+
+
+def sweep_abandoned_homes() -> int:
+    """Stop the agents of, and delete, homes (with imported keys) left by killed runs."""
+    return sweep_abandoned(HOME_PREFIX, Path(_home_base()) if _home_base() else None, _kill_agent)
 
 
 def _status(stderr: str) -> list[list[str]]:
@@ -77,7 +91,7 @@ def _status(stderr: str) -> list[list[str]]:
 
 def _run_gpg(args: list[str], path: Path) -> str:
     """Run gpg on ``path`` in a throwaway home with no agent; return its status output."""
-    home = _mkhome()
+    home, lock = _mkhome()
     try:
         proc = subprocess.run(
             ["gpg", "--batch", "--no-tty", "--no-options", "--no-autostart", "--homedir", str(home),
@@ -86,7 +100,7 @@ def _run_gpg(args: list[str], path: Path) -> str:
         )
         return proc.stdout
     finally:
-        _kill_and_remove([home])
+        _kill_and_remove([(home, lock)])
 
 
 def recipients(path: Path) -> list[str]:
@@ -122,8 +136,10 @@ class Decryptor:
                     "Fix [pgp] secret_key_file, restore it (ibreports keys restore) or run ibreports keygen.",
                 )
         self._passphrase = passphrase
-        self._paths = [_mkhome() for _ in range(max(1, homes))]
-        self._finalizer = weakref.finalize(self, _kill_and_remove, list(self._paths))
+        sweep_abandoned_homes()
+        claimed = [_mkhome() for _ in range(max(1, homes))]
+        self._paths = [home for home, _ in claimed]
+        self._finalizer = weakref.finalize(self, _kill_and_remove, claimed)
         self._pool: queue.Queue[gnupg.GPG] = queue.Queue()
         self._fingerprints: list[str] = []
         self._key_ids: list[str] = []

@@ -49,3 +49,35 @@ def test_local_archive_removes_stale_temp_files_only(tmp_path):
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     assert archive.inventory() == {}
     assert not old.exists() and fresh.exists()
+
+
+DECRYPTOR_AND_DIE = """
+import os, signal, sys
+from pathlib import Path
+from ibreports.pgp import Decryptor
+d = Decryptor([Path(sys.argv[1])], sys.argv[2], homes=1)
+print(d.homes[0], flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_gnupg_homes_of_a_killed_run_are_swept_with_their_agent(pgp_key):
+    from ibreports.pgp import sweep_abandoned_homes
+
+    dead = subprocess.run([sys.executable, "-c", DECRYPTOR_AND_DIE, str(pgp_key.secret_file), pgp_key.passphrase],
+                          capture_output=True, text=True, timeout=120)
+    home = dead.stdout.strip()
+    assert dead.returncode == -9 and os.path.isdir(home)  # holds the imported secret key and a live agent
+    agents = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).count(home)]
+    assert agents, "the killed run's gpg-agent should still be running"
+    assert sweep_abandoned_homes() >= 1
+    assert not os.path.exists(home)
+    time.sleep(0.5)
+    assert not [p for p in agents if os.path.exists(f"/proc/{p}") and home in _cmdline(p)]
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+    except OSError:
+        return ""
