@@ -23,6 +23,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+class HashingWriter:
+    """A write-only file wrapper that hashes what passes through: no second read of a download."""
+
+    def __init__(self, raw) -> None:
+        self._raw = raw
+        self._digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self._digest.update(data)
+        return self._raw.write(data)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
 def create_private(path: Path) -> int:
     """Open a new file for writing, 0600 from the first byte; fails if it exists."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -32,6 +32,7 @@ log = logging.getLogger("ibreports.pipeline")
 
 ProgressHook = Callable[[str, int], None]  # ("files", n) | ("bytes", n) | ("total-files", n) | ("total-bytes", n)
 DOWNLOAD_ATTEMPTS = 3
+OVERLAP_BYTES = 4 << 20  # from this size, the original is archived while gpg decrypts
 STAGING_PREFIX = "ibreports-staging-"
 
 
@@ -104,6 +105,7 @@ class _Run:
         self._lock = threading.Lock()
         self.staging: Path | None = None
         self._staging_lock = -1
+        self.side: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> "_Run":
         base = self.config.run.staging_dir
@@ -116,9 +118,12 @@ class _Run:
         # others can read it, and a killed run's leftovers are removed by the next run.
         self.staging, self._staging_lock = claim_workdir(STAGING_PREFIX, base)
         self.staging = self.staging.resolve()
+        self.side = ThreadPoolExecutor(max(1, self.config.run.workers), thread_name_prefix="archive-original")
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.side is not None:
+            self.side.shutdown(wait=True)
         if self._decryptor is not None:
             self._decryptor.close()
         if self.staging is not None:
@@ -135,6 +140,12 @@ class _Run:
                     self._decryptor_error = exc
                     raise
             return self._decryptor
+
+    def _warm_up(self) -> None:
+        try:
+            self.decryptor()
+        except IbreportsError:
+            pass  # cached: reported on the first encrypted file, if there is one
 
     def _start_decryptor(self) -> Decryptor:
         pgp = self.config.pgp
@@ -160,6 +171,8 @@ class _Run:
                     item.outcome.outcome = "planned"
                     self.progress("files", 1)
                 return
+            if items:  # start gpg (key import, passphrase check) while the first downloads run
+                self.side.submit(self._warm_up)
             workers = max(1, min(self.config.run.workers, source.connections))
             with ThreadPoolExecutor(workers, thread_name_prefix=f"fetch-{source.name}") as pool:
                 list(pool.map(lambda item: self.process(source, remote, item, force), items))
@@ -209,8 +222,7 @@ class _Run:
         encrypted = self.staging / f"{item.index}.download"
         plain = self.staging / f"{item.index}.plain"
         try:
-            self.download(remote, item, encrypted)
-            out.sha256 = sha256_file(encrypted)
+            out.sha256 = self.download(remote, item, encrypted)
             meta = {
                 "source": source.name,
                 "remote-name": item.remote.name,
@@ -218,11 +230,19 @@ class _Run:
                 "original-sha256": out.sha256,
             }
             if is_openpgp(encrypted):
+                original = None
                 if self.config.archive.keep_encrypted:
-                    self.store(out, item.original_key, encrypted, out.sha256, meta, force, private=False)
+                    # Big files: archive the original (I/O, fsync) while gpg decrypts (CPU).
+                    args = (out, item.original_key, encrypted, out.sha256, dict(meta), force, False)
+                    if item.remote.size >= OVERLAP_BYTES:
+                        original = self.side.submit(self.store, *args)
+                    else:
+                        self.store(*args)
                 try:
                     meta["pgp-key"] = self.decryptor().decrypt(encrypted, plain)
                 finally:
+                    if original is not None:
+                        original.result()  # an archive failure outranks a decryption failure
                     encrypted.unlink(missing_ok=True)
                 self.store(out, item.statement_key, plain, sha256_file(plain), meta, force, private=True)
             elif item.statement.encryption:
@@ -252,13 +272,12 @@ class _Run:
             plain.unlink(missing_ok=True)
             self.progress("files", 1)
 
-    def download(self, remote: Remote, item: _Item, dest: Path) -> None:
-        """Download with bounded retries: a dropped connection costs a retry, not the file."""
+    def download(self, remote: Remote, item: _Item, dest: Path) -> str:
+        """Download with bounded retries (a dropped connection costs a retry, not the file); returns the SHA-256."""
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             dest.unlink(missing_ok=True)
             try:
-                remote.download(item.remote.name, dest, item.remote.size, lambda n: self.progress("bytes", n))
-                return
+                return remote.download(item.remote.name, dest, item.remote.size, lambda n: self.progress("bytes", n))
             except ConnectionFailure as exc:
                 if attempt == DOWNLOAD_ATTEMPTS or type(exc) is not ConnectionFailure:
                     raise

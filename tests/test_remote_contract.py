@@ -5,6 +5,8 @@ Every test runs against a real server on loopback: OpenSSH sshd or pyftpdlib.
 
 from __future__ import annotations
 
+import hashlib
+
 import calendar
 import os
 import threading
@@ -90,8 +92,9 @@ def test_download_is_byte_exact_and_private(served, payloads, tmp_path):
             for i, (name, data) in enumerate(payloads.items()):
                 dest = tmp_path / f"{i}.download"
                 seen: list[int] = []
-                remote.download(name, dest, len(data), seen.append)
+                digest = remote.download(name, dest, len(data), seen.append)
                 assert dest.read_bytes() == data
+                assert digest == hashlib.sha256(data).hexdigest()  # hashed on the way, no second read
                 assert dest.stat().st_mode & 0o777 == 0o600
                 assert sum(seen) == len(data)
     finally:

@@ -26,8 +26,10 @@ class Remote(Protocol):
     def list(self) -> list[RemoteFile]:
         """Regular files in the source's remote_dir (no folders, no links to folders)."""
 
-    def download(self, name: str, dest: Path, expected_size: int, progress: Progress | None = None) -> None:
-        """Stream ``name`` into ``dest`` (created 0600); RemoteFileError if the size differs."""
+    def download(self, name: str, dest: Path, expected_size: int, progress: Progress | None = None) -> str:
+        """Stream ``name`` into ``dest`` (created 0600) and return its SHA-256 (hex), hashed on the way.
+
+        RemoteFileError if the size differs (FileChangedError when the file is still changing)."""
 
     def delete(self, name: str) -> None:
         """Remove a remote file (only after it was archived and verified, and only when configured)."""

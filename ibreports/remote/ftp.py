@@ -18,7 +18,7 @@ from typing import Iterator
 
 from ..config import SourceConfig
 from ..errors import ConnectionFailure, FileChangedError, RemoteFileError
-from ..files import create_private
+from ..files import HashingWriter, create_private
 from . import Progress, RemoteFile
 from .ftpconn import NETWORK_ERRORS, DataChannelError, connect, supports_mlsd
 
@@ -165,13 +165,14 @@ class FtpRemote:
             return 0.0  # unknown age: treated as old, so it is fetched rather than waited for
         return _mtime(reply.split()[-1])
 
-    def download(self, name: str, dest: Path, expected_size: int, progress: Progress | None = None) -> None:
-        """Stream ``name`` into a new 0600 ``dest``; RemoteFileError (dest removed) on a size mismatch."""
+    def download(self, name: str, dest: Path, expected_size: int, progress: Progress | None = None) -> str:
+        """Stream ``name`` into a new 0600 ``dest``; returns its SHA-256. RemoteFileError (dest removed) on a size mismatch."""
         self._check(name)
         fd = create_private(dest)
         written = 0
         try:
-            with open(fd, "wb", buffering=1 << 20) as out:
+            with open(fd, "wb", buffering=1 << 20) as raw:
+                out = HashingWriter(raw)
                 try:
                     with self._conn() as ftp:
                         ftp.voidcmd("TYPE I")  # every transfer in binary, whatever ran before
@@ -210,6 +211,7 @@ class FtpRemote:
         except BaseException:
             Path(dest).unlink(missing_ok=True)
             raise
+        return out.hexdigest()
 
     @staticmethod
     def _server_size(ftp: ftplib.FTP, name: str) -> int | None:

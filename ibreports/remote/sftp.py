@@ -20,7 +20,7 @@ from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, int64
 
 from ..config import SourceConfig
 from ..errors import ConfigError, ConnectionFailure, IbreportsError, FileChangedError, RemoteFileError
-from ..files import create_private
+from ..files import HashingWriter, create_private
 from . import Progress, RemoteFile
 from .ssh import authenticate, load_private_key, start_transport
 
@@ -232,12 +232,13 @@ class SftpRemote:
                     files.append(RemoteFile(name, int(attr.st_size or 0), float(attr.st_mtime or 0)))
             return files
 
-    def download(self, name: str, dest: Path, expected_size: int, progress: Progress | None = None) -> None:
-        """Stream ``name`` into a new 0600 ``dest``; RemoteFileError (dest removed) on a size mismatch."""
+    def download(self, name: str, dest: Path, expected_size: int, progress: Progress | None = None) -> str:
+        """Stream ``name`` into a new 0600 ``dest``; returns its SHA-256. RemoteFileError (dest removed) on a size mismatch."""
         path = self._path(name)
         fd = create_private(dest)
         try:
-            with open(fd, "wb", buffering=1 << 20) as out, self._client() as client:
+            with open(fd, "wb", buffering=1 << 20) as raw, self._client() as client:
+                out = HashingWriter(raw)
                 written = self._stream(client, path, name, expected_size, out, progress)
                 if written != expected_size:
                     if not self._alive(client):
@@ -249,6 +250,7 @@ class SftpRemote:
         except BaseException:
             Path(dest).unlink(missing_ok=True)
             raise
+        return out.hexdigest()
 
     def _stream(self, client, path, name, expected_size, out, progress) -> int:
         try:
