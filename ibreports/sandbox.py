@@ -56,6 +56,7 @@ class SandboxServer:
         drop_limit: how many connections to cut that way (None: every time).
         grow_on_open: {name: bytes} appended to the file each time it is opened.
         lie_about_size: {name: size} reported in listings and stat instead of the truth.
+        max_read: answer every read with at most this many bytes (servers that cap reads).
     """
 
     host = "127.0.0.1"
@@ -71,6 +72,7 @@ class SandboxServer:
         self.drop_limit: int | None = None
         self.grow_on_open: dict[str, bytes] = {}
         self.lie_about_size: dict[str, int] = {}
+        self.max_read: int | None = None
         self.drops = 0  # connections cut by drop_after_bytes so far
         self.logins = 0  # successful authentications so far
         self.port = 0
@@ -296,6 +298,8 @@ class _Handle(SFTPHandle):
                 return SFTP_FAILURE
             if offset < limit:
                 length = min(length, limit - offset)  # a short read: the client asks again
+        if self.sftp.sandbox.max_read:
+            length = min(length, self.sftp.sandbox.max_read)
         try:
             self.readfile.seek(offset)
             return self.readfile.read(length)

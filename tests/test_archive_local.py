@@ -165,6 +165,7 @@ def test_write_failing_midway_leaves_nothing(tmp_path):
     root = tmp_path / "archive"
     archive = _archive(root)
     path, sha = _staged(tmp_path, os.urandom(3 * 1024 * 1024))
+    os.link(path, tmp_path / "second-name")  # a second name forces the copy path (no inode is shared twice)
     before = _tree(tmp_path)
 
     def put_with_small_disk() -> None:  # RLIMIT_FSIZE makes write() fail like a full disk would
@@ -200,3 +201,15 @@ def test_key_naming_a_folder_is_an_error_not_already_archived(tmp_path):
         archive.put("a", path, sha, {})
     with pytest.raises(ArchiveError):
         archive.put("a/b/c", path, sha, {})  # "a/b" is a file
+
+
+def test_a_staged_file_is_taken_over_not_copied_and_never_shared_twice(tmp_path):
+    root = tmp_path / "archive"
+    archive = _archive(root)
+    path, sha = _staged(tmp_path, b"<statement/>" * 1000)
+    assert archive.put("statements/a.xml", path, sha, {}, private=True)
+    assert (root / "statements/a.xml").stat().st_ino == path.stat().st_ino  # same file system: a hard link
+    assert archive.put("encrypted/a.xml", path, sha, {})  # already archived once: copied
+    assert (root / "encrypted/a.xml").stat().st_ino != path.stat().st_ino
+    assert (root / "statements/a.xml").stat().st_mode & 0o777 == 0o600
+    assert (root / "encrypted/a.xml").stat().st_mode & 0o777 == 0o640

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import threading
 import time
@@ -238,3 +239,23 @@ def test_faults_as_the_product_client_sees_them(served, sftp_client_key, tmp_pat
             remote.download("a.xml", tmp_path / "a2", len(data))
         assert (tmp_path / "a2").read_bytes() == data
         assert (server.drops, server.logins) == (1, 2)
+
+
+def test_a_server_that_caps_read_sizes_still_gives_exact_files(served, sftp_client_key, tmp_path):
+    """SftpRemote asks for 127 KiB reads; a server answering with less must not corrupt or stall a file."""
+    kind, b64 = sftp_client_key[1].split()[:2]
+    data = os.urandom(3_000_017)
+    (served / "outgoing" / "big.xml.pgp").write_bytes(data)
+    key = paramiko.PKey.from_type_string(kind, base64.b64decode(b64))
+    with SandboxServer(served, authorized_key=key, username="ibkr") as server:
+        server.max_read = 32768
+        server.write_known_hosts(tmp_path / "kh")
+        source = SourceConfig(
+            name="sandbox", kind="sftp", host=server.host, port=server.port, username="ibkr",
+            key_file=sftp_client_key[0], key_passphrase=Secret(sftp_client_key[2], "test", tmp_path),
+            known_hosts=tmp_path / "kh", remote_dir="outgoing", timeout=10.0, settle_seconds=0,
+        )
+        with open_remote(source) as remote:
+            digest = remote.download("big.xml.pgp", tmp_path / "big", len(data))
+    assert (tmp_path / "big").read_bytes() == data
+    assert digest == hashlib.sha256(data).hexdigest()

@@ -31,7 +31,9 @@ class Archive(Protocol):
 
         The write is atomic (temporary name then rename, or a single verified PUT): a
         reader never sees a partial object. ``sha256`` (hex) is verified by the store.
-        ``private`` marks plaintext statements (local: 0600).
+        ``private`` marks plaintext statements (local: 0600). The archive may take ``path``
+        over (a local archive on the same file system hard-links it): the caller must not
+        modify the file afterwards, only delete it.
         """
 
     def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:

@@ -12,6 +12,10 @@ import paramiko
 from cryptography.hazmat.primitives import hashes
 
 SHA2_RSA = ["rsa-sha2-256", "rsa-sha2-512"]
+# Bigger channel packets and window than paramiko's defaults (32 KiB, 2 MiB): per-packet work
+# in Python bounds bulk downloads, and a long fat link needs a window to match.
+MAX_PACKET = 1 << 17
+WINDOW = 1 << 25
 LEGACY_SETTING = {"pubkeys": SHA2_RSA}
 
 
@@ -36,7 +40,7 @@ def wants_sha1(disabled: dict[str, list[str]] | None) -> bool:
 def make_transport(sock, disabled: dict[str, list[str]] | None) -> paramiko.Transport:
     """A client transport honouring ``disabled``, able to sign with SHA-1 when that is what is left."""
     cls = Sha1Transport if wants_sha1(disabled) else paramiko.Transport
-    return cls(sock, disabled_algorithms=disabled)
+    return cls(sock, disabled_algorithms=disabled, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
 
 
 def signing_key(key: paramiko.PKey, disabled: dict[str, list[str]] | None) -> paramiko.PKey:

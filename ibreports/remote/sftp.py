@@ -24,8 +24,11 @@ from ..files import HashingWriter, create_private
 from . import Progress, RemoteFile
 from .ssh import authenticate, load_private_key, start_transport
 
-BLOCK = 32768  # paramiko's largest read request
-IN_FLIGHT = 128  # outstanding 32 KiB read requests per download (OpenSSH sftp: 64 of up to 256 KiB)
+# Read requests of 127 KiB in 128 KiB channel packets (see ssh.WINDOW/MAX_PACKET): paramiko's
+# per-packet cost dominates bulk downloads, and 4x fewer packets took 600 MB from 5.1 s to 2.9 s
+# here. A server that answers with less shrinks the request size to what it sends.
+BLOCK = 130048
+IN_FLIGHT = 64  # outstanding reads per download: at most 8 MB in flight (OpenSSH sftp: 64 of up to 256 KiB)
 KEEPALIVE = 30
 
 
@@ -70,11 +73,12 @@ def _pipelined(client: paramiko.SFTPClient, handle: bytes, size: int, name: str)
     replies = _Replies()
     pending: deque[tuple[int, int, int]] = deque()  # (request number, offset, length), in file order
     offset = 0
+    block = BLOCK
     probed = False
     while offset < size or pending or not probed:
         if len(pending) <= IN_FLIGHT // 2:  # refill in bursts: fewer, fuller packets than one per reply
             while offset < size and len(pending) < IN_FLIGHT:
-                length = min(BLOCK, size - offset)
+                length = min(block, size - offset)
                 pending.append((client._async_request(replies, CMD_READ, handle, int64(offset), length), offset, length))
                 offset += length
             if offset >= size and not probed:
@@ -96,6 +100,7 @@ def _pipelined(client: paramiko.SFTPClient, handle: bytes, size: int, name: str)
             start, length = start + len(data), length - len(data)
             if not length:
                 break
+            block = max(4096, min(block, len(data)))  # the server's largest read: ask no more later
             # A short read is legal: ask for the rest of this block before moving on.
             data = _read_reply(client, replies, client._async_request(replies, CMD_READ, handle, int64(start), length))
         if length:
