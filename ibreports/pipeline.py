@@ -8,6 +8,7 @@ data (paths in a private staging folder, hashes, keys), never clients or bytes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -33,6 +34,7 @@ log = logging.getLogger("ibreports.pipeline")
 ProgressHook = Callable[[str, int], None]  # ("files", n) | ("bytes", n) | ("total-files", n) | ("total-bytes", n)
 DOWNLOAD_ATTEMPTS = 3
 OVERLAP_BYTES = 4 << 20  # from this size, the original is archived while gpg decrypts
+BULK_BYTES = 16 << 20  # from this size, downloads take turns (see _Run.download)
 STAGING_PREFIX = "ibreports-staging-"
 
 
@@ -105,6 +107,7 @@ class _Run:
         self._lock = threading.Lock()
         self.staging: Path | None = None
         self._staging_lock = -1
+        self._bulk = threading.Lock()
         self.side: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> "_Run":
@@ -277,7 +280,10 @@ class _Run:
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             dest.unlink(missing_ok=True)
             try:
-                return remote.download(item.remote.name, dest, item.remote.size, lambda n: self.progress("bytes", n))
+                # Big files one at a time: they share one connection's bandwidth anyway, and the
+                # first one done is decrypted and archived while the next downloads.
+                with self._bulk if item.remote.size >= BULK_BYTES else contextlib.nullcontext():
+                    return remote.download(item.remote.name, dest, item.remote.size, lambda n: self.progress("bytes", n))
             except ConnectionFailure as exc:
                 if attempt == DOWNLOAD_ATTEMPTS or type(exc) is not ConnectionFailure:
                     raise
