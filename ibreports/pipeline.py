@@ -84,7 +84,7 @@ def fetch(
     if not dry_run:
         key = f"runs/{now:%Y/%m}/{report.run_id}.json"
         try:
-            archive.put_bytes(key, report.to_json(), {"kind": "run-record"})
+            archive.put_bytes(key, report.to_record(), {"kind": "run-record"})
             report.record_key = key
         except IbreportsError as exc:  # the per-file outcomes still reach the user
             log.error("the run record could not be written: %s", exc)

@@ -41,6 +41,7 @@ class RunReport:
     source_error_types: dict[str, str] = field(default_factory=dict)  # source -> exception class name
     warn_days: int = 14
     record_key: str = ""
+    already_archived: int = 0  # in run records, which list only the files a run acted on
 
     def count(self, outcome: str) -> int:
         return sum(1 for f in self.files if f.outcome == outcome)
@@ -82,8 +83,16 @@ class RunReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True).encode()
+    def to_record(self) -> bytes:
+        """The JSON run record: every file the run acted on, and a count of those already archived.
+
+        A daily run over 10,000 archived files would otherwise repeat 10,000 rows every day;
+        the run that archived a file has its full row.
+        """
+        data = self.to_dict()
+        data["files"] = [f for f in data["files"] if f["outcome"] != "already-archived"]
+        data["already_archived"] = self.count("already-archived")
+        return json.dumps(data, indent=1, sort_keys=True).encode()
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunReport":

@@ -192,7 +192,7 @@ def run_record(archive, started: datetime, failing: bool, source: str = "ibkr-sf
     if failing:
         report.source_errors[source] = "Could not connect to xfer.interactivebrokers.com:32 (timed out)."
         report.source_error_types[source] = "ConnectionFailure"
-    archive.put_bytes(f"runs/{started:%Y/%m}/{report.run_id}.json", report.to_json())
+    archive.put_bytes(f"runs/{started:%Y/%m}/{report.run_id}.json", report.to_record())
     return report
 
 
