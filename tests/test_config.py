@@ -149,3 +149,11 @@ def test_any_structure_gives_config_or_config_error(table, section):
         parse_config(text, Path("/tmp/h/ibreports.toml"))
     except ConfigError:
         pass
+
+
+def test_global_flags_work_after_the_command_too(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[archive]\nurl = 5\n")
+    assert main(["fetch", "--config", str(bad)]) == 2
+    assert main(["status", "--debug", "--config", str(bad)]) == 2
+    assert "archive.url" in capsys.readouterr().err

@@ -28,7 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         import_module(f"{__name__}.{name}").register(sub)
+    _accept_global_flags_anywhere(sub)
     return parser
+
+
+def _accept_global_flags_anywhere(sub: argparse._SubParsersAction) -> None:
+    """`ibreports fetch --config X` works like `ibreports --config X fetch`."""
+    for command in sub.choices.values():
+        command.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_global_flags_anywhere(action)
 
 
 def main(argv: list[str] | None = None) -> int:
