@@ -247,7 +247,8 @@ class _Run:
                     if original is not None:
                         original.result()  # an archive failure outranks a decryption failure
                     encrypted.unlink(missing_ok=True)
-                self.store(out, item.statement_key, plain, sha256_file(plain), meta, force, private=True)
+                # No second hash of the plaintext here: there is nothing independent to compare with.
+                self.store(out, item.statement_key, plain, None, meta, force, private=True)
             elif item.statement.encryption:
                 # Named as encrypted but not OpenPGP: keep the evidence, refuse to call it a statement.
                 self.store(out, item.original_key, encrypted, out.sha256, meta, force, private=False)
@@ -290,7 +291,8 @@ class _Run:
                 log.warning("%s: attempt %d failed (%s); retrying", item.remote.name, attempt, exc.message)
                 time.sleep(min(2 ** attempt, 10) * 0.5)
 
-    def store(self, out: FileOutcome, key: str, path: Path, sha256: str, meta: dict[str, str], force: bool, private: bool) -> None:
+    def store(self, out: FileOutcome, key: str, path: Path, sha256: str | None, meta: dict[str, str], force: bool,
+              private: bool) -> None:
         """Put ``key`` unless present; with --force, verify an existing object instead of rewriting it."""
         written = self.archive.put(key, path, sha256, meta, private=private)
         out.archive_keys.append(key)
@@ -300,7 +302,7 @@ class _Run:
         check = self.staging / f"verify-{secrets.token_hex(4)}"
         try:
             self.archive.get(key, check)
-            if sha256_file(check) != sha256:
+            if sha256_file(check) != (sha256 or sha256_file(path)):
                 raise RemoteFileError(
                     f"The archived {key} differs from the file on the server (SHA-256 mismatch); nothing was rewritten.",
                     "Compare both copies before deciding which to keep.",

@@ -244,3 +244,10 @@ def test_description_names_the_archive_without_credentials(backend):
     text = backend.archive.description
     assert text.startswith("/" if backend.kind == "local" else "s3://")
     assert os.environ.get("AWS_SECRET_ACCESS_KEY", "never-set") not in text
+
+
+def test_put_without_a_caller_hash_stores_the_bytes_and_reads_back_verified(backend, tmp_path):
+    data = os.urandom(300_000)
+    path, _ = _file(tmp_path, "plain", data)
+    assert backend.archive.put("statements/U1/2026/11/p.xml", path, None, {}, private=True) is True
+    assert _read(backend, "statements/U1/2026/11/p.xml", tmp_path) == data  # S3: get verifies the stored checksum

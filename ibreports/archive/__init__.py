@@ -26,11 +26,13 @@ class Archive(Protocol):
     def inventory(self) -> dict[str, ObjectInfo]:
         """Every object under the archive, listed once (paginated; never a request per object)."""
 
-    def put(self, key: str, path: Path, sha256: str, metadata: dict[str, str], private: bool = False) -> bool:
+    def put(self, key: str, path: Path, sha256: str | None, metadata: dict[str, str], private: bool = False) -> bool:
         """Create ``key`` from ``path`` unless it exists. True if written, False if it already existed.
 
         The write is atomic (temporary name then rename, or a single verified PUT): a
-        reader never sees a partial object. ``sha256`` (hex) is verified by the store.
+        reader never sees a partial object. ``sha256`` (hex) is verified by the store; None when
+        the caller has no independent hash (a file it just produced): S3 then computes one for
+        ``ChecksumSHA256``, a local archive writes it as it is.
         ``private`` marks plaintext statements (local: 0600). The archive may take ``path``
         over (a local archive on the same file system hard-links it): the caller must not
         modify the file afterwards, only delete it.

@@ -60,7 +60,7 @@ class LocalArchive:
             raise _error(exc, f"list the archive folder {self.root}") from None
         return found
 
-    def put(self, key: str, path: Path, sha256: str, metadata: dict[str, str], private: bool = False) -> bool:
+    def put(self, key: str, path: Path, sha256: str | None, metadata: dict[str, str], private: bool = False) -> bool:
         """Create ``key`` from ``path`` unless it exists; metadata is not kept locally."""
         final = self._path(key)
         tmp = self._tmp()
@@ -74,7 +74,7 @@ class LocalArchive:
                             _write_all(fd, chunk)
                 finally:
                     os.close(fd)
-            if sha256_file(tmp) != sha256.lower():  # what is in the archive, not what we meant to copy
+            if sha256 is not None and sha256_file(tmp) != sha256.lower():  # what is in the archive
                 raise ArchiveError(
                     f"Refused to archive {key}: its SHA-256 does not match the verified download.",
                     "The staged file changed or was corrupted; run fetch again.",

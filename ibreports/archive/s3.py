@@ -72,8 +72,10 @@ class S3Archive:
             raise self._error(exc, "list", start) from None
         return found
 
-    def put(self, key: str, path: Path, sha256: str, metadata: dict[str, str], private: bool = False) -> bool:
+    def put(self, key: str, path: Path, sha256: str | None, metadata: dict[str, str], private: bool = False) -> bool:
         """Create ``key`` from ``path`` unless it exists (``private`` is moot: objects are never public)."""
+        if sha256 is None:  # the store still gets a checksum to verify what it receives
+            sha256 = sha256_file(Path(path))
         return self._upload(self._name(key), path, sha256, metadata, conditional=True)
 
     def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
