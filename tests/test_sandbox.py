@@ -221,12 +221,7 @@ def test_faults_as_the_product_client_sees_them(served, sftp_client_key, tmp_pat
         server.drop_after_bytes, server.drop_limit = 500_000, 1
         server.grow_on_open = {"g.xml": b"more"}
         server.lie_about_size = {"l.xml": 5000}
-        server.write_known_hosts(tmp_path / "kh")
-        source = SourceConfig(
-            name="sandbox", kind="sftp", host=server.host, port=server.port, username="ibkr",
-            key_file=sftp_client_key[0], key_passphrase=Secret(sftp_client_key[2], "test", tmp_path),
-            known_hosts=tmp_path / "kh", remote_dir="outgoing", timeout=10.0, settle_seconds=0,
-        )
+        source = sandbox_source(server, sftp_client_key, tmp_path)
         with open_remote(source) as remote:
             assert {f.name: f.size for f in remote.list()} == {"a.xml": 2_000_000, "g.xml": 1000, "l.xml": 5000}
             with pytest.raises(ConnectionFailure) as broke:
@@ -249,13 +244,18 @@ def test_a_server_that_caps_read_sizes_still_gives_exact_files(served, sftp_clie
     key = paramiko.PKey.from_type_string(kind, base64.b64decode(b64))
     with SandboxServer(served, authorized_key=key, username="ibkr") as server:
         server.max_read = 32768
-        server.write_known_hosts(tmp_path / "kh")
-        source = SourceConfig(
-            name="sandbox", kind="sftp", host=server.host, port=server.port, username="ibkr",
-            key_file=sftp_client_key[0], key_passphrase=Secret(sftp_client_key[2], "test", tmp_path),
-            known_hosts=tmp_path / "kh", remote_dir="outgoing", timeout=10.0, settle_seconds=0,
-        )
+        source = sandbox_source(server, sftp_client_key, tmp_path)
         with open_remote(source) as remote:
             digest = remote.download("big.xml.pgp", tmp_path / "big", len(data))
     assert (tmp_path / "big").read_bytes() == data
     assert digest == hashlib.sha256(data).hexdigest()
+
+
+def sandbox_source(server: SandboxServer, sftp_client_key, tmp_path) -> SourceConfig:
+    """The product's view of the sandbox: an sFTP source with the server's key pinned."""
+    server.write_known_hosts(tmp_path / "kh")
+    return SourceConfig(
+        name="sandbox", kind="sftp", host=server.host, port=server.port, username="ibkr",
+        key_file=sftp_client_key[0], key_passphrase=Secret(sftp_client_key[2], "test", tmp_path),
+        known_hosts=tmp_path / "kh", remote_dir="outgoing", timeout=10.0, settle_seconds=0,
+    )

@@ -11,7 +11,9 @@ from pathlib import Path
 from ..config import SourceConfig
 from ..errors import ConnectionFailure, RemoteFileError
 from ..files import create_private
-from ..remote.ftpconn import NETWORK_ERRORS, DataChannelError, PassiveFTP, PassiveFTPS, change_dir, login, supports_mlsd
+from ..remote.ftpconn import (
+    NETWORK_ERRORS, DataChannelError, PassiveFTP, PassiveFTPS, certificate_error, change_dir, login, supports_mlsd,
+)
 from .steps import Checklist, Sample, connect_tcp, count_detail, pick_sample, resolve
 
 
@@ -80,11 +82,7 @@ def _tls(source: SourceConfig, ftp: ftplib.FTP_TLS):
             f"{where} does not offer FTPS (AUTH TLS refused: {exc}).", "Set tls = false for this source, or check host and port."
         ) from None
     except ssl.SSLCertVerificationError as exc:
-        raise ConnectionFailure(
-            f"The certificate of the FTPS server {where} could not be verified ({exc.verify_message}).",
-            "If this really is the right server, set ca_file to the certificate of the CA that signed it; "
-            "otherwise do not connect.",
-        ) from None
+        raise certificate_error(where, exc) from None
     except (*NETWORK_ERRORS, ssl.SSLError) as exc:
         raise ConnectionFailure(f"The TLS handshake with {where} failed ({exc}).", "Check host, port and tls.") from None
     cert = ftp.sock.getpeercert() or {}

@@ -94,18 +94,22 @@ def connect(source: SourceConfig) -> ftplib.FTP:
         raise
     except ssl.SSLCertVerificationError as exc:
         ftp.close()
-        # Like a host key: an unverifiable certificate is refused, never retried.
-        raise HostKeyError(
-            f"The certificate of the FTPS server {where} could not be verified ({exc.verify_message}).",
-            "If this really is the right server, set ca_file to the certificate of the CA that signed it; "
-            "otherwise do not connect.",
-        ) from None
+        raise certificate_error(where, exc) from None
     except (*NETWORK_ERRORS, ftplib.error_perm) as exc:
         ftp.close()
         raise ConnectionFailure(
             f"The connection to {where} failed during login ({type(exc).__name__}: {exc}).", "Try again."
         ) from None
     return ftp
+
+
+def certificate_error(where: str, exc: ssl.SSLCertVerificationError) -> HostKeyError:
+    """Like a host key: an unverifiable certificate is refused, never retried."""
+    return HostKeyError(
+        f"The certificate of the FTPS server {where} could not be verified ({exc.verify_message}).",
+        "If this really is the right server, set ca_file to the certificate of the CA that signed it; "
+        "otherwise do not connect.",
+    )
 
 
 def _login(ftp: ftplib.FTP, source: SourceConfig, password: str) -> None:
