@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.s3 import s3_test_client
-from tests.test_reliability_helpers import (
+from tests.reliability import (
     assert_archived_exactly, cli_env, local_archive_toml, local_objects, s3_archive_toml, s3_objects, seed,
     sftp_toml, start_cli, write_config,
 )

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.faultproxy import FaultProxy
-from tests.test_reliability_helpers import (
+from tests.reliability import (
     assert_archived_exactly, cli_env, files_containing, kill_gpg_agents, local_archive_toml, local_objects,
     run_cli, seed, sftp_toml, start_cli, write_config,
 )

@@ -17,7 +17,7 @@ from ibreports.sandbox import SandboxServer
 from tests.faultproxy import FaultProxy, HttpFault, Rule
 from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.fixtures.s3 import s3_test_client
-from tests.test_reliability_helpers import (
+from tests.reliability import (
     Delivery, assert_archived_exactly, ftp_toml, local_archive_toml, local_objects, s3_archive_toml, s3_objects,
     sftp_toml, write_config,
 )

@@ -15,7 +15,7 @@ import pytest
 
 from ibreports.cli import main
 from ibreports.sandbox import SandboxServer
-from tests.test_reliability_helpers import local_archive_toml, local_objects, sftp_toml, write_config
+from tests.reliability import local_archive_toml, local_objects, sftp_toml, write_config
 
 NAME = "DU1234567.Activity.20261104.20261104.csv"
 KEY = f"statements/DU1234567/2026/11/{NAME}"

@@ -15,7 +15,7 @@ import pytest
 
 from ibreports.cli import main
 from ibreports.sandbox import SandboxServer, file_attr
-from tests.test_reliability_helpers import local_archive_toml, local_objects, sftp_toml, snapshot, write_config
+from tests.reliability import local_archive_toml, local_objects, sftp_toml, snapshot, write_config
 
 LISTED_ONLY = ["../x", "/etc/passwd", "a/b", "../../../../tmp/evil.xml", "..", ".", "", "a\x00b.xml",
                "x" * 4000, "..\\x", "a\r\nb.xml", "U1234567.Daily.20261101.20261101.xml/../../../evil"]

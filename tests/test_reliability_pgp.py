@@ -13,10 +13,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
 
 from tests.fixtures.pgpkeys import encrypt_bytes
-from tests.test_reliability_helpers import (
+from tests.reliability import (
     cli_env, files_containing, local_archive_toml, local_objects, run_cli, sftp_toml, write_config,
 )
 

@@ -14,7 +14,7 @@ import pytest
 from ibreports.cli import main
 from tests.faultproxy import FaultProxy, HttpFault
 from tests.fixtures.s3 import s3_test_client
-from tests.test_reliability_helpers import (
+from tests.reliability import (
     assert_archived_exactly, local_archive_toml, local_objects, s3_archive_toml, s3_objects, seed, sftp_toml,
     write_config,
 )

@@ -10,12 +10,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pytest
 
 from tests.faultproxy import FaultProxy, HttpFault, Rule
 from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.fixtures.s3 import s3_test_client
-from tests.test_reliability_helpers import (
+from tests.reliability import (
     cli_env, ftp_toml, local_archive_toml, run_cli, s3_archive_toml, seed, sftp_toml, write_config,
 )
 
