@@ -157,3 +157,15 @@ def test_global_flags_work_after_the_command_too(tmp_path, capsys):
     assert main(["fetch", "--config", str(bad)]) == 2
     assert main(["status", "--debug", "--config", str(bad)]) == 2
     assert "archive.url" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_is_one_line_without_traceback(tmp_path, capsys, monkeypatch):
+    import ibreports.cli.fetch as fetch_cli
+
+    def boom(args):
+        raise RuntimeError("internal detail")
+
+    monkeypatch.setattr(fetch_cli, "run", boom)
+    assert main(["fetch"]) == 1
+    err = capsys.readouterr().err
+    assert "unexpected RuntimeError" in err and "--debug" in err and "Traceback" not in err and "internal detail" not in err

@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback only with --debug
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}; nothing was deleted on the server.", file=sys.stderr)
+        print("  remedy: run again with --debug and report the traceback.", file=sys.stderr)
+        return 1
 
 
 def run() -> None:
