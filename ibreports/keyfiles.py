@@ -182,13 +182,12 @@ def ssh_public_from_private(data: bytes) -> str:
         "The SSH private key is not in OpenSSH format.", "Regenerate it with ibreports keygen."
     )
     text = data.decode("ascii", "replace")
-    match = re.search(
-        r"-----BEGIN OPENSSH PRIVATE KEY-----(.*?)-----END OPENSSH PRIVATE KEY-----", text, re.S
-    )
+    # Any PEM-style armor: the body's openssh-key-v1 magic, checked below, is what identifies the format.
+    match = re.search(r"-----BEGIN ([A-Z ]+)-----(.*?)-----END \1-----", text, re.S)
     if not match:
         raise bad
     try:
-        raw = base64.b64decode("".join(match.group(1).split()), validate=True)
+        raw = base64.b64decode("".join(match.group(2).split()), validate=True)
         magic = b"openssh-key-v1\0"
         if not raw.startswith(magic):
             raise ValueError

@@ -210,7 +210,7 @@ def _pgp_keypair(
             )
         public = gpg.export_keys(fpr, armor=True)
         secret = gpg.export_keys(fpr, secret=True, armor=True, passphrase=passphrase)
-        if "BEGIN PGP PRIVATE KEY BLOCK" not in secret or "BEGIN PGP PUBLIC KEY BLOCK" not in public:
+        if not secret.strip() or not public.strip():  # python-gnupg returns "" when an export fails
             raise KeyMaterialError(
                 "gpg generated the PGP key but could not export it.",
                 "Check that gnupg 2.2+ is installed (gpg --version) and run keygen again.",
