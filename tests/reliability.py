@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests import configs
 from tests.fixtures.pgpkeys import encrypt_bytes
 
 CLI = [sys.executable, "-c", "from ibreports.cli import run; run()"]
@@ -65,41 +66,12 @@ def seed(outgoing: Path, public_file: Path, source: str, count: int, size: int, 
 
 
 def sftp_toml(name: str, port: int, server, key, known_hosts: Path, **extra) -> str:
-    options = {"settle_seconds": 0, "timeout": 10, **extra}
-    lines = "".join(f"{k} = {_toml(v)}\n" for k, v in options.items())
-    return f"""[[sources]]
-name = "{name}"
-kind = "sftp"
-host = "127.0.0.1"
-port = {port}
-username = "{server.username}"
-key_file = "{key[0]}"
-key_passphrase = "env:TEST_SSH_PASSPHRASE"
-known_hosts = "{known_hosts}"
-remote_dir = "{server.root / 'outgoing'}"
-{lines}"""
+    """A source reached through ``port`` (often a fault proxy in front of the server)."""
+    return configs.sftp_toml(server, key, known_hosts, name=name, host="127.0.0.1", port=port, **extra)
 
 
 def ftp_toml(name: str, host: str, port: int, server, **extra) -> str:
-    options = {"settle_seconds": 0, "timeout": 10, **extra}
-    lines = "".join(f"{k} = {_toml(v)}\n" for k, v in options.items())
-    return f"""[[sources]]
-name = "{name}"
-kind = "ftp"
-host = "{host}"
-port = {port}
-username = "{server.username}"
-password = "env:TEST_FTP_PASSWORD"
-remote_dir = "outgoing"
-{lines}"""
-
-
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return str(value)
+    return configs.ftp_toml(server, name=name, host=host, port=port, **extra)
 
 
 def write_config(folder: Path, sources: str, pgp_key, archive: str, staging: Path, workers: int = 4) -> Path:

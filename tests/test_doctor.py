@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ibreports.cli import main
+from tests import configs
 from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.fixtures.sshd import SshdServer, free_port, make_client_key
 
@@ -17,33 +18,15 @@ ENCRYPTED = "U1234567.DailyActivity.20261101.20261101.xml.pgp"
 
 
 def sftp_toml(server, key, known_hosts: Path, **extra) -> str:
-    key_path, _public, passphrase = key
-    fields = {
-        "name": "ibkr-sftp", "kind": "sftp", "host": server.host, "port": server.port,
-        "username": server.username, "key_file": str(key_path), "key_passphrase": passphrase,
-        "known_hosts": str(known_hosts), "remote_dir": str(server.root / "outgoing"), "timeout": 5,
-    }
-    return _table({**fields, **extra})
+    """Secrets inline: doctor reads them like any reference."""
+    return configs.sftp_toml(server, key, known_hosts, **{"key_passphrase": key[2], "timeout": 5, **extra})
 
 
 def ftp_toml(server, **extra) -> str:
-    fields = {
-        "name": "ibkr-ftp", "kind": "ftp", "host": server.host, "port": server.port, "username": server.username,
-        "password": server.password, "remote_dir": "outgoing", "timeout": 5, "tls": server.tls,
-    }
+    fields = {"password": server.password, "timeout": 5, "tls": server.tls}
     if server.ca_file:
         fields["ca_file"] = str(server.ca_file)
-    return _table({**fields, **extra})
-
-
-def _table(fields: dict) -> str:
-    return "[[sources]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in fields.items())
-
-
-def _toml(value) -> str:
-    if isinstance(value, dict):  # an inline table; JSON covers strings, numbers, booleans and lists
-        return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value)
+    return configs.ftp_toml(server, **{**fields, **extra})
 
 
 def write_config(tmp_path: Path, sources: list[str], pgp_key, archive: str | None = None, passphrase: str | None = None) -> Path:

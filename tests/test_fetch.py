@@ -9,6 +9,7 @@ import boto3
 import pytest
 
 from ibreports.cli import main
+from tests.configs import ftp_toml, sftp_toml  # noqa: F401 - sftp_toml re-used by test_flows
 from tests.fixtures.pgpkeys import encrypt_bytes
 
 PLAIN = {
@@ -44,37 +45,6 @@ passphrase = "env:TEST_PGP_PASSPHRASE"
 """
     )
     return cfg
-
-
-def sftp_toml(server, key, known_hosts: Path) -> str:
-    key_path, _pub, _pw = key
-    return f"""[[sources]]
-name = "ibkr-sftp"
-kind = "sftp"
-host = "{server.host}"
-port = {server.port}
-username = "{server.username}"
-key_file = "{key_path}"
-key_passphrase = "env:TEST_SSH_PASSPHRASE"
-known_hosts = "{known_hosts}"
-remote_dir = "{server.root / 'outgoing'}"
-settle_seconds = 0
-timeout = 10
-"""
-
-
-def ftp_toml(server) -> str:
-    return f"""[[sources]]
-name = "ibkr-ftp"
-kind = "ftp"
-host = "{server.host}"
-port = {server.port}
-username = "{server.username}"
-password = "env:TEST_FTP_PASSWORD"
-remote_dir = "outgoing"
-settle_seconds = 0
-timeout = 10
-"""
 
 
 @pytest.fixture
