@@ -165,7 +165,7 @@ def down_since(archive: Archive, source: str, current: RunReport | None = None) 
     Reads run records newest first and stops at the first success, so the cost is
     the failing streak, not the whole history.
     """
-    runs = [k for k in archive.inventory() if k.startswith("runs/") and k.endswith(".json")]
+    runs = [k for k in archive.inventory("runs/") if k.endswith(".json")]  # only the run records
     runs.sort(key=lambda k: PurePosixPath(k).name, reverse=True)  # names start with a UTC timestamp
     since: float | None = None
     if current is not None and source in current.source_errors:

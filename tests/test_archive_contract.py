@@ -251,3 +251,12 @@ def test_put_without_a_caller_hash_stores_the_bytes_and_reads_back_verified(back
     path, _ = _file(tmp_path, "plain", data)
     assert backend.archive.put("statements/U1/2026/11/p.xml", path, None, {}, private=True) is True
     assert _read(backend, "statements/U1/2026/11/p.xml", tmp_path) == data  # S3: get verifies the stored checksum
+
+
+def test_inventory_of_one_folder_lists_only_it_with_full_keys(backend, tmp_path):
+    path, sha = _file(tmp_path, "x", b"x")
+    for key in ("runs/2026/11/a.json", "runs/2026/11/b.json", "statements/U1/2026/11/s.xml", "runsx/c.json"):
+        backend.archive.put(key, path, sha, {})
+    assert sorted(backend.archive.inventory("runs/")) == ["runs/2026/11/a.json", "runs/2026/11/b.json"]
+    assert backend.archive.inventory("nothing-here/") == {}
+    assert len(backend.archive.inventory()) == 4

@@ -23,8 +23,9 @@ class Archive(Protocol):
 
     description: str  # e.g. "/srv/archive" or "s3://bucket/prefix" (no credentials)
 
-    def inventory(self) -> dict[str, ObjectInfo]:
-        """Every object under the archive, listed once (paginated; never a request per object)."""
+    def inventory(self, folder: str = "") -> dict[str, ObjectInfo]:
+        """Every object under the archive (or under ``folder``, e.g. ``runs/``), listed once
+        (paginated; never a request per object). Keys are always relative to the archive."""
 
     def put(self, key: str, path: Path, sha256: str | None, metadata: dict[str, str], private: bool = False) -> bool:
         """Create ``key`` from ``path`` unless it exists. True if written, False if it already existed.

@@ -39,10 +39,14 @@ class LocalArchive:
             raise _error(exc, f"create the archive folder {self.root}") from None
         self._real_root = self.root.resolve()
 
-    def inventory(self) -> dict[str, ObjectInfo]:
-        """Every regular file under the root, keyed by its '/'-separated relative path."""
+    def inventory(self, folder: str = "") -> dict[str, ObjectInfo]:
+        """Every regular file under the root (or ``folder``), keyed by its '/'-separated relative path."""
         found: dict[str, ObjectInfo] = {}
-        stack = [(self.root, "")]
+        start = folder.strip("/")
+        top = self._path(start) if start else self.root
+        if start and (top.is_symlink() or not top.is_dir()):
+            return found
+        stack = [(top, start + "/" if start else "")]
         try:
             while stack:
                 folder, prefix = stack.pop()

@@ -57,13 +57,14 @@ class S3Archive:
             raise s3_error(exc, "open", self.bucket, self.prefix, config.endpoint_url) from None
         self._conditional = True  # False once the store answered 501 to If-None-Match
 
-    def inventory(self) -> dict[str, ObjectInfo]:
-        """Every object under the prefix, one paginated listing."""
+    def inventory(self, folder: str = "") -> dict[str, ObjectInfo]:
+        """Every object under the prefix (or ``folder`` within it), one paginated listing."""
         start = f"{self.prefix}/" if self.prefix else ""
+        below = folder.strip("/") + "/" if folder.strip("/") else ""
         found: dict[str, ObjectInfo] = {}
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(
-                    Bucket=self.bucket, Prefix=start, PaginationConfig={"PageSize": self.page_size}):
+                    Bucket=self.bucket, Prefix=start + below, PaginationConfig={"PageSize": self.page_size}):
                 for obj in page.get("Contents", []):
                     key = obj["Key"][len(start):]
                     if key and not key.endswith("/"):  # skip "folder" markers made by consoles
