@@ -9,7 +9,6 @@ then prints medians, ratios and PASS/FAIL and writes benchmarks/results/results.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shutil
 import statistics

@@ -127,6 +127,9 @@ class FaultProxy:
 
     async def _handle(self, route: Route, client_r, client_w) -> None:
         route.connections += 1
+        if time.monotonic() >= self.deadline:  # the watchdog has fired: no new connections either
+            _abort(client_w, reset=False)
+            return
         try:
             server_r, server_w = await asyncio.open_connection("127.0.0.1", route.target_port)
         except OSError:
@@ -150,7 +153,7 @@ class FaultProxy:
             if action == "stall":
                 for task in pending:
                     task.cancel()
-                await asyncio.sleep(route.stall_seconds)
+                await asyncio.sleep(min(route.stall_seconds, max(0.0, self.deadline - time.monotonic())))
         finally:
             for task in tasks:
                 task.cancel()

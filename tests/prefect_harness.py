@@ -28,6 +28,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class PortTaken(Exception):
+    """The probed port was taken by someone else before the server bound it."""
+
+
 class PrefectStack:
     """``prefect server start`` plus helpers to run the CLI and a worker against it."""
 
@@ -68,6 +72,16 @@ class PrefectStack:
         return proc
 
     def start_server(self, timeout: float = 60) -> None:
+        """Start the server and wait until healthy; a port taken since it was probed is retried on another."""
+        for _ in range(3):
+            try:
+                return self._start_server(timeout)
+            except PortTaken:
+                self.port = free_port()
+                self.api = self.env["PREFECT_API_URL"] = f"http://127.0.0.1:{self.port}/api"
+        raise RuntimeError(f"prefect server found no free port:\n{self.log('server')}")
+
+    def _start_server(self, timeout: float) -> None:
         env = dict(self.env)
         env.pop("PREFECT_API_URL")  # the server itself must not point at itself as a client
         log = open(self.logs / "server.log", "wb")  # noqa: SIM115
@@ -81,6 +95,8 @@ class PrefectStack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
+                if "already in use" in self.log("server"):  # "Port N is already in use" or uvicorn's EADDRINUSE
+                    raise PortTaken(self.port)
                 raise RuntimeError(f"prefect server exited early:\n{self.log('server')}")
             try:
                 if httpx.get(f"{self.api}/health", timeout=2).status_code == 200:

@@ -90,6 +90,18 @@ workers = {workers}
     return cfg
 
 
+def ftp_via_proxy(proxy, server, rule) -> int:
+    """Mirror an FTP server's control port and every passive port on 127.0.0.2; ``rule`` on the data channels.
+
+    The client connects its data channels to the control peer's address, so they pass through the proxy
+    too. The fixed passive ports are taken first: the control route's free port cannot then collide.
+    Returns the control port to configure.
+    """
+    for port in server.server.handler.passive_ports:
+        proxy.route(port, listen_port=port, listen_host="127.0.0.2").rules.append(rule)
+    return proxy.route(server.port, listen_host="127.0.0.2").port
+
+
 def local_archive_toml(root: Path) -> str:
     return f'[archive]\nurl = "{root}"\n'
 

@@ -10,6 +10,7 @@ import time
 from ibreports.archive.local import LocalArchive
 from ibreports.config import ArchiveConfig
 from ibreports.files import claim_workdir, release_workdir, sweep_abandoned
+from tests.waiting import eventually
 
 CLAIM_AND_DIE = """
 import os, signal, sys
@@ -72,8 +73,7 @@ def test_gnupg_homes_of_a_killed_run_are_swept_with_their_agent(pgp_key):
     assert agents, "the killed run's gpg-agent should still be running"
     assert sweep_abandoned_homes() >= 1
     assert not os.path.exists(home)
-    time.sleep(0.5)
-    assert not [p for p in agents if os.path.exists(f"/proc/{p}") and home in _cmdline(p)]
+    assert eventually(lambda: not [p for p in agents if os.path.exists(f"/proc/{p}") and home in _cmdline(p)])
 
 
 def _cmdline(pid: str) -> str:

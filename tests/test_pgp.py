@@ -7,7 +7,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from ibreports.errors import ConfigError, DecryptionError
 from ibreports.pgp import Decryptor, armor_fingerprints, is_openpgp, recipients
 from tests.fixtures.pgpkeys import PgpKey, encrypt_bytes
 from tests.test_reliability_pgp import signed_by_unknown_key
+from tests.waiting import eventually
 
 XML = b'<?xml version="1.0"?>\n<FlexQueryResponse queryName="DailyActivity">' + b"<Trade/>" * 400 + b"</FlexQueryResponse>\n"
 
@@ -241,10 +241,7 @@ def test_close_stops_agents_and_removes_homes(pgp_key: PgpKey, tmp_path: Path) -
     assert all(_agent_pids(h) for h in homes)  # the check below can fail: agents did run
     d.close()
     d.close()  # idempotent
-    deadline = time.monotonic() + 5
-    while any(_agent_pids(h) for h in homes) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_agent_pids(h) for h in homes)
+    assert eventually(lambda: not any(_agent_pids(h) for h in homes))
     assert not any(h.exists() for h in homes)
     with pytest.raises(DecryptionError, match="closed"):
         d.decrypt(pgp_key.public_file, tmp_path / "x")  # armored but not a message: still refused

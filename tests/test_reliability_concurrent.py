@@ -5,8 +5,10 @@ no duplicate objects, no corruption, both exit cleanly.
 from __future__ import annotations
 
 import re
+import subprocess
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,16 @@ from tests.reliability import (
 )
 
 RUNS = 2
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, bytes, bytes]:
+    """(exit code, stdout, stderr); a run still going after ``timeout`` is killed, not left behind."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return proc.returncode, out, err
 
 
 @pytest.mark.parametrize("store", ["local", "s3"])
@@ -34,7 +46,8 @@ def test_two_runs_at_once(tmp_path, sshd_factory, sftp_client_key, pgp_key, s3_s
     request.addfinalizer(lambda: shutil.rmtree(tmpdir, ignore_errors=True))
     env = cli_env(pgp_key, sftp_client_key, tmpdir)
     procs = [start_cli(cfg, env, "fetch") for _ in range(RUNS)]
-    results = [(p.wait(120), *p.communicate()) for p in procs]
+    with ThreadPoolExecutor(RUNS) as pool:  # read both pipes at once: a full pipe must not stall a run
+        results = list(pool.map(finish, procs))
     for code, out, err in results:
         assert code == 0, out.decode()[-2000:] + err.decode()[-2000:]
         assert b"Traceback" not in err

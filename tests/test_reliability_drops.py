@@ -18,7 +18,7 @@ from tests.faultproxy import FaultProxy, HttpFault, Rule
 from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.fixtures.s3 import s3_test_client
 from tests.reliability import (
-    Delivery, assert_archived_exactly, ftp_toml, local_archive_toml, local_objects, s3_archive_toml, s3_objects,
+    Delivery, assert_archived_exactly, ftp_toml, ftp_via_proxy, local_archive_toml, local_objects, s3_archive_toml, s3_objects,
     sftp_toml, write_config,
 )
 
@@ -96,13 +96,8 @@ def test_ftp_data_channel_dropped_mid_file(tmp_path, ftp_factory, pgp_key, env, 
     server = ftp_factory()
     monkeypatch.setenv("TEST_FTP_PASSWORD", server.password)
     delivery = one_file(server.root / "outgoing", pgp_key.public_file, "ibkr-ftp")
-    # Mirror the control port and every passive port on 127.0.0.2: the client connects its data
-    # channels to the control peer's address, so they pass through the proxy too.
-    control = proxy.route(server.port, listen_host="127.0.0.2")
     cut = Rule(after=int(fraction * len(delivery.files[NAME])), action=action, skip=1)  # skip: the MLSD listing
-    for port in server.server.handler.passive_ports:
-        proxy.route(port, listen_port=port, listen_host="127.0.0.2").rules.append(cut)
-    source = ftp_toml("ibkr-ftp", "127.0.0.2", control.port, server, connections=1)
+    source = ftp_toml("ibkr-ftp", "127.0.0.2", ftp_via_proxy(proxy, server, cut), server, connections=1)
     cfg = write_config(tmp_path, source, pgp_key, local_archive_toml(tmp_path / "archive"), tmp_path / "staging")
     assert main(["--config", str(cfg), "fetch"]) == 0
     assert cut.fired == 1

@@ -15,7 +15,7 @@ from tests.faultproxy import FaultProxy, HttpFault, Rule
 from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.fixtures.s3 import s3_test_client
 from tests.reliability import (
-    cli_env, ftp_toml, local_archive_toml, run_cli, s3_archive_toml, seed, sftp_toml, write_config,
+    cli_env, ftp_toml, ftp_via_proxy, local_archive_toml, run_cli, s3_archive_toml, seed, sftp_toml, write_config,
 )
 
 INLINE_PASSWORD = "inline-ftp-Secret-4f9c1e"
@@ -63,13 +63,10 @@ def test_debug_output_and_run_records_hold_no_secret(tmp_path, sshd_factory, ftp
     sftp = sftp_toml("ibkr-sftp", sshd.port, sshd, sftp_client_key, known_hosts)
     with FaultProxy(max_seconds=240) as proxy:
         # FTP data channel dropped mid-file and S3 throttled: the retry paths log at DEBUG.
-        control = proxy.route(ftp.port, listen_host="127.0.0.2")
-        cut = Rule(after=50_000, action="reset", skip=1)
-        for port in ftp.server.handler.passive_ports:
-            proxy.route(port, listen_port=port, listen_host="127.0.0.2").rules.append(cut)
+        control_port = ftp_via_proxy(proxy, ftp, Rule(after=50_000, action="reset", skip=1))
         s3 = proxy.route(int(s3_server.rsplit(":", 1)[1]))
         s3.http.append(HttpFault(status=503, code="SlowDown", times=2))
-        ftp_src = ftp_toml("ibkr-ftp", "127.0.0.2", control.port, ftp)
+        ftp_src = ftp_toml("ibkr-ftp", "127.0.0.2", control_port, ftp)
         run("mixed", sftp + ftp_src, s3_archive_toml(f"http://127.0.0.1:{s3.port}", s3_bucket), base_env, 1)
         # Every PUT refused: the archive names the permission, never the credentials.
         s3.http.append(HttpFault(status=403, code="AccessDenied", times=None))

@@ -15,6 +15,7 @@ from ibreports.remote import open_remote
 from ibreports.remote.hostkeys import fingerprint, record_host_key
 from ibreports.remote.ssh import scan_host_key
 from tests.fixtures.sshd import free_port, make_client_key, sftp_source
+from tests.waiting import eventually
 
 OTHER_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBcJ7p0p4sGq7k0kZ0n2d8vC2x5b0n0dWmQbqC1QfN6X"
 
@@ -33,12 +34,8 @@ def stranger_key(tmp_path_factory):
 
 def closed_log(server, since: int) -> str:
     """sshd's log from ``since`` on, once the refused connection has been logged as closed."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        text = server.log_text()[since:]
-        if "Connection closed" in text or "Connection reset" in text or "Disconnected" in text:
-            return text
-        time.sleep(0.05)
+    closed = ("Connection closed", "Connection reset", "Disconnected")
+    eventually(lambda: any(word in server.log_text()[since:] for word in closed))
     return server.log_text()[since:]
 
 

@@ -15,6 +15,7 @@ from ibreports.config import Secret, SourceConfig
 from ibreports.errors import ConnectionFailure, RemoteFileError
 from ibreports.remote import open_remote
 from ibreports.sandbox import SandboxServer, file_attr
+from tests.waiting import eventually
 
 HOSTILE = ["../x", "/etc/passwd", "a/b", "..\\x", "a\x00b.xml", "a\r\nb.xml", "x" * 4000]
 
@@ -181,16 +182,11 @@ def test_stop_closes_connections_and_threads(served, client_key):
     sftps = [c.open_sftp() for c in clients]
     assert all(c.get_transport().is_active() for c in clients)
     server.stop()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(c.get_transport().is_active() for c in clients):
-        time.sleep(0.05)
-    assert not any(c.get_transport().is_active() for c in clients)
+    assert eventually(lambda: not any(c.get_transport().is_active() for c in clients))
     for s, c in zip(sftps, clients):
         s.close()
         c.close()
-    time.sleep(0.2)
-    left = [t for t in set(threading.enumerate()) - before if t.is_alive()]
-    assert left == []
+    assert eventually(lambda: not [t for t in set(threading.enumerate()) - before if t.is_alive()])
     with pytest.raises(OSError):
         connect(server, client_key)
 
@@ -204,9 +200,15 @@ def test_connections_are_bounded(sandbox, client_key, monkeypatch):
     finally:
         for c in kept:
             c.close()
-    # Slots free up once clients leave.
-    time.sleep(0.3)
-    connect(sandbox, client_key).close()
+    # Slots free up once clients leave (the server notices a moment later).
+    def connects() -> bool:
+        try:
+            connect(sandbox, client_key).close()
+            return True
+        except (paramiko.SSHException, EOFError, OSError):
+            return False
+
+    assert eventually(connects, step=0.2)
 
 
 def test_faults_as_the_product_client_sees_them(served, sftp_client_key, tmp_path):
