@@ -5,6 +5,7 @@ usage: python benchmarks/timed_fetch.py OUT.json [ibreports arguments...]
 The clock starts once the interpreter is up (before ibreports is imported), so
 ``ibreports_s`` is ibreports' own time without interpreter start-up; ``fetch_s`` is
 pipeline.fetch alone. Archive methods are wrapped only to count calls: behaviour is unchanged.
+With IBREPORTS_BENCH_PROFILE=FILE the run is profiled (cProfile) into FILE.
 """
 
 import time
@@ -13,6 +14,7 @@ T0 = time.perf_counter()
 
 import functools  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 
@@ -66,7 +68,14 @@ def main() -> int:
 
     pipeline.fetch = timed_fetch
     imported = time.perf_counter()
-    rc = cli_main(argv)
+    if profile := os.environ.get("IBREPORTS_BENCH_PROFILE"):  # e.g. /tmp/rerun.prof: where the time goes
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            rc = cli_main(argv)
+        prof.dump_stats(profile)
+    else:
+        rc = cli_main(argv)
     end = time.perf_counter()
     result = {
         "rc": rc,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 DONE = ("archived", "already-archived")
 FAILED = ("failed", "rejected")
@@ -89,9 +89,8 @@ class RunReport:
         A daily run over 10,000 archived files would otherwise repeat 10,000 rows every day;
         the run that archived a file has its full row.
         """
-        data = self.to_dict()
-        data["files"] = [f for f in data["files"] if f["outcome"] != "already-archived"]
-        data["already_archived"] = self.count("already-archived")
+        acted = [f for f in self.files if f.outcome != "already-archived"]
+        data = asdict(replace(self, files=acted, already_archived=len(self.files) - len(acted)))
         return json.dumps(data, indent=1, sort_keys=True).encode()
 
     @classmethod
