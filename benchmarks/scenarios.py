@@ -51,7 +51,7 @@ class Bench:
         """(a) ``sftp -b`` download alone, with the unencrypted copy of the key and pinned host key."""
         dest = self.fresh("out-a")
         batch = self._batch(remote, names, dest)
-        start = time.perf_counter()
+        start = quiet_start()
         subprocess.run(["sftp", "-q", "-b", str(batch), "-P", str(self.sshd.port), "-i", str(self.keys.ssh_plain),
                         "-F", "/dev/null", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
                         "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
@@ -67,7 +67,7 @@ class Bench:
         """(b) benchmarks/handwritten.sh timed as a whole; returns (seconds, phases, output folder)."""
         staging, dest = self.fresh("script-staging"), self.fresh("out-b")
         batch = self._batch(remote, names, staging)
-        start = time.perf_counter()
+        start = quiet_start()
         proc = subprocess.run(["bash", str(HERE / "handwritten.sh"), str(self.sshd.port), self.sshd.username,
                                str(self.keys.ssh_plain), str(self.known_hosts), str(batch), str(self.script_home),
                                str(self.passfile), str(staging), str(dest)],
@@ -113,7 +113,7 @@ warn_days = 14
         """``ibreports fetch`` in a subprocess (via timed_fetch.py); wall time plus its own figures."""
         out = self.work / "timed.json"
         out.unlink(missing_ok=True)
-        start = time.perf_counter()
+        start = quiet_start()
         proc = subprocess.Popen([sys.executable, str(HERE / "timed_fetch.py"), str(out), "--config", str(config),
                                  "fetch"], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         poller = RssPoller(proc.pid) if poll_rss else None
@@ -135,7 +135,7 @@ warn_days = 14
                 "t1 = time.perf_counter(); r = retrieve_statements(config=sys.argv[1]); t2 = time.perf_counter()\n"
                 "print(json.dumps({'import_s': t1 - t0, 'flow_s': t2 - t1, 'total_s': t2 - t0}))\n")
         env = {**self.env, "PREFECT_HOME": str(home), "PREFECT_API_URL": "", "PREFECT_LOGGING_LEVEL": "WARNING"}
-        start = time.perf_counter()
+        start = quiet_start()
         proc = subprocess.run([sys.executable, "-c", code, str(config)], env=env, cwd=REPO,
                               capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -144,6 +144,16 @@ warn_days = 14
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         result["wall_s"] = wall
         return result
+
+
+def quiet_start() -> float:
+    """Flush every dirty page first (untimed), then start the clock.
+
+    Without it, each measurement pays for the writeback of what the previous one wrote (the
+    script's 600 MB of plaintext, for instance), and the order of the contestants decides.
+    """
+    os.sync()
+    return time.perf_counter()
 
 
 def sha256(path: Path) -> str:
