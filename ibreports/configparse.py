@@ -82,11 +82,20 @@ class Parser:
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise self.fail("sources.name", f"unique (duplicate: {sorted(dup)[0]})")
+        archive = self.archive(data)
+        deleting = [s.name for s in sources if s.delete_after_archive]
+        if deleting and not archive.keep_encrypted:
+            raise ConfigError(
+                f"{self.file}: 'sources.{deleting[0]}.delete_after_archive = true' needs "
+                "'archive.keep_encrypted = true': the server's copy is deleted only once the encrypted "
+                "original is archived and verified.",
+                "Set keep_encrypted = true in [archive], or delete_after_archive = false.",
+            )
         return Config(
             path=self.file,
             sources=sources,
             pgp=self.pgp(data),
-            archive=self.archive(data),
+            archive=archive,
             retention=self.retention(data),
             alerts=self.alerts(data),
             run=self.run(data),

@@ -61,6 +61,12 @@ class ArchiveError(IbreportsError):
     """The archive refused a read or a write."""
 
 
+def error_class(name: str) -> type[IbreportsError] | None:
+    """The error class called ``name`` (run reports record class names), or None if there is none."""
+    cls = globals().get(name)
+    return cls if isinstance(cls, type) and issubclass(cls, IbreportsError) else None
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying: broken connections, not refused credentials or keys."""
     if isinstance(exc, (HostKeyError, AuthenticationError)):

@@ -135,6 +135,22 @@ def make_private_dir(folder: Path) -> None:
             ) from None
 
 
+def tighten_dir(folder: Path) -> str:
+    """Make an existing key folder 0700 when it is ours (a checkout's ``keys/`` is 0755).
+
+    Returns a line for the user when the mode was changed or cannot be ("" when already private).
+    """
+    info = folder.stat()
+    mode = info.st_mode & 0o777
+    if not mode & 0o077:
+        return ""
+    if info.st_uid == os.getuid():
+        with contextlib.suppress(OSError):
+            os.chmod(folder, 0o700)
+            return f"Key folder {folder} was mode {mode:04o}; it is now 0700 (private to you)."
+    return f"Warning: key folder {folder} is mode {mode:04o} and could not be made private; run: chmod 700 {folder}"
+
+
 def retire(folder: Path, relpaths: list[str]) -> Path:
     """Move files into ``folder/retired/<UTC timestamp>/`` (never delete); returns that folder."""
     base = folder / RETIRED

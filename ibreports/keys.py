@@ -19,7 +19,7 @@ from .errors import KeyMaterialError
 from .keyfiles import (
     KEY_FILES, PGP_PUBLIC, PGP_SECRET, SSH_PRIVATE, SSH_PUBLIC,
     check_passphrase, commit, discard, gnupg_home, make_private_dir, open_gpg, pgp_fingerprints,
-    retire, ssh_fingerprint, stage_file,
+    retire, ssh_fingerprint, stage_file, tighten_dir,
 )
 
 __all__ = [
@@ -50,6 +50,7 @@ class KeyReport:
     pgp_expire: str
     written: list[Path] = field(default_factory=list)
     retired: Path | None = None
+    folder_note: str = ""  # the key folder's mode was tightened, or could not be
 
 
 def existing_keys(folder: Path) -> list[str]:
@@ -84,6 +85,7 @@ def generate_keys(
     pgp_secret, pgp_public, pgp_fpr = _pgp_keypair(passphrase, name, email, pgp_bits, pgp_expire)
 
     make_private_dir(folder)
+    folder_note = tighten_dir(folder)
     _refuse_existing(folder, force)  # again: the generation took a while
     contents = {
         SSH_PRIVATE: (ssh_private, 0o600),
@@ -111,7 +113,7 @@ def generate_keys(
     return KeyReport(
         dir=folder, ssh_fingerprint=ssh_fingerprint(ssh_public), ssh_public_key=ssh_public,
         rsa_bits=rsa_bits, pgp_fingerprint=pgp_fpr, pgp_bits=pgp_bits, pgp_uid=uid,
-        pgp_expire=pgp_expire, written=[folder / n for n in contents], retired=retired,
+        pgp_expire=pgp_expire, written=[folder / n for n in contents], retired=retired, folder_note=folder_note,
     )
 
 

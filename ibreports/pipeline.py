@@ -27,7 +27,7 @@ from .errors import ConnectionFailure, DecryptionError, FileChangedError, Ibrepo
 from .files import claim_workdir, release_workdir, sha256_file, sweep_abandoned
 from .pgp import Decryptor, is_openpgp
 from .remote import Remote, RemoteFile, open_remote
-from .report import FileOutcome, RunReport
+from .report import OUT_OF_RANGE, FileOutcome, RunReport
 
 log = logging.getLogger("ibreports.pipeline")
 
@@ -202,12 +202,16 @@ class _Run:
                 self.report.files.append(outcome)
                 continue
             assert st is not None
+            needed = statements.needed_keys(source.name, st, keep)
+            archived = all(k in self.inventory for k in needed)
             if (since and st.statement_date < since) or (until and st.statement_date > until):
+                if not archived and outcome.days_left <= self.config.retention.warn_days:
+                    outcome.outcome, outcome.reason = OUT_OF_RANGE, "outside --since/--until and not archived"
+                    self.report.files.append(outcome)
                 continue
             self.report.files.append(outcome)
             okey, skey = statements.original_key(source.name, st), statements.statement_key(st)
-            needed = statements.needed_keys(source.name, st, keep)
-            if not force and all(k in self.inventory for k in needed):
+            if not force and archived:
                 outcome.outcome, outcome.archive_keys = "already-archived", needed
                 continue
             if now - rf.mtime < source.settle_seconds:
@@ -224,6 +228,8 @@ class _Run:
         assert self.staging is not None
         encrypted = self.staging / f"{item.index}.download"
         plain = self.staging / f"{item.index}.plain"
+        # An object that was already there is compared, not trusted, before the server's copy goes.
+        verify = force or source.delete_after_archive
         try:
             out.sha256 = self.download(remote, item, encrypted)
             meta = {
@@ -236,7 +242,7 @@ class _Run:
                 original = None
                 if self.config.archive.keep_encrypted:
                     # Big files: archive the original (I/O, fsync) while gpg decrypts (CPU).
-                    args = (out, item.original_key, encrypted, out.sha256, dict(meta), force, False)
+                    args = (out, item.original_key, encrypted, out.sha256, dict(meta), verify, False)
                     if item.remote.size >= OVERLAP_BYTES:
                         original = self.side.submit(self.store, *args)
                     else:
@@ -248,17 +254,17 @@ class _Run:
                         original.result()  # an archive failure outranks a decryption failure
                     encrypted.unlink(missing_ok=True)
                 # No second hash of the plaintext here: there is nothing independent to compare with.
-                self.store(out, item.statement_key, plain, None, meta, force, private=True)
+                self.store(out, item.statement_key, plain, None, meta, verify, private=True)
             elif item.statement.encryption:
                 # Named as encrypted but not OpenPGP: keep the evidence, refuse to call it a statement.
-                self.store(out, item.original_key, encrypted, out.sha256, meta, force, private=False)
+                self.store(out, item.original_key, encrypted, out.sha256, meta, verify, private=False)
                 raise DecryptionError(
                     "Named as encrypted but the content is not an OpenPGP message "
                     + ("(empty file)." if item.remote.size == 0 else "(corrupted or truncated)."),
                     "The encrypted original is archived; ask IBKR to redeliver the file.",
                 )
             else:  # sFTP deliveries may be plain XML/CSV: archived as they are
-                self.store(out, item.statement_key, encrypted, out.sha256, meta, force, private=True)
+                self.store(out, item.statement_key, encrypted, out.sha256, meta, verify, private=True)
             if source.delete_after_archive:
                 remote.delete(item.remote.name)
             out.outcome = "archived"
@@ -291,12 +297,12 @@ class _Run:
                 log.warning("%s: attempt %d failed (%s); retrying", item.remote.name, attempt, exc.message)
                 time.sleep(min(2 ** attempt, 10) * 0.5)
 
-    def store(self, out: FileOutcome, key: str, path: Path, sha256: str | None, meta: dict[str, str], force: bool,
+    def store(self, out: FileOutcome, key: str, path: Path, sha256: str | None, meta: dict[str, str], verify: bool,
               private: bool) -> None:
-        """Put ``key`` unless present; with --force, verify an existing object instead of rewriting it."""
+        """Put ``key`` unless present; with ``verify``, compare an existing object instead of rewriting it."""
         written = self.archive.put(key, path, sha256, meta, private=private)
         out.archive_keys.append(key)
-        if written or not force:
+        if written or not verify:
             return
         assert self.staging is not None
         check = self.staging / f"verify-{secrets.token_hex(4)}"
@@ -304,7 +310,8 @@ class _Run:
             self.archive.get(key, check)
             if sha256_file(check) != (sha256 or sha256_file(path)):
                 raise RemoteFileError(
-                    f"The archived {key} differs from the file on the server (SHA-256 mismatch); nothing was rewritten.",
+                    f"The archived {key} differs from the file on the server (SHA-256 mismatch); "
+                    "nothing was rewritten and the server's copy was not deleted.",
                     "Compare both copies before deciding which to keep.",
                 )
         finally:

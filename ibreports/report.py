@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 
+from .errors import ConfigError, error_class
+
 DONE = ("archived", "already-archived")
 FAILED = ("failed", "rejected")
+# Outside --since/--until, not archived and close to the purge: not acted on, but the
+# run's at-risk check must see it, as `status` would. Other files outside the range are left out.
+OUT_OF_RANGE = "out-of-range"
 
 
 @dataclass
@@ -19,7 +24,7 @@ class FileOutcome:
     mtime: float
     account: str | None
     statement_date: str  # ISO date
-    outcome: str  # "archived" | "already-archived" | "planned" | "waiting" | "failed" | "rejected"
+    outcome: str  # "archived" | "already-archived" | "planned" | "waiting" | "failed" | "rejected" | "out-of-range"
     reason: str = ""
     sha256: str = ""
     archive_keys: list[str] = field(default_factory=list)
@@ -56,10 +61,21 @@ class RunReport:
         return [f for f in self.files if f.outcome not in DONE and f.days_left <= self.warn_days]
 
     @property
+    def acted_on(self) -> list[FileOutcome]:
+        """The files of the run's range (out-of-range rows only feed the at-risk check)."""
+        return [f for f in self.files if f.outcome != OUT_OF_RANGE]
+
+    @property
+    def misconfigured(self) -> list[str]:
+        """Sources that failed on their configuration (missing key file, unset secret, ...)."""
+        return [s for s in self.source_errors if _is_config_error(self.source_error_types.get(s, ""))]
+
+    @property
     def exit_code(self) -> int:
-        """INTERFACE.md: 3 when a source was unreachable, 1 when files failed or are at risk, else 0."""
+        """INTERFACE.md: 3 when a source was unreachable (or refused us), 2 when every failing
+        source was misconfigured, 1 when files failed or are at risk, else 0."""
         if self.source_errors:
-            return 3
+            return 2 if len(self.misconfigured) == len(self.source_errors) else 3
         return 1 if self.failed or self.at_risk else 0
 
     @property
@@ -76,8 +92,11 @@ class RunReport:
                 parts.append(f"{self.count(label)} {label}")
         if self.at_risk:
             parts.append(f"{len(self.at_risk)} at risk of purge")
-        if self.source_errors:
-            parts.append(f"{len(self.source_errors)} source(s) unreachable")
+        misconfigured = len(self.misconfigured)
+        if misconfigured:
+            parts.append(f"{misconfigured} source(s) misconfigured")
+        if len(self.source_errors) > misconfigured:
+            parts.append(f"{len(self.source_errors) - misconfigured} source(s) unreachable")
         return ", ".join(parts)
 
     def to_dict(self) -> dict:
@@ -97,6 +116,11 @@ class RunReport:
     def from_dict(cls, data: dict) -> "RunReport":
         files = [FileOutcome(**f) for f in data.get("files", [])]
         return cls(**{**data, "files": files})
+
+
+def _is_config_error(kind: str) -> bool:
+    cls = error_class(kind)
+    return cls is not None and issubclass(cls, ConfigError)
 
 
 def table_rows(report: RunReport) -> list[dict[str, str]]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import boto3
@@ -11,6 +15,7 @@ import pytest
 from ibreports.cli import main
 from tests.configs import ftp_toml, sftp_toml  # noqa: F401 - sftp_toml re-used by test_flows
 from tests.fixtures.pgpkeys import encrypt_bytes
+from tests.test_alerts import Receiver
 
 PLAIN = {
     "U1234567.DailyActivity.20261101.20261101.xml": b"<FlexQueryResponse queryName='DailyActivity'>one</FlexQueryResponse>\n",
@@ -18,10 +23,15 @@ PLAIN = {
     "F1234567.TradeConfirms.20261103.20261103.xml": b"<FlexQueryResponse queryName='TradeConfirms'>three</FlexQueryResponse>\n",
 }
 UNENCRYPTED = ("DU1234567.Activity.20261104.20261104.csv", b"Header,Value\nCash,100\n")
+# Outside IBKR's name grammar: archived under statements/_unsorted/, by the file's UTC date.
+UNPARSEABLE = ("activity_export.xml.pgp", b"<FlexQueryResponse>unsorted</FlexQueryResponse>\n")
+UNPARSEABLE_MTIME = int(time.time()) - 2 * 86400
+DAY = 86400
 
 
-def seed(outgoing: Path, public_file: Path) -> dict[str, bytes]:
-    """Encrypted deliveries (binary and armored) plus one plain file; returns name -> server bytes."""
+def seed(outgoing: Path, public_file: Path, unparseable: bool = False) -> dict[str, bytes]:
+    """Encrypted deliveries (binary and armored) plus one plain file, and optionally one name
+    outside the grammar; returns name -> server bytes."""
     outgoing.mkdir(parents=True, exist_ok=True)
     delivered = {}
     for i, (name, data) in enumerate(PLAIN.items()):
@@ -30,7 +40,18 @@ def seed(outgoing: Path, public_file: Path) -> dict[str, bytes]:
         delivered[name + suffix] = (outgoing / (name + suffix)).read_bytes()
     (outgoing / UNENCRYPTED[0]).write_bytes(UNENCRYPTED[1])
     delivered[UNENCRYPTED[0]] = UNENCRYPTED[1]
+    if unparseable:
+        path = outgoing / UNPARSEABLE[0]
+        encrypt_bytes(public_file, UNPARSEABLE[1], path)
+        os.utime(path, (UNPARSEABLE_MTIME, UNPARSEABLE_MTIME))
+        delivered[UNPARSEABLE[0]] = path.read_bytes()
     return delivered
+
+
+def age(path: Path, days: float) -> None:
+    """Back-date a server file: the purge horizon counts from its mtime."""
+    then = time.time() - days * DAY
+    os.utime(path, (then, then))
 
 
 def write_config(tmp: Path, source_toml: str, pgp_key, archive_toml: str) -> Path:
@@ -58,7 +79,7 @@ def sftp_setup(tmp_path, sshd_factory, sftp_client_key, pgp_key, env):
     server = sshd_factory([sftp_client_key[1]])
     known_hosts = tmp_path / "known_hosts"
     server.write_known_hosts(known_hosts)
-    delivered = seed(server.root / "outgoing", pgp_key.public_file)
+    delivered = seed(server.root / "outgoing", pgp_key.public_file, unparseable=True)
     return server, known_hosts, delivered
 
 
@@ -74,16 +95,45 @@ def archived_files(root: Path) -> dict[str, bytes]:
     }
 
 
+def expected_keys(delivered: dict[str, bytes], source: str) -> dict[str, list[str]]:
+    """Remote name -> the archive keys it must land under (README, "Archive layout")."""
+    keys = {}
+    for name in delivered:
+        if name == UNPARSEABLE[0]:
+            month = f"{datetime.fromtimestamp(UNPARSEABLE_MTIME, timezone.utc):%Y/%m}"
+            keys[name] = [f"encrypted/{source}/{month}/{name}", f"statements/_unsorted/{month}/{name[:-4]}"]
+        elif name == UNENCRYPTED[0]:
+            keys[name] = ["statements/DU1234567/2026/11/" + name]
+        else:
+            account, d = name.split(".")[0], name.split(".")[3]
+            keys[name] = [f"encrypted/{source}/{d[:4]}/{d[4:6]}/{name}",
+                          f"statements/{account}/{d[:4]}/{d[4:6]}/{name.rsplit('.', 1)[0]}"]
+    return keys
+
+
 def assert_complete(files: dict[str, bytes], delivered: dict[str, bytes], source: str) -> None:
-    for name, data in PLAIN.items():
-        account, yyyy, mm = name.split(".")[0], name.split(".")[3][:4], name.split(".")[3][4:6]
-        assert files[f"statements/{account}/{yyyy}/{mm}/{name}"] == data
+    """Every statement equals its plaintext, every original the server's bytes, nothing else."""
+    plain = {**PLAIN, UNENCRYPTED[0]: UNENCRYPTED[1], UNPARSEABLE[0][:-4]: UNPARSEABLE[1]}
+    keys = expected_keys(delivered, source)
     for name, data in delivered.items():
-        if name != UNENCRYPTED[0]:
-            d = name.split(".")[3]
-            assert files[f"encrypted/{source}/{d[:4]}/{d[4:6]}/{name}"] == data
-    assert files["statements/DU1234567/2026/11/" + UNENCRYPTED[0]] == UNENCRYPTED[1]
-    assert len(files) == len(PLAIN) * 2 + 1
+        *original, statement = keys[name]
+        assert files[statement] == plain[statement.rsplit("/", 1)[1]]
+        assert all(files[k] == data for k in original)
+    assert len(files) == sum(len(k) for k in keys.values())
+
+
+def s3_archive(s3_server: str, bucket: str) -> str:
+    return f'[archive]\nurl = "s3://{bucket}/ib"\nendpoint_url = "{s3_server}"\nregion = "us-east-1"\n'
+
+
+def s3_objects(s3_server: str, bucket: str) -> dict[str, bytes]:
+    """Everything under the ib/ prefix but the run records, keyed like the local archive."""
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix="ib/").get("Contents", [])
+    return {
+        o["Key"][3:]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+        for o in listing if not o["Key"].startswith("ib/runs/")
+    }
 
 
 def test_sftp_to_local_archive_then_rerun_writes_nothing(tmp_path, sftp_setup, pgp_key, sftp_client_key, capsys):
@@ -99,68 +149,90 @@ def test_sftp_to_local_archive_then_rerun_writes_nothing(tmp_path, sftp_setup, p
             assert (root / key).stat().st_mode & 0o777 == 0o600
     before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
     out = capsys.readouterr().out
-    assert "4 archived" in out
+    assert f"{len(delivered)} archived" in out
 
     assert main(["--config", str(cfg), "fetch"]) == 0
     after = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
     new = set(after) - set(before)
     assert all("runs" in p.parts for p in new) and len(new) == 1  # only the second run record
     assert all(after[p] == before[p] for p in before)
-    assert "0 archived, 4 already archived" in capsys.readouterr().out
+    assert f"0 archived, {len(delivered)} already archived" in capsys.readouterr().out
 
 
 def test_dry_run_writes_nothing(tmp_path, sftp_setup, pgp_key, sftp_client_key, capsys):
-    server, known_hosts, _ = sftp_setup
+    server, known_hosts, delivered = sftp_setup
     archive_toml, root = local_archive(tmp_path)
     cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key, archive_toml)
     assert main(["--config", str(cfg), "fetch", "--dry-run"]) == 0
-    assert "4 planned" in capsys.readouterr().out
+    assert f"{len(delivered)} planned" in capsys.readouterr().out
     assert not root.exists() or not any(p.is_file() for p in root.rglob("*"))
 
 
-def test_since_until_filter_on_statement_date(tmp_path, sftp_setup, pgp_key, sftp_client_key):
+def test_since_until_filter_on_statement_date(tmp_path, sftp_setup, pgp_key, sftp_client_key, capsys):
     server, known_hosts, _ = sftp_setup
     archive_toml, root = local_archive(tmp_path)
     cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key, archive_toml)
     assert main(["--config", str(cfg), "fetch", "--since", "2026-11-02", "--until", "2026-11-03"]) == 0
     names = sorted(k.rsplit("/", 1)[1] for k in archived_files(root) if k.startswith("statements/"))
     assert names == sorted(n for n in PLAIN if ".20261102." in n or ".20261103." in n)
+    out = capsys.readouterr().out
+    assert "AT RISK" not in out and "out-of-range" not in out  # far from the purge: not worth a line
 
 
-def test_sftp_to_s3_second_run_adds_no_versions(tmp_path, sftp_setup, pgp_key, sftp_client_key, s3_server, s3_versioned_bucket):
+def test_sftp_to_s3_second_run_adds_no_versions(tmp_path, sftp_setup, pgp_key, sftp_client_key, s3_server,
+                                                s3_versioned_bucket, capsys):
     server, known_hosts, delivered = sftp_setup
-    archive_toml = f'[archive]\nurl = "s3://{s3_versioned_bucket}/ib"\nendpoint_url = "{s3_server}"\nregion = "us-east-1"\n'
-    cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key, archive_toml)
+    bucket = s3_versioned_bucket
+    cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key, s3_archive(s3_server, bucket))
     s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
 
-    def objects() -> dict[str, bytes]:
-        listing = s3.list_objects_v2(Bucket=s3_versioned_bucket, Prefix="ib/").get("Contents", [])
-        return {
-            o["Key"][3:]: s3.get_object(Bucket=s3_versioned_bucket, Key=o["Key"])["Body"].read()
-            for o in listing if not o["Key"].startswith("ib/runs/")
-        }
-
     def versions() -> int:
-        pages = s3.get_paginator("list_object_versions").paginate(Bucket=s3_versioned_bucket, Prefix="ib/")
+        pages = s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix="ib/")
         return sum(1 for p in pages for v in p.get("Versions", []) if "/runs/" not in v["Key"])
 
     assert main(["--config", str(cfg), "fetch"]) == 0
-    assert_complete(objects(), delivered, "ibkr-sftp")
+    assert_complete(s3_objects(s3_server, bucket), delivered, "ibkr-sftp")
+    keys = expected_keys(delivered, "ibkr-sftp")
     count = versions()
-    assert count == len(PLAIN) * 2 + 1
+    assert count == sum(len(k) for k in keys.values())
+
+    # Metadata on every object, and the run record: the audit trail of what came from where.
+    record_key = capsys.readouterr().out.rsplit("run record: ", 1)[1].strip()
+    record = json.loads(s3.get_object(Bucket=bucket, Key=f"ib/{record_key}")["Body"].read())
+    rows = {f["name"]: f for f in record["files"]}
+    assert sorted(rows) == sorted(delivered)
+    for name, data in delivered.items():
+        sha = hashlib.sha256(data).hexdigest()
+        assert (rows[name]["outcome"], rows[name]["sha256"]) == ("archived", sha)
+        assert sorted(rows[name]["archive_keys"]) == sorted(keys[name])
+        mtime = str(int((server.root / "outgoing" / name).stat().st_mtime))
+        for key in keys[name]:
+            meta = s3.head_object(Bucket=bucket, Key=f"ib/{key}")["Metadata"]
+            assert (meta["source"], meta["remote-name"]) == ("ibkr-sftp", name)
+            assert (meta["remote-mtime"], meta["original-sha256"]) == (mtime, sha)
+            decrypted = key.startswith("statements/") and name != UNENCRYPTED[0]
+            assert meta.get("pgp-key") == (pgp_key.fingerprint if decrypted else None), key
+
     assert main(["--config", str(cfg), "fetch"]) == 0
     assert versions() == count
 
 
-def test_ftp_to_local_archive(tmp_path, ftp_factory, pgp_key, monkeypatch):
+@pytest.mark.parametrize("archive", ["local", "s3"])
+def test_ftp_to_each_archive(tmp_path, ftp_factory, pgp_key, monkeypatch, archive, request):
     server = ftp_factory()
     monkeypatch.setenv("TEST_PGP_PASSPHRASE", pgp_key.passphrase)
     monkeypatch.setenv("TEST_FTP_PASSWORD", server.password)
-    delivered = seed(server.root / "outgoing", pgp_key.public_file)
-    archive_toml, root = local_archive(tmp_path)
+    delivered = seed(server.root / "outgoing", pgp_key.public_file, unparseable=True)
+    if archive == "local":
+        archive_toml, root = local_archive(tmp_path)
+        files = lambda: archived_files(root)  # noqa: E731
+    else:
+        s3_server, bucket = request.getfixturevalue("s3_server"), request.getfixturevalue("s3_bucket")
+        archive_toml = s3_archive(s3_server, bucket)
+        files = lambda: s3_objects(s3_server, bucket)  # noqa: E731
     cfg = write_config(tmp_path, ftp_toml(server), pgp_key, archive_toml)
     assert main(["--config", str(cfg), "fetch"]) == 0
-    assert_complete(archived_files(root), delivered, "ibkr-ftp")
+    assert_complete(files(), delivered, "ibkr-ftp")
 
 
 def test_bad_files_fail_alone_and_leave_no_plaintext(tmp_path, sftp_setup, pgp_key, other_pgp_key, sftp_client_key, capsys):
@@ -183,7 +255,7 @@ def test_bad_files_fail_alone_and_leave_no_plaintext(tmp_path, sftp_setup, pgp_k
 
     assert main(["--config", str(cfg), "fetch"]) == 1
     out = capsys.readouterr().out
-    assert "4 archived" in out and "5 failed" in out
+    assert f"{len(delivered)} archived" in out and "5 failed" in out
     files = archived_files(root)
     for kind in ("Tampered", "Truncated", "Empty", "OtherKey", "NoMdc"):
         name = f"U1111111.{kind}.20261105.20261105.xml"
@@ -266,3 +338,96 @@ def test_delete_after_archive_removes_only_verified_files(tmp_path, sftp_setup, 
     files = archived_files(root)
     assert all(f"statements/{n.split('.')[0]}/2026/11/{n}" in files for n in PLAIN)
     assert "encrypted/ibkr-sftp/2026/11/U1111111.Broken.20261105.20261105.xml.pgp" in files
+
+
+def test_delete_after_archive_keeps_a_file_whose_archived_copy_differs(tmp_path, sftp_setup, pgp_key, sftp_client_key,
+                                                                      capsys):
+    server, known_hosts, delivered = sftp_setup
+    outgoing = server.root / "outgoing"
+    archive_toml, root = local_archive(tmp_path)
+    keys = expected_keys(delivered, "ibkr-sftp")
+    differs, same = "U1234567.DailyActivity.20261101.20261101.xml.pgp", "U7654321.DailyActivity.20261102.20261102.xml.asc"
+    for name, data in ((differs, b"another delivery under the same name"), (same, delivered[same])):
+        (root / keys[name][0]).parent.mkdir(parents=True, exist_ok=True)
+        (root / keys[name][0]).write_bytes(data)  # an original archived before this run
+    source = sftp_toml(server, sftp_client_key, known_hosts) + "delete_after_archive = true\n"
+    cfg = write_config(tmp_path, source, pgp_key, archive_toml)
+
+    assert main(["--config", str(cfg), "fetch"]) == 1
+    out = capsys.readouterr().out
+    assert f"{len(delivered) - 1} archived" in out and "1 failed" in out
+    assert "differs from the file on the server" in out and "was not deleted" in out
+    assert [p.name for p in outgoing.iterdir()] == [differs]  # unverified: kept; verified equal: deleted
+    files = archived_files(root)
+    assert files[keys[differs][0]] == b"another delivery under the same name" and keys[differs][1] not in files
+    assert files[keys[same][1]] == PLAIN[same[:-4]]
+
+
+def test_a_failing_file_near_the_purge_is_at_risk_and_alerted(tmp_path, sftp_setup, pgp_key, sftp_client_key, capsys):
+    server, known_hosts, _ = sftp_setup
+    bad = server.root / "outgoing" / "U1111111.Corrupt.20261105.20261105.xml.pgp"
+    bad.write_bytes(b"not an OpenPGP message")
+    age(bad, 95)
+    receiver = Receiver()
+    try:
+        archive_toml, _ = local_archive(tmp_path)
+        cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key,
+                           archive_toml + f'[alerts]\nurls = ["{receiver.url}"]\n')
+        assert main(["--config", str(cfg), "fetch"]) == 1
+        out = capsys.readouterr().out
+        assert f"AT RISK: ibkr-sftp/{bad.name} is not archived and the server purges it in 5 day(s)" in out
+        titles = sorted(m["title"] for m in receiver.messages)  # sent before fetch returns
+    finally:
+        receiver.close()
+    assert len(titles) == 2 and "1 file(s) at risk" in titles[0] and "failed (1 problem(s))" in titles[1]
+    assert all(bad.name in m["message"] for m in receiver.messages)
+
+
+def test_a_file_outside_since_until_near_the_purge_is_at_risk(tmp_path, sftp_setup, pgp_key, sftp_client_key, capsys):
+    server, known_hosts, _ = sftp_setup
+    old = server.root / "outgoing" / "U1234567.DailyActivity.20260801.20260801.xml"
+    old.write_bytes(b"<FlexQueryResponse/>\n")
+    age(old, 95)
+    archive_toml, root = local_archive(tmp_path)
+    cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key, archive_toml)
+    ranged = ["--config", str(cfg), "fetch", "--since", "2026-11-02", "--until", "2026-11-03"]
+
+    assert main(ranged) == 1
+    out = capsys.readouterr().out
+    assert f"AT RISK: ibkr-sftp/{old.name} (outside --since/--until) is not archived and the server purges it in 5" in out
+    assert "2 archived" in out and "out-of-range" not in out  # not in the table of files acted on
+    assert not any(old.name in k for k in archived_files(root))
+    record = json.loads((root / out.rsplit("run record: ", 1)[1].strip()).read_bytes())
+    assert [f["outcome"] for f in record["files"] if f["name"] == old.name] == ["out-of-range"]
+
+    assert main(["--config", str(cfg), "fetch"]) == 0  # archives it
+    assert main(ranged) == 0  # archived now: nothing at risk
+    assert "AT RISK" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["missing-key-file", "unset-env-reference"])
+def test_a_misconfigured_source_exits_2(tmp_path, sftp_setup, pgp_key, sftp_client_key, capsys, monkeypatch, case):
+    server, known_hosts, _ = sftp_setup
+    monkeypatch.delenv("IBREPORTS_TEST_UNSET", raising=False)
+    if case == "missing-key-file":
+        override, cause = {"key_file": str(tmp_path / "absent_rsa")}, "absent_rsa does not exist"
+    else:
+        override, cause = {"key_passphrase": "env:IBREPORTS_TEST_UNSET"}, "IBREPORTS_TEST_UNSET, which is not set"
+    archive_toml, _ = local_archive(tmp_path)
+    cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts, **override), pgp_key, archive_toml)
+    assert main(["--config", str(cfg), "fetch"]) == 2
+    out = capsys.readouterr().out
+    assert cause in out and "1 source(s) misconfigured" in out and "unreachable" not in out
+
+
+def test_misconfigured_and_unreachable_sources_exit_3(tmp_path, sftp_setup, ftp_factory, pgp_key, sftp_client_key,
+                                                      capsys, monkeypatch):
+    server, known_hosts, _ = sftp_setup
+    ftp = ftp_factory()
+    monkeypatch.setenv("TEST_FTP_PASSWORD", "not-the-password")
+    monkeypatch.delenv("IBREPORTS_TEST_UNSET", raising=False)
+    sources = sftp_toml(server, sftp_client_key, known_hosts, key_passphrase="env:IBREPORTS_TEST_UNSET") + ftp_toml(ftp)
+    archive_toml, _ = local_archive(tmp_path)
+    cfg = write_config(tmp_path, sources, pgp_key, archive_toml)
+    assert main(["--config", str(cfg), "fetch"]) == 3  # a login refused outranks a setting to fix
+    assert "1 source(s) misconfigured, 1 source(s) unreachable" in capsys.readouterr().out

@@ -174,6 +174,23 @@ def test_keygen_from_passphrase_file_with_force_retires_the_old_keys(keygen_defa
     assert run("ssh-keygen", "-l", "-f", "k/ibkr_sftp_rsa.pub").stdout.split()[0] == "2048"
 
 
+@pytest.mark.parametrize("owned", [True, False])
+def test_keygen_makes_an_existing_key_folder_private(tmp_path, capfd, monkeypatch, owned):
+    folder = tmp_path / "keys"  # like a checkout's keys/ (with .gitkeep): 0755
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    if not owned:  # a folder someone else owns cannot be chmod'ed: keygen says what to do
+        monkeypatch.setattr(os, "getuid", lambda: folder.stat().st_uid + 1)
+    monkeypatch.setenv("IBREPORTS_KEY_PASSPHRASE", KEY_PASS)
+    rc, out, err = cli(capfd, "keygen", "--dir", str(folder), "--rsa-bits", "2048", "--pgp-bits", "2048")
+    assert rc == 0, err
+    if owned:
+        assert folder.stat().st_mode & 0o777 == 0o700 and f"{folder} was mode 0755; it is now 0700" in out
+    else:
+        assert folder.stat().st_mode & 0o777 == 0o755 and f"Warning: key folder {folder} is mode 0755" in out
+        assert f"chmod 700 {folder}" in out
+
+
 @pytest.mark.parametrize("env, extra, pattern", [
     ("Xq7#zZ", (), "too short"),
     ("line one is long\nline two", (), "newline"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 import stat
 import subprocess
@@ -43,7 +44,11 @@ def test_round_trip(decryptor: Decryptor, pgp_key: PgpKey, tmp_path: Path, armor
     src, dest = tmp_path / "s.xml.pgp", tmp_path / "s.xml"
     encrypt_bytes(pgp_key.public_file, XML, src, armor=armor)
     assert is_openpgp(src)
-    assert decryptor.decrypt(src, dest) == pgp_key.fingerprint
+    old_umask = os.umask(0)  # 0600 must come from the code, not from a friendly umask
+    try:
+        assert decryptor.decrypt(src, dest) == pgp_key.fingerprint
+    finally:
+        os.umask(old_umask)
     assert dest.read_bytes() == XML
     assert stat.S_IMODE(dest.stat().st_mode) == 0o600
 

@@ -10,7 +10,7 @@ from datetime import date
 
 from ..config import load_config
 from ..errors import ConfigError
-from ..report import RunReport
+from ..report import OUT_OF_RANGE, RunReport
 
 MAX_ROWS = 40
 
@@ -85,7 +85,7 @@ class Progress:
 
 
 def print_report(report: RunReport) -> None:
-    interesting = [f for f in report.files if f.outcome != "already-archived"]
+    interesting = [f for f in report.files if f.outcome not in ("already-archived", OUT_OF_RANGE)]  # acted on
     interesting.sort(key=lambda f: (f.outcome not in ("failed", "rejected"), f.source, f.name))
     if interesting:
         widths = (10, 16, 10, 11, 6)
@@ -102,6 +102,7 @@ def print_report(report: RunReport) -> None:
     for source, message in report.source_errors.items():
         print(f"source {source}: {message}")
     for f in report.at_risk:
-        print(f"AT RISK: {f.source}/{f.name} is not archived and the server purges it in {f.days_left} day(s)")
+        where = " (outside --since/--until)" if f.outcome == OUT_OF_RANGE else ""
+        print(f"AT RISK: {f.source}/{f.name}{where} is not archived and the server purges it in {f.days_left} day(s)")
     prefix = "dry run: " if report.dry_run else ""
     print(f"{prefix}{report.summary_line()}" + (f"; run record: {report.record_key}" if report.record_key else ""))

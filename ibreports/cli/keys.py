@@ -54,6 +54,8 @@ def keygen(args: argparse.Namespace) -> int:
         folder, passphrase, name=args.name, email=args.email, rsa_bits=args.rsa_bits,
         pgp_bits=args.pgp_bits, pgp_expire=args.pgp_expire, force=args.force,
     )
+    if rep.folder_note:
+        print(rep.folder_note)
     if rep.retired:
         print(f"Old keys moved to {rep.retired}")
     expiry = "never expires" if rep.pgp_expire == "0" else f"expires in {rep.pgp_expire}"
