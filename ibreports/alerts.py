@@ -92,7 +92,7 @@ def build_alerts(config: Config, report: RunReport | None = None, status_rows: I
         failed = _failed(report)
         if failed:
             alerts.append(failed)
-    risky = _at_risk(report, status_rows)
+    risky = _at_risk(report, status_rows, config.retention.warn_days)
     if risky:
         alerts.append(risky)
     if report is not None:
@@ -125,13 +125,13 @@ def _failed(report: RunReport) -> Alert | None:
     return Alert("failed", title, _body(lines, f"Run {report.run_id}: {report.summary_line()}."))
 
 
-def _at_risk(report: RunReport | None, rows: Iterable | None) -> Alert | None:
+def _at_risk(report: RunReport | None, rows: Iterable | None, warn_days: int) -> Alert | None:
     if rows is not None:
         risky = [(r.days_left, r.source, r.name) for r in rows if r.at_risk]
-        warn = None
+        warn = warn_days
     else:
         risky = [(f.days_left, f.source, f.name) for f in report.at_risk] if report else []
-        warn = report.warn_days if report else None
+        warn = (report.warn_days if report else None) or warn_days
     if not risky:
         return None
     risky.sort()

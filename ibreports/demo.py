@@ -266,7 +266,7 @@ def tree(root: Path) -> str:
             lines.append(f"{'  ' * depth}{path.name}/")
         else:
             st = path.stat()
-            lines.append(f"{'  ' * depth}{path.name}  ({st.st_size} bytes, {oct(st.st_mode & 0o777)[2:]})")
+            lines.append(f"{'  ' * depth}{path.name}  ({st.st_size} bytes, mode {st.st_mode & 0o777:04o})")
     return "\n".join(lines) or "(empty)"
 
 
@@ -281,4 +281,5 @@ For real use:
   5. ibreports trust-host --source ibkr-sftp # check the fingerprint with IBKR, then pin it
   6. ibreports doctor                       # every step checked, with the fix for each failure
   7. ibreports fetch                        # then: ibreports status
-  8. prefect deploy --all                   # the daily run (README, 'Prefect')"""
+  8. prefect deploy --all                   # the daily run (README, 'Running on a schedule with Prefect')
+  9. [alerts] urls = ["..."] in ibreports.toml # a message on a failed run, files at risk, a server down (README, 'Alerts')"""

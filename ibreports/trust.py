@@ -159,3 +159,13 @@ def mismatch_error(scanned: ScannedKey, expected: str) -> HostKeyError:
         "this may mean someone is intercepting the connection (or the fingerprint was mistyped).",
         "Nothing was recorded. Check the fingerprint with IBKR, and host and port in the config.",
     )
+
+
+def declined_error(scanned: ScannedKey, source: SourceConfig) -> HostKeyError:
+    """The answer "no" at the prompt: the key stays untrusted, so connections keep being refused."""
+    return HostKeyError(
+        f"Host key {scanned.key_type} {scanned.fingerprint} of {scanned.host_id} not trusted: nothing was recorded "
+        f"in {source.known_hosts}.",
+        "Compare the fingerprint with the one IBKR gives you (Reporting Integration team), then run: "
+        f"ibreports trust-host --source {source.name} --fingerprint SHA256:...",
+    )

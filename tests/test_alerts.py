@@ -124,7 +124,7 @@ settle_seconds = 0
 [pgp]
 secret_key_file = "{pgp_key.secret_file}"
 passphrase = "env:TEST_PGP_PASSPHRASE"
-""" + alert_config(tmp_path, ["env:TEST_ALERT_URL"]))
+""" + alert_config(tmp_path, ["env:TEST_ALERT_URL"], "[retention]\nwarn_days = 20\n"))
     config = load_config(config_file)
     report = fetch(config)
     assert report.count("failed") == 1 and report.count("archived") == 2
@@ -146,6 +146,7 @@ passphrase = "env:TEST_PGP_PASSPHRASE"
     risky = receiver.messages[-1]
     assert risky["type"] == "warning" and "2 file(s) at risk" in risky["title"]
     body = risky["message"]
+    assert "close to the server's purge (within 20 days)" in body  # the config's warn_days
     assert "ibkr-sftp/U7654321.DailyActivity.20260818.20260818.xml.pgp: 5 day(s) left" in body
     assert "ibkr-sftp/U7654321.DailyActivity.20260819.20260819.xml: 5 day(s) left" in body
     assert "U1234567.DailyActivity.20261120" not in body  # fresh: not at risk

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import stat
 import zipfile
@@ -44,14 +45,35 @@ def keep_env(monkeypatch):
             monkeypatch.delenv(name, raising=False)
 
 
+class Console(logging.Handler):
+    """Stands beside the CLI's console handler on the root logger: records what the user would see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
 def test_demo_archives_and_decrypts_every_seeded_statement(tmp_path, capfd, prefect_api):
     folder = tmp_path / "demo"
+    console = Console()
     now = datetime.now(timezone.utc)
     seen: list[str] = []
 
     def flow(config):
         seen.append(os.environ[PASSPHRASE_ENV])  # the run sees the passphrase only through the env
-        run_flow(folder, config)
+        import flows.retrieve  # noqa: F401 - Prefect sets up logging on import; then the CLI's set-up applies
+
+        root, level = logging.getLogger(), logging.getLogger().level
+        root.addHandler(console)
+        root.setLevel(logging.INFO)  # as the CLI's logging.basicConfig leaves it
+        try:
+            run_flow(folder, config)
+        finally:
+            root.removeHandler(console)
+            root.setLevel(level)
 
     assert run_demo(folder, flow, out=(buf := io.StringIO()), now=now) == 0
     printed = buf.getvalue()
@@ -88,7 +110,19 @@ def test_demo_archives_and_decrypts_every_seeded_statement(tmp_path, capfd, pref
     assert len(flagged) == 1
     assert f"{len(items)} file(s) on the server, {len(items)} archived, 0 at risk" in printed
     assert "ibreports keygen" in printed and "trust-host" in printed and "doctor" in printed
-    assert "statements/" in printed and "encrypted/" in printed and "bytes, 600)" in printed
+    assert "statements/" in printed and "encrypted/" in printed and "bytes, mode 0600)" in printed
+    assert "[alerts] urls" in printed.split("For real use:")[1]
+
+    # Clean output: ibreports' run summary once, no Prefect chatter, the temporary server already stopped
+    # (so its "Stopping temporary server" cannot come after the next steps).
+    assert [line.endswith(f": {len(items)} archived, 0 already archived") for line in console.lines].count(True) == 1
+    assert not [line for line in console.lines if line.startswith("prefect")], console.lines
+    for noise in ("temporary server", "Concurrency limits", "Finished in state", "Beginning flow run"):
+        assert noise not in out + err + printed
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer._instances.get(None)
+    assert server is None or not server.running
 
     # Host key pinned, the passphrase kept nowhere: not in output, not on disk.
     known = (folder / "keys" / "known_hosts").read_text()

@@ -149,16 +149,31 @@ class _Tty:
         return True
 
 
-@pytest.mark.parametrize(("answer", "code"), [("y", 0), ("", 1)])
-def test_prompt_on_a_terminal(tmp_path, server, sftp_client_key, monkeypatch, answer, code):
+@pytest.mark.parametrize(("answer", "code"), [("y", 0), ("", 3), ("N", 3)])
+def test_prompt_on_a_terminal(tmp_path, server, sftp_client_key, monkeypatch, capsys, answer, code):
     known_hosts = tmp_path / "known_hosts"
     cfg = write_config(tmp_path, server, sftp_client_key, known_hosts)
     asked = []
     monkeypatch.setattr(sys, "stdin", _Tty())
     monkeypatch.setattr("builtins.input", lambda prompt: asked.append(prompt) or answer)
-    assert trust(cfg) == code
+    assert trust(cfg) == code  # declining is a host-key failure (3), not "files at risk" (1)
     assert asked and "[y/N]" in asked[0]
     assert known_hosts.exists() == (code == 0)
+    if code == 3:
+        err = capsys.readouterr().err
+        assert "nothing was recorded" in err and "--fingerprint SHA256:" in err and "IBKR" in err
+
+
+def test_no_terminal_does_not_hang(tmp_path, server, sftp_client_key):
+    """A real process with stdin from /dev/null (cron, CI) gets a clear refusal, never a blocked prompt."""
+    cfg = write_config(tmp_path, server, sftp_client_key, tmp_path / "known_hosts")
+    done = subprocess.run(
+        [sys.executable, "-c", "from ibreports.cli import run; run()", "--config", str(cfg), "trust-host", "--source", "ibkr-sftp"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "No terminal" in done.stderr and "--fingerprint" in done.stderr
+    assert not (tmp_path / "known_hosts").exists()
 
 
 def test_ftp_source_is_refused(tmp_path, server, sftp_client_key, capsys):

@@ -34,7 +34,7 @@ def doctor(args: argparse.Namespace) -> int:
 
 
 def trust_host(args: argparse.Namespace) -> int:
-    from ..trust import changed_error, mismatch_error, normalize_fingerprint, record, scan
+    from ..trust import changed_error, declined_error, mismatch_error, normalize_fingerprint, record, scan
 
     source = load_config(args.config).source(args.source)
     expected = normalize_fingerprint(args.fingerprint) if args.fingerprint else None
@@ -56,8 +56,7 @@ def trust_host(args: argparse.Namespace) -> int:
             raise mismatch_error(scanned, expected)
         print("It matches --fingerprint.")
     elif not args.yes and not _confirm(scanned.host_id):
-        print("Not recorded.")
-        return 1
+        raise declined_error(scanned, source)
     path = record(source, scanned.key, replace=args.replace)
     print(f"Recorded {scanned.host_id} {scanned.key_type} {scanned.fingerprint} in {path}.")
     return 0
@@ -65,7 +64,7 @@ def trust_host(args: argparse.Namespace) -> int:
 
 def _confirm(host: str) -> bool:
     """y/N on a terminal; without one, refuse with the way to confirm non-interactively."""
-    if not sys.stdin.isatty():
+    if sys.stdin is None or not sys.stdin.isatty():
         raise ConfigError(
             f"No terminal to confirm the host key of {host}.",
             "Check the fingerprint with IBKR, then run again with --fingerprint SHA256:... (or --yes).",
