@@ -39,7 +39,7 @@ def backfill_statements(
     path = resolve_config(config)
     names = [s.name for s in load_config(path).select(sources)]
     report = run_sources(path, names, since=start, until=end, dry_run=False, force=force)
-    if not report.files and not report.source_errors:
+    if not report.acted_on and not report.source_errors:
         logger.info("no files between %s and %s", start.isoformat(), end.isoformat())
     publish(report, f"Backfill {start.isoformat()} to {end.isoformat()}")
     return finish(report, path)

@@ -8,18 +8,22 @@ of statements and buys nothing: the archive already makes a re-run resume.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import date, datetime, timezone
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError  # re-exported there
 from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
+from prefect.exceptions import ObjectNotFound
 from prefect.tasks import exponential_backoff
 
 from ibreports import errors
 from ibreports.alerts import send_alerts
-from ibreports.config import SourceConfig, config_path, load_config
+from ibreports.config import Config, SourceConfig, config_path, load_config
 from ibreports.errors import ConnectionFailure, IbreportsError, is_transient
 from ibreports.pipeline import fetch
 from ibreports.report import RunReport, table_rows
@@ -27,6 +31,11 @@ from ibreports.report import RunReport, table_rows
 RUN_ARTIFACT_KEY = "ibreports-run"
 SUMMARY_ARTIFACT_KEY = "ibreports-summary"
 MAX_PARALLEL_SOURCES = 4
+SLOT_TIMEOUT = 3600.0  # seconds a source run waits for its server's slots before it fails
+
+
+class ServerBusy(Exception):
+    """No slot of the server's concurrency limit became free in time (never retried)."""
 
 
 class RunFailed(Exception):
@@ -44,6 +53,29 @@ def resolve_config(config: str | None) -> str:
 def server_limit_name(source: SourceConfig) -> str:
     """Global concurrency limit shared by every run that talks to one IBKR server."""
     return f"ibkr-{source.host}"
+
+
+def server_slots(cfg: Config, source: SourceConfig) -> int:
+    """Connections one run of ``source`` can hold open at once, i.e. the slots it occupies.
+
+    sFTP multiplexes its channels over one SSH transport (one login); FTP opens one
+    logged-in connection per parallel download, up to ``connections`` and ``[run] workers``.
+    """
+    return max(1, min(cfg.run.workers, source.connections)) if source.kind == "ftp" else 1
+
+
+def _fit_to_limit(source: SourceConfig, slots: int) -> int | None:
+    """Slots to occupy, None without a limit of the server's name. A run opens no more
+    connections than the limit holds at all (Prefect refuses to occupy more)."""
+    try:
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(server_limit_name(source))
+    except ObjectNotFound:
+        return None
+    if limit.active and 0 < limit.limit < slots:
+        source.connections = limit.limit  # the pipeline opens at most this many
+        return limit.limit
+    return slots
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -83,14 +115,26 @@ def fetch_source(
     until: date | None = None,
     dry_run: bool = False,
     force: bool = False,
+    slot_timeout: float = SLOT_TIMEOUT,
 ) -> dict:
     """One source's retrieval run; returns the RunReport as a plain dict."""
     logger = get_run_logger()
     cfg = load_config(config)
     src = cfg.source(source)
-    # strict=False: without a limit named like this, the block simply runs.
-    with concurrency(server_limit_name(src), occupy=1, strict=False):
-        report = fetch(cfg, sources=[source], since=since, until=until, dry_run=dry_run, force=force)
+    name = server_limit_name(src)
+    slots = _fit_to_limit(src, server_slots(cfg, src))
+    try:
+        # No limit of that name: run unthrottled, without Prefect's "limit does not exist"
+        # warning on every run. Slots are leased: a crashed holder's come back when the lease expires.
+        with (contextlib.nullcontext() if slots is None
+              else concurrency(name, occupy=slots, timeout_seconds=slot_timeout, strict=False)):
+            report = fetch(cfg, sources=[source], since=since, until=until, dry_run=dry_run, force=force)
+    except AcquireConcurrencySlotTimeoutError:
+        raise ServerBusy(
+            f"{source}: no {slots} slot(s) of concurrency limit '{name}' came free within {slot_timeout:g} s. "
+            f"Other runs hold them (`prefect gcl inspect {name}`); a crashed run's slots come back "
+            "when its lease expires (about 5 minutes). Raise the limit or run later.",
+        ) from None
     if source in report.source_errors:
         raise _source_error(report, source)
     logger.info("%s: %s", source, report.summary_line())
@@ -175,12 +219,12 @@ def finish(report: RunReport, config: str) -> dict[str, Any]:
     failed = len(report.failed)
     if failed or report.source_errors:
         raise RunFailed(
-            f"{failed} of {len(report.files)} file(s) failed and "
+            f"{failed} of {len(report.acted_on)} file(s) failed and "
             f"{len(report.source_errors)} of {len(report.sources)} source(s) could not be retrieved "
             f"({report.summary_line()}); see the '{RUN_ARTIFACT_KEY}' artifact."
         )
     return {
-        "files": len(report.files),
+        "files": len(report.acted_on),
         "archived": report.count("archived"),
         "already_archived": report.count("already-archived"),
         "planned": report.count("planned"),

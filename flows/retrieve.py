@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import time
 from datetime import date
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
+from prefect.states import Cancelling
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from ibreports.config import load_config
 
-from flows.common import MAX_PARALLEL_SOURCES, SUMMARY_ARTIFACT_KEY, finish, publish, resolve_config, run_sources
+from flows.common import (
+    MAX_PARALLEL_SOURCES, SUMMARY_ARTIFACT_KEY, RunFailed, finish, publish, resolve_config, run_sources,
+)
 
 # Fan-out children go to a deployment without the daily one's CANCEL_NEW limit,
 # which would otherwise cancel them as collisions with their parent.
 FAN_OUT_DEPLOYMENT = "retrieve-statements/per-source"
+FAN_OUT_TIMEOUT = 4 * 3600.0  # seconds the parent waits for its children
+POLL_SECONDS = 2.0
 
 
 @flow(
@@ -32,18 +40,20 @@ def retrieve_statements(
     dry_run: bool = False,
     fan_out: bool = False,
     fan_out_deployment: str = FAN_OUT_DEPLOYMENT,
+    fan_out_timeout: float = FAN_OUT_TIMEOUT,
 ) -> dict[str, Any]:
     """Fetch new statements from every (or the named) source into the archive.
 
     ``config`` defaults to $IBREPORTS_CONFIG, else ibreports.toml in the working
     folder. With ``fan_out`` each source becomes its own flow run of
-    ``fan_out_deployment`` so several workers share the work.
+    ``fan_out_deployment`` so several workers share the work; the run waits for them
+    (at most ``fan_out_timeout`` seconds) and fails when any of them did not complete.
     """
     path = resolve_config(config)
     names = [s.name for s in load_config(path).select(sources)]
     if fan_out and len(names) > 1:
         # Children get the config as given: each worker resolves it in its own environment.
-        return _fan_out(config, names, since, until, dry_run, fan_out_deployment)
+        return _fan_out(config, names, since, until, dry_run, fan_out_deployment, fan_out_timeout)
     report = run_sources(path, names, since, until, dry_run, force=False)
     publish(report, "Statement retrieval")
     return finish(report, path)
@@ -56,16 +66,45 @@ def _fan_out(
     until: date | None,
     dry_run: bool,
     deployment: str,
+    timeout: float,
 ) -> dict[str, Any]:
-    """Start one flow run per source and return at once (timeout=0): workers pick them up."""
+    """Start one flow run per source (workers pick them up), wait for all, fail if any did not complete."""
     logger = get_run_logger()
-    started = {}
+    started: dict[str, UUID] = {}
     for name in names:
         params = {"config": config, "sources": [name], "since": since, "until": until, "dry_run": dry_run}
         run = run_deployment(deployment, parameters=params, timeout=0, flow_run_name=f"fetch-{name}")
-        started[name] = str(run.id)
+        started[name] = run.id
         logger.info("started flow run %s for source %s", run.id, name)
-    lines = ["# Statement retrieval (fan-out)", ""]
-    lines += [f"- {name}: flow run `{run_id}` of {deployment}" for name, run_id in started.items()]
+    states = _wait(started, timeout)
+    lines = ["# Statement retrieval (fan-out)", "", f"Child runs of {deployment}:", ""]
+    for name, (state, message) in states.items():
+        lines.append(f"- {name}: flow run `{started[name]}` **{state}**" + (f": {message}" if message else ""))
     create_markdown_artifact(markdown="\n".join(lines) + "\n", key=SUMMARY_ARTIFACT_KEY)
-    return {"fan_out": started}
+    bad = sorted(name for name, (state, _) in states.items() if state != "Completed")
+    if bad:
+        raise RunFailed(f"{len(bad)} of {len(names)} source run(s) did not complete: {', '.join(bad)}; "
+                        f"see the '{SUMMARY_ARTIFACT_KEY}' artifact.")
+    return {"fan_out": {name: str(run_id) for name, run_id in started.items()}}
+
+
+def _wait(runs: dict[str, UUID], timeout: float) -> dict[str, tuple[str, str]]:
+    """Poll the child runs until all are final or ``timeout`` passes; late ones are cancelled."""
+    deadline = time.monotonic() + timeout
+    done: dict[str, tuple[str, str]] = {}
+    with get_client(sync_client=True) as client:
+        while True:
+            for name, run_id in runs.items():
+                if name in done:
+                    continue
+                state = client.read_flow_run(run_id).state
+                if state is not None and state.is_final():
+                    done[name] = (state.name, (state.message or "")[:300])
+            if len(done) == len(runs) or time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_SECONDS)
+        for name, run_id in runs.items():
+            if name not in done:  # cancelled, so the next daily run does not race it
+                client.set_flow_run_state(run_id, Cancelling(message="parent run timed out"), force=True)
+                done[name] = ("timed out", f"not finished after {timeout:g} s; cancelled")
+    return {name: done[name] for name in runs}

@@ -79,7 +79,7 @@ def _prefect_secret(block: str, where: str) -> str:
         raise ConfigError(
             f"{where} refers to Prefect Secret block '{block}', which could not be loaded "
             f"({type(exc).__name__}).",
-            f"Create it with: prefect block create secret (or Secret(value=...).save('{block}')), "
+            f"Create it with: python -c \"import getpass; from prefect.blocks.system import Secret; Secret(value=getpass.getpass()).save('{block}', overwrite=True)\", "
             "and check PREFECT_API_URL.",
         ) from None
     return str(value)

@@ -138,12 +138,12 @@ class PrefectStack:
     # -- API ----------------------------------------------------------------------------
 
     def get(self, path: str) -> dict:
-        resp = httpx.get(f"{self.api}{path}", timeout=10)
+        resp = httpx.get(f"{self.api}{path}", timeout=30)  # a loaded 2-core machine: SQLite answers slowly
         resp.raise_for_status()
         return resp.json()
 
     def post(self, path: str, body: dict) -> list | dict:
-        resp = httpx.post(f"{self.api}{path}", json=body, timeout=10)
+        resp = httpx.post(f"{self.api}{path}", json=body, timeout=30)
         resp.raise_for_status()
         return resp.json()
 

@@ -1,4 +1,4 @@
-"""The Prefect flows against real servers: sshd, gpg, a local archive, Prefect's test server.
+"""The Prefect flows against real servers: sshd, FTP, gpg, a local or S3 (moto) archive, Prefect's test server.
 
 The Prefect test harness (a temporary database and an in-process API) is set up
 once for this module only, so the library suite never pays for it.
@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
+import subprocess
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
@@ -19,8 +23,10 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId,
+    ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, DeploymentFilter, DeploymentFilterId,
+    FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId,
 )
+from prefect.flow_engine import run_flow
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.backfill import backfill_statements
@@ -28,10 +34,13 @@ from flows.common import RUN_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY, fetch_source
 from flows.keys import backup_keys, generate_keys
 from flows.retrieve import retrieve_statements
 from ibreports.cli import main
+from tests.configs import ftp_toml
 from tests.fixtures.pgpkeys import encrypt_bytes
+from tests.fixtures.s3 import s3_test_client
 from tests.test_alerts import Receiver
 from tests.fixtures.sshd import free_port
 from tests.test_fetch import PLAIN, UNENCRYPTED, archived_files, seed, sftp_toml, write_config
+from tests.waiting import eventually
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,12 +63,72 @@ def server(sshd_factory, sftp_client_key, pgp_key, env):
     return srv
 
 
-def make_config(folder: Path, server, key, pgp_key, known_hosts: Path | None = None) -> Path:
-    """A config file in its own folder: one sFTP source, a local archive under the folder."""
+class Archive:
+    """Where a test config archives: a folder beside the config, or a prefix of a moto S3 bucket."""
+
+    def __init__(self, endpoint: str | None = None, bucket: str | None = None) -> None:
+        self.endpoint, self.bucket = endpoint, bucket
+
+    def toml(self, folder: Path) -> str:
+        if not self.bucket:
+            return f'[archive]\nurl = "{folder / "archive"}"\n'
+        return f'[archive]\nurl = "s3://{self.bucket}/{folder.name}"\nendpoint_url = "{self.endpoint}"\nregion = "us-east-1"\n'
+
+    def keys(self, folder: Path) -> list[str]:
+        """Every key under the config's archive root, run records included."""
+        if not self.bucket:
+            root = folder / "archive"
+            return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+        pages = s3_test_client(self.endpoint).get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=f"{folder.name}/")
+        return sorted(o["Key"][len(folder.name) + 1:] for page in pages for o in page.get("Contents", []))
+
+    def files(self, folder: Path) -> dict[str, bytes]:
+        """Key -> bytes of everything but run records (as tests.test_fetch.archived_files)."""
+        if not self.bucket:
+            return archived_files(folder / "archive") if (folder / "archive").exists() else {}
+        client = s3_test_client(self.endpoint)
+        return {
+            k: client.get_object(Bucket=self.bucket, Key=f"{folder.name}/{k}")["Body"].read()
+            for k in self.keys(folder) if not k.startswith("runs/")
+        }
+
+    def write(self, folder: Path, key: str, data: bytes) -> None:
+        """Change an archived object behind ibreports' back."""
+        if not self.bucket:
+            (folder / "archive" / key).write_bytes(data)
+        else:
+            s3_test_client(self.endpoint).put_object(Bucket=self.bucket, Key=f"{folder.name}/{key}", Body=data)
+
+    def versions(self, folder: Path) -> dict[str, tuple]:
+        """Key -> a token that changes whenever the object is written again."""
+        if not self.bucket:
+            stats = {k: (folder / "archive" / k).stat() for k in self.files(folder)}
+            return {k: (st.st_ino, st.st_mtime_ns) for k, st in stats.items()}
+        found: dict[str, tuple] = {}
+        listing = s3_test_client(self.endpoint).list_object_versions(Bucket=self.bucket, Prefix=f"{folder.name}/")
+        for version in listing.get("Versions", []):
+            key = version["Key"][len(folder.name) + 1:]
+            if not key.startswith("runs/"):
+                found[key] = found.get(key, ()) + (version["VersionId"],)
+        return found
+
+
+@pytest.fixture(params=["local", "s3"])
+def archive(request) -> Archive:
+    """Each test using it runs twice: local folder archive, then S3 on the moto server (versioned bucket)."""
+    if request.param == "local":
+        return Archive()
+    return Archive(request.getfixturevalue("s3_server"), request.getfixturevalue("s3_versioned_bucket"))
+
+
+def make_config(folder: Path, server, key, pgp_key, known_hosts: Path | None = None, archive: Archive | None = None,
+                **source) -> Path:
+    """A config file in its own folder: one sFTP source, a local archive under the folder unless ``archive``."""
     folder.mkdir(parents=True, exist_ok=True)
     if known_hosts is None:
         known_hosts = server.write_known_hosts(folder / "known_hosts")
-    return write_config(folder, sftp_toml(server, key, known_hosts), pgp_key, f'[archive]\nurl = "{folder / "archive"}"\n')
+    return write_config(folder, sftp_toml(server, key, known_hosts, **source), pgp_key, (archive or Archive()).toml(folder))
 
 
 def flow_run_id(state) -> UUID:
@@ -87,9 +156,9 @@ def task_runs(run_id: UUID) -> list:
 # -- retrieve-statements --------------------------------------------------------------------
 
 
-def test_daily_flow_archives_exactly_what_the_cli_archives(tmp_path, server, sftp_client_key, pgp_key):
-    by_flow = make_config(tmp_path / "flow", server, sftp_client_key, pgp_key)
-    by_cli = make_config(tmp_path / "cli", server, sftp_client_key, pgp_key)
+def test_daily_flow_archives_exactly_what_the_cli_archives(tmp_path, server, sftp_client_key, pgp_key, archive):
+    by_flow = make_config(tmp_path / "flow", server, sftp_client_key, pgp_key, archive=archive)
+    by_cli = make_config(tmp_path / "cli", server, sftp_client_key, pgp_key, archive=archive)
 
     state = retrieve_statements(config=str(by_flow), return_state=True)
     assert main(["--config", str(by_cli), "fetch"]) == 0
@@ -97,14 +166,14 @@ def test_daily_flow_archives_exactly_what_the_cli_archives(tmp_path, server, sft
     assert state.is_completed(), state.message
     result = state.result()
     assert result["archived"] == len(server.delivered) and result["files"] == len(server.delivered)
-    flow_files = archived_files(tmp_path / "flow" / "archive")
-    assert flow_files == archived_files(tmp_path / "cli" / "archive")
+    flow_files = archive.files(tmp_path / "flow")
+    assert flow_files == archive.files(tmp_path / "cli")
     assert len(flow_files) == len(PLAIN) * 2 + 1
     for name, data in PLAIN.items():
         account, day = name.split(".")[0], name.split(".")[3]
         assert flow_files[f"statements/{account}/{day[:4]}/{day[4:6]}/{name}"] == data
     # The run record lands in the archive as with the CLI.
-    assert list((tmp_path / "flow" / "archive" / "runs").rglob("*.json"))
+    assert any(k.startswith("runs/") and k.endswith(".json") for k in archive.keys(tmp_path / "flow"))
 
     rows = table(flow_run_id(state))
     assert sorted(r["file"] for r in rows) == sorted(server.delivered)
@@ -113,11 +182,48 @@ def test_daily_flow_archives_exactly_what_the_cli_archives(tmp_path, server, sft
     (summary,) = artifacts(flow_run_id(state), SUMMARY_ARTIFACT_KEY)
     assert f"{len(server.delivered)} archived" in summary.data
 
-    # One task per source, and a second run finds everything archived.
+    # One task per source, and a second run finds everything archived and writes nothing.
     assert [t.name.startswith("fetch-ibkr-sftp") for t in task_runs(flow_run_id(state))] == [True]
+    before = archive.versions(tmp_path / "flow")
     again = retrieve_statements(config=str(by_flow), return_state=True)
     assert again.result()["already_archived"] == len(server.delivered)
     assert again.result()["archived"] == 0
+    assert archive.versions(tmp_path / "flow") == before
+
+
+def test_a_prefect_secret_block_reference_is_resolved(tmp_path, server, sftp_client_key, pgp_key):
+    from prefect.blocks.system import Secret
+
+    Secret(value=sftp_client_key[2]).save("ibr-test-ssh-passphrase", overwrite=True)
+    cfg = make_config(tmp_path / "conf", server, sftp_client_key, pgp_key, key_passphrase="prefect:ibr-test-ssh-passphrase")
+    state = retrieve_statements(config=str(cfg), return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["archived"] == len(server.delivered)
+    assert sftp_client_key[2] not in json.dumps(table(flow_run_id(state)))
+
+
+def test_a_missing_secret_block_fails_clearly_and_its_hint_creates_it(tmp_path, server, sftp_client_key, pgp_key):
+    from prefect.settings import PREFECT_API_URL
+
+    block = "ibr-test-missing-block"
+    cfg = make_config(tmp_path / "conf", server, sftp_client_key, pgp_key, key_passphrase=f"prefect:{block}")
+    state = retrieve_statements(config=str(cfg), return_state=True)
+
+    assert state.is_failed()
+    (run,) = task_runs(flow_run_id(state))
+    assert run.run_count == 1 and "ConfigError" in run.state.message  # a configuration error: never retried
+    (summary,) = artifacts(flow_run_id(state), SUMMARY_ARTIFACT_KEY)
+    assert f"refers to Prefect Secret block '{block}', which could not be loaded" in summary.data
+    assert "Connection from" not in server.log_text()  # nothing was tried with a missing secret
+
+    # The remedy is a command that works: run it as an operator would, the passphrase typed at the prompt.
+    command = re.search(r'python -c "(.+?)"', summary.data).group(1)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    done = subprocess.run([sys.executable, "-c", command], input=sftp_client_key[2] + "\n", text=True, env=env,
+                          capture_output=True, timeout=60, start_new_session=True)  # no tty: getpass reads stdin
+    assert done.returncode == 0, done.stderr
+    again = retrieve_statements(config=str(cfg), return_state=True)
+    assert again.is_completed(), again.message
 
 
 def test_config_defaults_to_ibreports_config_and_is_made_absolute(tmp_path, server, sftp_client_key, pgp_key, monkeypatch):
@@ -221,21 +327,103 @@ def test_runs_share_a_per_server_concurrency_limit(tmp_path, server, sftp_client
     assert "do not exist" not in caplog.text
 
 
-def test_fan_out_starts_one_flow_run_per_source(tmp_path):
+def test_an_old_unarchived_file_is_reported_at_risk_at_the_end_of_the_run(tmp_path, server, sftp_client_key, pgp_key):
+    receiver = Receiver()
+    bad = server.root / "outgoing" / "U1234567.DailyActivity.20260828.20260828.xml.pgp"
+    bad.write_bytes(b"\x85\x01\x0c" + os.urandom(300))  # an OpenPGP packet header, then garbage
+    old = time.time() - 95 * 86400  # purge_days 100: five days left
+    os.utime(bad, (old, old))
+    cfg = make_config(tmp_path / "conf", server, sftp_client_key, pgp_key)
+    cfg.write_text(cfg.read_text() + f'\n[alerts]\nurls = ["{receiver.url}"]\n')
+    try:
+        state = retrieve_statements(config=str(cfg), return_state=True)
+    finally:
+        receiver.close()
+
+    assert state.is_failed()
+    assert any("at risk of the purge" in json.dumps(m) and bad.name in json.dumps(m) for m in receiver.messages)
+    (summary,) = artifacts(flow_run_id(state), SUMMARY_ARTIFACT_KEY)
+    assert f"`{bad.name}` not archived, 5 day(s) before the server purges it" in summary.data
+
+    def warnings() -> list[str]:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id(state)])))
+        return [log.message for log in logs if log.level == logging.WARNING and bad.name in log.message]
+
+    assert eventually(warnings, timeout=15, step=0.2) == [f"{bad.name} is not archived and is purged in 5 day(s)"]
+
+
+# -- fan-out --------------------------------------------------------------------------------
+
+
+def per_source_deployment() -> UUID:
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("retrieve-statements")
+        return client.create_deployment(flow_id=flow_id, name="per-source", entrypoint="flows/retrieve.py:retrieve_statements")
+
+
+def play_worker(deployment_id: UUID, count: int) -> threading.Thread:
+    """Stand in for a worker: run the deployment's first ``count`` new flow runs in this process."""
+
+    def work() -> None:
+        seen: set[UUID] = set()
+        deadline = time.monotonic() + 120
+        with get_client(sync_client=True) as client:
+            while len(seen) < count and time.monotonic() < deadline:
+                runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+                for run in runs:
+                    if run.id not in seen and run.state and run.state.is_scheduled():
+                        seen.add(run.id)
+                        run_flow(retrieve_statements, flow_run=run, parameters=run.parameters, return_type="state")
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_fan_out_waits_for_its_children_and_fails_when_one_fails(tmp_path, server, sshd_factory, sftp_client_key, pgp_key):
+    impostor = sshd_factory([sftp_client_key[1]])
+    pinned_wrong = tmp_path / "wrong_known_hosts"
+    pinned_wrong.write_text(f"[{server.host}]:{server.port} {impostor.host_key_line()}\n")
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    known_hosts = server.write_known_hosts(folder / "known_hosts")
+    cfg = write_config(
+        folder,
+        sftp_toml(server, sftp_client_key, known_hosts, name="good")
+        + sftp_toml(server, sftp_client_key, pinned_wrong, name="bad"),
+        pgp_key, Archive().toml(folder),
+    )
+    worker = play_worker(per_source_deployment(), 2)
+
+    state = retrieve_statements(config=str(cfg), fan_out=True, fan_out_timeout=120, return_state=True)
+    worker.join(30)
+
+    assert state.is_failed()
+    assert "1 of 2 source run(s) did not complete: bad" in state.message
+    (summary,) = artifacts(flow_run_id(state), SUMMARY_ARTIFACT_KEY)
+    assert re.search(r"- good: flow run `[0-9a-f-]{36}` \*\*Completed\*\*", summary.data), summary.data
+    assert re.search(r"- bad: flow run `[0-9a-f-]{36}` \*\*Failed\*\*: .*could not be retrieved", summary.data), summary.data
+    assert len(archived_files(folder / "archive")) == len(PLAIN) * 2 + 1  # the good child archived everything
+
+
+def test_fan_out_children_that_do_not_finish_in_time_fail_the_run_and_are_cancelled(tmp_path):
     cfg = tmp_path / "ibreports.toml"
     cfg.write_text(
         "".join(
             f'[[sources]]\nname = "{n}"\nkind = "ftp"\nusername = "u"\npassword = "env:NOPE"\n' for n in ("a", "b")
         )
     )
-    with get_client(sync_client=True) as client:
-        flow_id = client.create_flow_from_name("retrieve-statements")
-        deployment_id = client.create_deployment(flow_id=flow_id, name="per-source", entrypoint="flows/retrieve.py:retrieve_statements")
+    deployment_id = per_source_deployment()  # no worker picks its runs up
 
-    state = retrieve_statements(config=str(cfg), fan_out=True, return_state=True)
+    state = retrieve_statements(config=str(cfg), fan_out=True, fan_out_timeout=1, return_state=True)
 
-    assert state.is_completed(), state.message
-    started = state.result()["fan_out"]
+    assert state.is_failed()
+    assert "2 of 2 source run(s) did not complete: a, b" in state.message
+    (summary,) = artifacts(flow_run_id(state), SUMMARY_ARTIFACT_KEY)
+    assert summary.data.count("**timed out**: not finished after 1 s; cancelled") == 2
+    started = dict(re.findall(r"- (\w+): flow run `([0-9a-f-]{36})`", summary.data))
     assert sorted(started) == ["a", "b"]
     with get_client(sync_client=True) as client:
         for name, run_id in started.items():
@@ -243,16 +431,104 @@ def test_fan_out_starts_one_flow_run_per_source(tmp_path):
             assert run.deployment_id == deployment_id
             assert run.parameters["sources"] == [name] and run.parameters["config"] == str(cfg)
             assert run.parent_task_run_id is not None  # linked to the parent run in the UI
+            assert run.state.type.value in ("CANCELLING", "CANCELLED")
+
+
+# -- the per-server concurrency limit --------------------------------------------------------
+
+
+@pytest.fixture
+def ftp_server(ftp_factory, pgp_key, monkeypatch, env):
+    srv = ftp_factory()
+    monkeypatch.setenv("TEST_FTP_PASSWORD", srv.password)
+    srv.delivered = seed(srv.root / "outgoing", pgp_key.public_file)
+    return srv
+
+
+def ftp_config(folder: Path, srv, pgp_key, **source) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_config(folder, ftp_toml(srv, **source), pgp_key, Archive().toml(folder))
+
+
+@pytest.fixture
+def server_limit():
+    """make(name, limit) creates a global concurrency limit, deleted at teardown."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    made = []
+
+    def make(name: str, limit: int) -> None:
+        with get_client(sync_client=True) as client:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+        made.append(name)
+
+    yield make
+    with get_client(sync_client=True) as client:
+        for name in made:
+            client.delete_global_concurrency_limit_by_name(name)
+
+
+def test_an_ftp_run_occupies_one_slot_per_connection(tmp_path, ftp_server, pgp_key, server_limit):
+    from prefect.concurrency.sync import concurrency
+
+    name = f"ibkr-{ftp_server.host}"
+    server_limit(name, 3)
+    cfg = ftp_config(tmp_path / "conf", ftp_server, pgp_key, connections=2)
+    with ThreadPoolExecutor(1) as pool:
+        with concurrency(name, occupy=2, strict=True):  # one slot left: too few for two connections
+            future = pool.submit(retrieve_statements, config=str(cfg), return_state=True)
+            time.sleep(3)
+            assert not future.done() and not (tmp_path / "conf" / "archive" / "statements").exists()
+            with get_client(sync_client=True) as client:
+                assert client.read_global_concurrency_limit_by_name(name).active_slots == 2
+        state = future.result(timeout=60)
+    assert state.is_completed(), state.message
+    assert state.result()["archived"] == len(ftp_server.delivered)
+
+
+def test_a_limit_below_the_connections_caps_them(tmp_path, ftp_server, pgp_key, server_limit):
+    name = f"ibkr-{ftp_server.host}"
+    server_limit(name, 1)  # Prefect refuses to occupy more slots than a limit has
+    cfg = ftp_config(tmp_path / "conf", ftp_server, pgp_key, connections=4)
+    state = retrieve_statements(config=str(cfg), return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["archived"] == len(ftp_server.delivered)
+
+
+def test_a_server_slot_that_never_frees_fails_the_source_clearly(tmp_path, server, sftp_client_key, pgp_key, server_limit):
+    from prefect import flow
+    from prefect.concurrency.sync import concurrency
+
+    name = f"ibkr-{server.host}"
+    server_limit(name, 1)
+    cfg = make_config(tmp_path / "conf", server, sftp_client_key, pgp_key)
+
+    @flow
+    def probe() -> None:
+        fetch_source(str(cfg), "ibkr-sftp", slot_timeout=1)
+
+    with concurrency(name, occupy=1, strict=True):  # held elsewhere for longer than the run waits
+        state = probe(return_state=True)
+    assert state.is_failed()
+    (run,) = task_runs(flow_run_id(state))
+    assert run.run_count == 1  # not retried: waiting longer is the operator's call
+    assert f"no 1 slot(s) of concurrency limit '{name}' came free within 1 s" in run.state.message
+    assert "Connection from" not in server.log_text()
 
 
 # -- backfill-statements --------------------------------------------------------------------
 
 
-def test_backfill_archives_only_the_range(tmp_path, server, sftp_client_key, pgp_key):
-    cfg = make_config(tmp_path / "conf", server, sftp_client_key, pgp_key)
-    state = backfill_statements(start=date(2026, 11, 2), end=date(2026, 11, 3), config=str(cfg), return_state=True)
+def test_backfill_archives_exactly_what_fetch_since_until_archives(tmp_path, server, sftp_client_key, pgp_key, archive):
+    by_flow = make_config(tmp_path / "flow", server, sftp_client_key, pgp_key, archive=archive)
+    by_cli = make_config(tmp_path / "cli", server, sftp_client_key, pgp_key, archive=archive)
+
+    state = backfill_statements(start=date(2026, 11, 2), end=date(2026, 11, 3), config=str(by_flow), return_state=True)
+    assert main(["--config", str(by_cli), "fetch", "--since", "2026-11-02", "--until", "2026-11-03"]) == 0
+
     assert state.is_completed(), state.message
-    files = archived_files(tmp_path / "conf" / "archive")
+    files = archive.files(tmp_path / "flow")
+    assert files == archive.files(tmp_path / "cli")
     statements = sorted(k for k in files if k.startswith("statements/"))
     assert statements == [
         "statements/F1234567/2026/11/F1234567.TradeConfirms.20261103.20261103.xml",
@@ -262,6 +538,56 @@ def test_backfill_archives_only_the_range(tmp_path, server, sftp_client_key, pgp
     assert sorted(r["file"][:9] for r in table(flow_run_id(state))) == ["F1234567.", "U7654321."]
 
 
+def test_backfill_of_named_sources_touches_only_those(tmp_path, server, sftp_client_key, pgp_key):
+    other = server.root / "other"
+    other.mkdir()
+    encrypt_bytes(pgp_key.public_file, b"<FlexQueryResponse>other</FlexQueryResponse>\n",
+                  other / "U5555555.DailyActivity.20261102.20261102.xml.pgp")
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    known_hosts = server.write_known_hosts(folder / "known_hosts")
+    cfg = write_config(
+        folder,
+        sftp_toml(server, sftp_client_key, known_hosts)
+        + sftp_toml(server, sftp_client_key, known_hosts, name="ibkr-other", remote_dir=str(other)),
+        pgp_key, Archive().toml(folder),
+    )
+
+    state = backfill_statements(start=date(2026, 11, 1), end=date(2026, 11, 30), sources=["ibkr-other"],
+                                config=str(cfg), return_state=True)
+
+    assert state.is_completed(), state.message
+    statements = sorted(k for k in archived_files(folder / "archive") if k.startswith("statements/"))
+    assert statements == ["statements/U5555555/2026/11/U5555555.DailyActivity.20261102.20261102.xml"]
+    assert [t.name for t in task_runs(flow_run_id(state))] == ["fetch-ibkr-other"]
+    assert {r["source"] for r in table(flow_run_id(state))} == {"ibkr-other"}
+
+
+def test_backfill_with_force_verifies_the_archive_and_rewrites_nothing(tmp_path, server, sftp_client_key, pgp_key, archive):
+    folder = tmp_path / "conf"
+    cfg = make_config(folder, server, sftp_client_key, pgp_key, archive=archive)
+    first = backfill_statements(start=date(2026, 11, 1), end=date(2026, 11, 30), config=str(cfg), return_state=True)
+    assert first.is_completed(), first.message
+    before = archive.versions(folder)
+
+    forced = backfill_statements(start=date(2026, 11, 1), end=date(2026, 11, 30), force=True, config=str(cfg),
+                                 return_state=True)
+
+    assert forced.is_completed(), forced.message
+    assert forced.result()["archived"] == len(server.delivered)  # every file fetched and compared again
+    assert archive.versions(folder) == before  # ... and not one written again
+    # The comparison is real: a tampered archive copy fails the forced run and stays as it is.
+    name = next(iter(PLAIN))
+    key, edited = f"statements/U1234567/2026/11/{name}", b"<FlexQueryResponse>edited</FlexQueryResponse>\n"
+    archive.write(folder, key, edited)
+    again = backfill_statements(start=date(2026, 11, 1), end=date(2026, 11, 1), force=True, config=str(cfg),
+                                return_state=True)
+    assert again.is_failed()
+    (row,) = table(flow_run_id(again))
+    assert row["outcome"] == "failed" and "SHA-256 mismatch" in row["reason"]
+    assert archive.files(folder)[key] == edited
+
+
 def test_backfill_of_an_empty_range_does_nothing_and_says_so(tmp_path, server, sftp_client_key, pgp_key, caplog):
     cfg = make_config(tmp_path / "conf", server, sftp_client_key, pgp_key)
     with caplog.at_level(logging.INFO):
@@ -269,6 +595,7 @@ def test_backfill_of_an_empty_range_does_nothing_and_says_so(tmp_path, server, s
     assert state.is_completed(), state.message
     assert state.result()["files"] == 0
     assert "no files between 2025-01-01 and 2025-01-31" in caplog.text
+    assert "do not exist" not in caplog.text  # no per-server limit: unthrottled, and no warning about it
     assert archived_files(tmp_path / "conf" / "archive") == {}
 
 

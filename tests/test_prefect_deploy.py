@@ -1,5 +1,6 @@
 """The real thing: `prefect server start`, `prefect deploy --all` with the repository's
-prefect.yaml, a process worker, and `prefect deployment run` of the backfill against
+prefect.yaml, a process worker, and `prefect deployment run` of the backfill (exactly as
+INTERFACE.md shows it) and of the daily deployment fanned out over two sources, against
 a real sshd, archiving into a local folder.
 """
 
@@ -11,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.prefect_harness import REPO, PrefectStack
 from tests.test_fetch import PLAIN, archived_files, seed, sftp_toml, write_config
 from tests.waiting import eventually
@@ -29,36 +31,61 @@ def stack(tmp_path_factory):
         stack.stop()
 
 
-@pytest.mark.timeout(420)  # includes the module's server start and deploy
-def test_backfill_deployment_runs_on_a_process_worker(stack, tmp_path, sshd_factory, sftp_client_key, pgp_key):
+LATE = ("U5555555.DailyActivity.20261110.20261110.xml", b"<FlexQueryResponse>late</FlexQueryResponse>\n")
+
+
+def run_id_of(output: str) -> str:
+    return re.search(r"UUID: ([0-9a-f-]{36})", output).group(1)
+
+
+@pytest.mark.timeout(600)  # includes the module's server start and deploy
+def test_backfill_and_fan_out_run_on_a_process_worker(stack, tmp_path, sshd_factory, sftp_client_key, pgp_key):
     server = sshd_factory([sftp_client_key[1]])
     delivered = seed(server.root / "outgoing", pgp_key.public_file)
+    (server.root / "second").mkdir()
+    encrypt_bytes(pgp_key.public_file, LATE[1], server.root / "second" / (LATE[0] + ".pgp"))
     known_hosts = server.write_known_hosts(tmp_path / "known_hosts")
-    cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key,
-                       f'[archive]\nurl = "{tmp_path / "archive"}"\n')
-    # Secrets reach the flow run the way they would in production: the worker's environment.
-    stack.env.update(TEST_PGP_PASSPHRASE=pgp_key.passphrase, TEST_SSH_PASSPHRASE=sftp_client_key[2])
+    sources = sftp_toml(server, sftp_client_key, known_hosts) + sftp_toml(
+        server, sftp_client_key, known_hosts, name="ibkr-second", remote_dir=str(server.root / "second"))
+    cfg = write_config(tmp_path, sources, pgp_key, f'[archive]\nurl = "{tmp_path / "archive"}"\n')
+    # The config and the secrets reach the flow runs the way they would in production: the worker's environment.
+    stack.env.update(IBREPORTS_CONFIG=str(cfg), TEST_PGP_PASSPHRASE=pgp_key.passphrase,
+                     TEST_SSH_PASSPHRASE=sftp_client_key[2])
     # The worker runs elsewhere: only the deployment's pull step can lead it to flows/.
     elsewhere = tmp_path / "worker-cwd"
     elsewhere.mkdir()
     stack.spawn("worker", "worker", "start", "--pool", "ibreports", "--name", "test-worker", cwd=elsewhere)
 
-    out = stack.cli(
-        "deployment", "run", "backfill-statements/backfill",
-        "--param", "start=2026-11-01", "--param", "end=2026-11-30", "--param", f"config={cfg}",
-    )
-    run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+    # Exactly the command of INTERFACE.md: no config parameter.
+    out = stack.cli("deployment", "run", "backfill-statements/backfill",
+                    "--param", "start=2026-11-01", "--param", "end=2026-11-04")
+    run_id = run_id_of(out)
     run = stack.wait_flow_run(run_id, timeout=180)
 
     assert run["state_type"] == "COMPLETED", f"{run['state']}\n{stack.log('worker')}"
-    assert run["parameters"]["start"] == "2026-11-01"
+    assert run["parameters"] == {"start": "2026-11-01", "end": "2026-11-04"}
     files = archived_files(tmp_path / "archive")
     assert len(files) == len(PLAIN) * 2 + 1 == len(delivered) + len(PLAIN)
     for name, data in PLAIN.items():
         day = name.split(".")[3]
         assert files[f"statements/{name.split('.')[0]}/{day[:4]}/{day[4:6]}/{name}"] == data
+    assert not any(LATE[0] in key for key in files)  # dated after the range
     artifacts = stack.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
     assert {a["key"] for a in artifacts} >= {"ibreports-run", "ibreports-summary"}
+
+    # The daily deployment fanned out: one per-source child run each, waited for by the parent.
+    parent_id = run_id_of(stack.cli("deployment", "run", "retrieve-statements/daily", "--param", "fan_out=true"))
+    parent = stack.wait_flow_run(parent_id, timeout=240)
+    assert parent["state_type"] == "COMPLETED", f"{parent['state']}\n{stack.log('worker')}"
+    per_source = stack.get("/deployments/name/retrieve-statements/per-source")
+    children = stack.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [per_source["id"]]}}})
+    assert sorted((c["parameters"]["sources"], c["state_type"]) for c in children) == [
+        (["ibkr-second"], "COMPLETED"), (["ibkr-sftp"], "COMPLETED"),
+    ]
+    (summary,) = stack.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [parent_id]},
+                                                                "key": {"any_": ["ibreports-summary"]}}})
+    assert summary["data"].count("**Completed**") == 2
+    assert archived_files(tmp_path / "archive")[f"statements/U5555555/2026/11/{LATE[0]}"] == LATE[1]
 
 
 def test_daily_deployment_has_its_cron_schedule_and_time_zone(stack):
@@ -94,8 +121,11 @@ def test_the_scheduler_creates_the_daily_runs_at_0630_new_york(stack):
     # Guards the server's scheduler itself: with SQLAlchemy 2.1 Prefect 3.8.8 cannot
     # insert scheduled runs ("Can't evaluate bulk DML statement"), so no run would ever start.
     daily = stack.get("/deployments/name/retrieve-statements/daily")
-    runs = eventually(lambda: stack.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [daily["id"]]}}}),
-                      timeout=30, step=1)
+    def scheduled() -> list[dict]:  # runs started by hand (the fan-out test) are not the scheduler's
+        runs = stack.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [daily["id"]]}}})
+        return [r for r in runs if r["auto_scheduled"]]
+
+    runs = eventually(scheduled, timeout=30, step=1)
     assert runs, f"no scheduled run was created:\n{stack.log('server')}"
     soon = datetime.now(timezone.utc) + timedelta(minutes=10)
     future = []
