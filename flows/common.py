@@ -227,6 +227,7 @@ def finish(report: RunReport, config: str) -> dict[str, Any]:
         "files": len(report.acted_on),
         "archived": report.count("archived"),
         "already_archived": report.count("already-archived"),
+        "verified": report.count("verified"),
         "planned": report.count("planned"),
         "waiting": report.count("waiting"),
         "bytes_archived": report.bytes_archived,

@@ -254,7 +254,7 @@ class _Run:
                         original.result()  # an archive failure outranks a decryption failure
                     encrypted.unlink(missing_ok=True)
                 # No second hash of the plaintext here: there is nothing independent to compare with.
-                self.store(out, item.statement_key, plain, None, meta, verify, private=True)
+                wrote = self.store(out, item.statement_key, plain, None, meta, verify, private=True)
             elif item.statement.encryption:
                 # Named as encrypted but not OpenPGP: keep the evidence, refuse to call it a statement.
                 self.store(out, item.original_key, encrypted, out.sha256, meta, verify, private=False)
@@ -264,10 +264,14 @@ class _Run:
                     "The encrypted original is archived; ask IBKR to redeliver the file.",
                 )
             else:  # sFTP deliveries may be plain XML/CSV: archived as they are
-                self.store(out, item.statement_key, encrypted, out.sha256, meta, verify, private=True)
+                wrote = self.store(out, item.statement_key, encrypted, out.sha256, meta, verify, private=True)
             if source.delete_after_archive:
                 remote.delete(item.remote.name)
-            out.outcome = "archived"
+            # "archived" only by the run that completed the file's archive (its last object), so two
+            # runs at once never both count a file; --force reports what it compared as "verified".
+            out.outcome = "archived" if wrote else "verified" if force else "already-archived"
+            if out.outcome == "already-archived":
+                out.reason = "archived meanwhile by another run"
         except FileChangedError as exc:  # still being written: complete next run, never half
             out.outcome, out.reason = "waiting", str(exc)
             log.info("%s: %s", source.name, exc)
@@ -298,12 +302,13 @@ class _Run:
                 time.sleep(min(2 ** attempt, 10) * 0.5)
 
     def store(self, out: FileOutcome, key: str, path: Path, sha256: str | None, meta: dict[str, str], verify: bool,
-              private: bool) -> None:
-        """Put ``key`` unless present; with ``verify``, compare an existing object instead of rewriting it."""
+              private: bool) -> bool:
+        """Put ``key`` unless present (True when written); with ``verify``, compare an existing object
+        instead of rewriting it."""
         written = self.archive.put(key, path, sha256, meta, private=private)
         out.archive_keys.append(key)
         if written or not verify:
-            return
+            return written
         assert self.staging is not None
         check = self.staging / f"verify-{secrets.token_hex(4)}"
         try:
@@ -316,6 +321,8 @@ class _Run:
                 )
         finally:
             check.unlink(missing_ok=True)
+        return False
+
 
 def _printable(name: str) -> bool:
     return bool(name) and name.isprintable()

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .errors import ConfigError, error_class
 
-DONE = ("archived", "already-archived")
+DONE = ("archived", "already-archived", "verified")  # "verified": --force compared it, rewrote nothing
 FAILED = ("failed", "rejected")
 # Outside --since/--until, not archived and close to the purge: not acted on, but the
 # run's at-risk check must see it, as `status` would. Other files outside the range are left out.
@@ -24,7 +24,7 @@ class FileOutcome:
     mtime: float
     account: str | None
     statement_date: str  # ISO date
-    outcome: str  # "archived" | "already-archived" | "planned" | "waiting" | "failed" | "rejected" | "out-of-range"
+    outcome: str  # "archived" | "already-archived" | "verified" | "planned" | "waiting" | "failed" | "rejected" | "out-of-range"
     reason: str = ""
     sha256: str = ""
     archive_keys: list[str] = field(default_factory=list)
@@ -87,7 +87,7 @@ class RunReport:
             f"{self.count('archived')} archived",
             f"{self.count('already-archived')} already archived",
         ]
-        for label in ("planned", "waiting", "failed", "rejected"):
+        for label in ("verified", "planned", "waiting", "failed", "rejected"):
             if self.count(label):
                 parts.append(f"{self.count(label)} {label}")
         if self.at_risk:

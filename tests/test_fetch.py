@@ -308,14 +308,16 @@ def test_wrong_ftp_password_exit_3(tmp_path, ftp_factory, pgp_key, monkeypatch, 
 
 
 def test_force_verifies_against_the_archive_and_rewrites_nothing(tmp_path, sftp_setup, pgp_key, sftp_client_key, capsys):
-    server, known_hosts, _ = sftp_setup
+    server, known_hosts, delivered = sftp_setup
     archive_toml, root = local_archive(tmp_path)
     cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key, archive_toml)
     assert main(["--config", str(cfg), "fetch"]) == 0
     stamp = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and "runs" not in p.parts}
 
+    capsys.readouterr()
     assert main(["--config", str(cfg), "fetch", "--force"]) == 0  # everything re-downloaded and matches
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
+    assert f"0 archived, 0 already archived, {len(delivered)} verified" in capsys.readouterr().out
 
     victim = root / "statements/U1234567/2026/11/U1234567.DailyActivity.20261101.20261101.xml"
     victim.write_bytes(b"<edited/>")

@@ -574,7 +574,8 @@ def test_backfill_with_force_verifies_the_archive_and_rewrites_nothing(tmp_path,
                                  return_state=True)
 
     assert forced.is_completed(), forced.message
-    assert forced.result()["archived"] == len(server.delivered)  # every file fetched and compared again
+    assert forced.result()["verified"] == len(server.delivered)  # every file fetched and compared again
+    assert forced.result()["archived"] == 0
     assert archive.versions(folder) == before  # ... and not one written again
     # The comparison is real: a tampered archive copy fails the forced run and stays as it is.
     name = next(iter(PLAIN))
