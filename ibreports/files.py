@@ -63,8 +63,11 @@ def claim_workdir(prefix: str, base: Path | None = None) -> tuple[Path, int]:
     The descriptor is not inherited by child processes (gpg, gpg-agent).
     """
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    # Locked under another name first: a sweeper that found LOCK_NAME unlocked for an instant
+    # would take the folder of a run that is just starting.
+    fd = os.open(path / (LOCK_NAME + ".new"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(path / (LOCK_NAME + ".new"), path / LOCK_NAME)
     return path, fd
 
 

@@ -25,7 +25,7 @@ from .archive import Archive, ObjectInfo, open_archive
 from .config import Config, SourceConfig
 from .errors import ConnectionFailure, DecryptionError, FileChangedError, IbreportsError, RemoteFileError
 from .files import claim_workdir, release_workdir, sha256_file, sweep_abandoned
-from .pgp import Decryptor, is_openpgp
+from .pgp import Decryptor, is_openpgp, sweep_abandoned_homes
 from .remote import Remote, RemoteFile, open_remote
 from .report import OUT_OF_RANGE, FileOutcome, RunReport
 
@@ -117,6 +117,9 @@ class _Run:
         swept = sweep_abandoned(STAGING_PREFIX, base)
         if swept:
             log.warning("removed %d staging folder(s) left by an interrupted run", swept)
+        # Even a run with nothing to decrypt removes a killed run's GnuPG homes (imported keys).
+        if homes := sweep_abandoned_homes():
+            log.warning("removed %d GnuPG home(s) left by an interrupted run", homes)
         # A private 0700 folder, locked while this run lives: plaintext never sits where
         # others can read it, and a killed run's leftovers are removed by the next run.
         self.staging, self._staging_lock = claim_workdir(STAGING_PREFIX, base)

@@ -129,7 +129,7 @@ def start_cli(cfg: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
 
 
 def local_objects(root: Path) -> tuple[dict[str, bytes], list[Path]]:
-    """(key -> bytes of every archived object outside runs/, leftover .tmp- files)."""
+    """(key -> bytes of every archived object outside runs/, leftover temporary files: ``.tmp-*`` in the root)."""
     objects, temps = {}, []
     if not root.exists():
         return objects, temps
@@ -137,7 +137,7 @@ def local_objects(root: Path) -> tuple[dict[str, bytes], list[Path]]:
         if not path.is_file():
             continue
         key = path.relative_to(root).as_posix()
-        if path.name.startswith(".tmp-"):
+        if key.startswith(".tmp-"):
             temps.append(path)
         elif not key.startswith("runs/"):
             objects[key] = path.read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import resource
@@ -108,12 +109,28 @@ def test_inventory_ignores_temp_files_symlinks_and_folders(tmp_path):
     path, sha = _staged(tmp_path, b"12345")
     archive.put("a/b/c.xml", path, sha, {})
     (root / ".tmp-0123abcd").write_bytes(b"interrupted put")
-    (root / "a" / ".tmp-left-over").write_bytes(b"older layout")
     (root / "a" / "link.xml").symlink_to(path)
     (root / "empty").mkdir()
     assert archive.inventory() == {"a/b/c.xml": ObjectInfo("a/b/c.xml", 5)}
+    assert not (root / ".tmp-0123abcd").exists()  # nobody held its lock: a dead run's, swept
     with pytest.raises(ArchiveError, match="reserved"):
-        archive.put("a/.tmp-x", path, sha, {})
+        archive.put(".tmp-x", path, sha, {})
+    assert archive.put("a/.tmp-x", path, sha, {})  # reserved in the root only: deeper, an ordinary name
+    assert "a/.tmp-x" in archive.inventory()
+
+
+def test_temp_file_of_a_live_put_survives_the_sweep(tmp_path):
+    root = tmp_path / "archive"
+    archive = _archive(root)
+    live = root / ".tmp-live"
+    fd = os.open(live, os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what a put in another live process holds
+    try:
+        assert archive.inventory() == {} and live.exists()
+    finally:
+        os.close(fd)
+    archive.inventory()
+    assert not live.exists()
 
 
 def test_no_temp_file_survives_a_put(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -42,14 +43,18 @@ def test_folders_of_killed_processes_are_swept_live_ones_kept(tmp_path):
     assert not live.exists()
 
 
-def test_local_archive_removes_stale_temp_files_only(tmp_path):
+def test_local_archive_removes_temp_files_of_dead_runs_only(tmp_path):
     archive = LocalArchive(ArchiveConfig(url=str(tmp_path / "a")))
-    old, fresh = tmp_path / "a" / ".tmp-old", tmp_path / "a" / ".tmp-fresh"
-    old.write_bytes(b"half")
-    fresh.write_bytes(b"in flight")
-    os.utime(old, (time.time() - 7200, time.time() - 7200))
-    assert archive.inventory() == {}
-    assert not old.exists() and fresh.exists()
+    dead, live = tmp_path / "a" / ".tmp-dead", tmp_path / "a" / ".tmp-live"
+    dead.write_bytes(b"half")  # nobody holds its lock: its writer died
+    live.write_bytes(b"in flight")
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a put in a live run holds it
+    try:
+        assert archive.inventory() == {}
+        assert not dead.exists() and live.exists()
+    finally:
+        os.close(fd)
 
 
 DECRYPTOR_AND_DIE = """

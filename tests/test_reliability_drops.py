@@ -87,7 +87,9 @@ def test_sandbox_cuts_at_an_exact_offset(tmp_path, sftp_client_key, pgp_key, env
         cfg = write_config(tmp_path, source, pgp_key, local_archive_toml(tmp_path / "archive"), tmp_path / "staging")
         assert main(["--config", str(cfg), "fetch"]) == 0
         assert sandbox.drops == 1 and sandbox.logins >= 2  # cut once, then a new login finished it
-    assert_archived_exactly(local_objects(tmp_path / "archive")[0], delivery.expected())
+    objects, temps = local_objects(tmp_path / "archive")
+    assert_archived_exactly(objects, delivery.expected())
+    assert temps == [] and list((tmp_path / "staging").iterdir()) == []
 
 
 @pytest.mark.parametrize("action", ["drop", "reset"])
@@ -101,7 +103,9 @@ def test_ftp_data_channel_dropped_mid_file(tmp_path, ftp_factory, pgp_key, env, 
     cfg = write_config(tmp_path, source, pgp_key, local_archive_toml(tmp_path / "archive"), tmp_path / "staging")
     assert main(["--config", str(cfg), "fetch"]) == 0
     assert cut.fired == 1
-    assert_archived_exactly(local_objects(tmp_path / "archive")[0], delivery.expected())
+    objects, temps = local_objects(tmp_path / "archive")
+    assert_archived_exactly(objects, delivery.expected())
+    assert temps == [] and list((tmp_path / "staging").iterdir()) == []
 
 
 @pytest.mark.parametrize("fraction", FRACTIONS)
@@ -122,3 +126,4 @@ def test_s3_upload_dropped_mid_body(tmp_path, sshd_factory, sftp_client_key, pgp
     versions = [v for v in client.list_object_versions(Bucket=s3_versioned_bucket).get("Versions", [])
                 if "/runs/" not in v["Key"]]
     assert len(versions) == len(delivery.expected())  # the cut upload left no (truncated) version
+    assert list((tmp_path / "staging").iterdir()) == []

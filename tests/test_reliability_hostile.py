@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from pathlib import Path, PurePosixPath
 
 import paramiko
 import pytest
@@ -25,6 +27,19 @@ ODD_BUT_SAFE = ["U1234567.Daily Activity.20261101.20261101.xml", "-rf.csv", "$(r
                 "name;rm -rf ~.csv", "ü-Übersicht.csv", "runs", "statements", ".tmp-evil.csv"]
 
 
+def outside(tmp_path: Path, archive: Path) -> dict:
+    """A snapshot of everything a hostile name could reach: the test folder (but the archive and
+    staging), and the names at the top of /tmp and of the current folder."""
+    return {"test folder": snapshot(tmp_path, skip=(archive, tmp_path / "staging")),
+            "/tmp": set(os.listdir("/tmp")), "cwd": set(os.listdir("."))}
+
+
+def escaped(before: dict, after: dict, names: list[str]) -> set[str]:
+    """New names in /tmp or the current folder that a served name would produce (others' tests share /tmp)."""
+    tails = {PurePosixPath(n.replace("\\", "/")).name for n in names} - {""}
+    return {n for key in ("/tmp", "cwd") for n in after[key] - before[key] if n in tails or "evil" in n}
+
+
 def outcomes(archive) -> dict[str, dict]:
     records = [json.loads(p.read_text()) for p in (archive / "runs").rglob("*.json")]
     return {f["name"]: f for r in records for f in r["files"]}
@@ -39,15 +54,16 @@ def check(tmp_path, archive, names, before, caplog) -> None:
             assert name in ("", ".", ".."), name
             continue
         got = files[name]
-        if got["outcome"] in ("rejected", "failed"):
+        if got["outcome"] != "archived":
+            assert got["outcome"] == "rejected", (name, got)  # refused at plan time, never downloaded
             assert got["reason"] and not any(k.rsplit("/", 1)[1] == name for k in objects)
             assert repr(name)[:40] in caplog.text or name[:40] in caplog.text  # logged, escaped
         else:
-            assert got["outcome"] == "archived", (name, got)
             assert all(k in objects for k in got["archive_keys"])
             assert any(k.rsplit("/", 1)[1] == name for k in got["archive_keys"])  # the name, unaltered
-    after = snapshot(tmp_path, skip=(archive, tmp_path / "staging"))
-    assert after == before  # nothing written anywhere else under the test folder
+    after = outside(tmp_path, archive)
+    assert after["test folder"] == before["test folder"]  # nothing written anywhere else under the test folder
+    assert escaped(before, after, names) == set()  # nor in /tmp or the current folder
     assert list((tmp_path / "staging").iterdir()) == []
 
 
@@ -74,13 +90,15 @@ def test_sandbox_lists_impossible_names(tmp_path, sftp_client_key, pgp_key, env,
         source = source.replace(f'remote_dir = "{root / "outgoing"}"', 'remote_dir = "outgoing"')
         cfg = write_config(tmp_path, source, pgp_key, local_archive_toml(tmp_path / "archive"), tmp_path / "staging")
         (tmp_path / "staging").mkdir()
-        before = snapshot(tmp_path, skip=(tmp_path / "archive", tmp_path / "staging"))
+        before = outside(tmp_path, tmp_path / "archive")
         passwd = (open("/etc/passwd", "rb").read())
         assert main(["--config", str(cfg), "fetch"]) == 1
     check(tmp_path, tmp_path / "archive", LISTED_ONLY + ODD_BUT_SAFE, before, caplog)
     assert open("/etc/passwd", "rb").read() == passwd
     files = outcomes(tmp_path / "archive")
-    assert sum(f["outcome"] == "archived" for f in files.values()) >= len(ODD_BUT_SAFE) - 1  # .tmp- may be refused
+    assert all(files[n]["outcome"] == "archived" for n in ODD_BUT_SAFE), {n: files[n] for n in ODD_BUT_SAFE}
+    # Reserved in the archive root only (temporary files): deeper, an ordinary name, archived unaltered.
+    assert files[".tmp-evil.csv"]["archive_keys"][0].endswith("/.tmp-evil.csv")
 
 
 def test_real_server_hostile_names_on_disk(tmp_path, sshd_factory, sftp_client_key, pgp_key, env, caplog):
@@ -94,7 +112,7 @@ def test_real_server_hostile_names_on_disk(tmp_path, sshd_factory, sftp_client_k
     source = sftp_toml("ibkr-sftp", server.port, server, sftp_client_key, server.write_known_hosts(tmp_path / "kh"))
     cfg = write_config(tmp_path, source, pgp_key, local_archive_toml(tmp_path / "archive"), tmp_path / "staging")
     (tmp_path / "staging").mkdir()
-    before = snapshot(tmp_path, skip=(tmp_path / "archive", tmp_path / "staging"))
+    before = outside(tmp_path, tmp_path / "archive")
     assert main(["--config", str(cfg), "fetch"]) == 1
     check(tmp_path, tmp_path / "archive", ON_DISK + [good, longest], before, caplog)
     files = outcomes(tmp_path / "archive")

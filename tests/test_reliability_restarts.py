@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,11 @@ from tests.reliability import (
     assert_archived_exactly, cli_env, local_archive_toml, local_objects, run_cli, seed, sftp_toml, start_cli,
     write_config,
 )
+from tests.waiting import eventually
 
 
-@pytest.mark.parametrize("delay", [0.6, 1.2, 2.0])
-def test_sshd_restart_mid_run(tmp_path, sshd_factory, sftp_client_key, pgp_key, delay, request):
+@pytest.mark.parametrize("after_bytes", [30_000, 500_000, 1_000_000])  # of about 1.6 MB on the wire
+def test_sshd_restart_mid_run(tmp_path, sshd_factory, sftp_client_key, pgp_key, after_bytes, request):
     server = sshd_factory([sftp_client_key[1]])
     delivery = seed(server.root / "outgoing", pgp_key.public_file, "ibkr-sftp", count=8, size=300_000, plain_every=4)
     tmpdir = Path(tempfile.mkdtemp(prefix="ibr-rst-", dir="/tmp"))
@@ -31,11 +31,15 @@ def test_sshd_restart_mid_run(tmp_path, sshd_factory, sftp_client_key, pgp_key, 
         source = sftp_toml("ibkr-sftp", route.port, server, sftp_client_key, known_hosts)
         cfg = write_config(tmp_path, source, pgp_key, local_archive_toml(tmp_path / "archive"), tmp_path / "staging")
         proc = start_cli(cfg, env, "fetch")
-        time.sleep(delay)
+        assert eventually(lambda: route.bytes_down >= after_bytes, timeout=60, step=0.005)
+        assert proc.poll() is None  # the restart hits a live, connected run
+        at_restart = route.connections
         server.restart()  # every session killed, listener back on the same port with the same host key
         out, err = proc.communicate(timeout=120)
         assert proc.returncode in (0, 1, 3), err.decode()[-2000:]
         assert b"Traceback" not in err
+        assert proc.returncode != 0 or route.connections > at_restart  # failed cleanly, or reconnected
+        assert route.connections >= 2
         objects, temps = local_objects(tmp_path / "archive")
         expected = delivery.expected()
         assert all(expected[k] == v for k, v in objects.items()) and temps == []  # nothing partial

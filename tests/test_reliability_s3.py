@@ -5,15 +5,18 @@ cleanly with nothing lost.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from ibreports.archive import open_archive
 from ibreports.cli import main
+from ibreports.errors import ArchiveError
 from tests.faultproxy import FaultProxy, HttpFault
-from tests.fixtures.s3 import s3_test_client
+from tests.fixtures.s3 import s3_archive_config, s3_test_client
 from tests.reliability import (
     assert_archived_exactly, local_archive_toml, local_objects, s3_archive_toml, s3_objects, seed, sftp_toml,
     write_config,
@@ -76,6 +79,27 @@ def test_bucket_rejecting_writes_fails_and_keeps_the_files_on_the_server(
     assert sorted(p.name for p in (server.root / "outgoing").iterdir()) == sorted(delivery.files)  # nothing deleted
     assert s3_objects(s3_test_client(s3_server), s3_bucket) == {}
     assert list((tmp_path / "staging").iterdir()) == []
+
+
+def test_failed_multipart_upload_is_aborted(tmp_path, proxy, s3_server, s3_bucket):
+    """Parts are billed until aborted: a part the store refuses ends the upload, nothing left behind.
+
+    A process killed with -9 cannot abort; for that, a bucket lifecycle rule
+    (AbortIncompleteMultipartUpload) is the remedy (README, Reliability and security).
+    """
+    route = proxy.route(int(s3_server.rsplit(":", 1)[1]))
+    refuse = HttpFault(status=403, code="AccessDenied", path_contains=b"partNumber=2", times=None)
+    route.http.append(refuse)
+    archive = open_archive(s3_archive_config(f"http://127.0.0.1:{route.port}", s3_bucket))
+    archive.single_put_limit = archive.part_size = 5 * 1024 * 1024  # the S3 minimum part size
+    path = tmp_path / "big.zip"
+    path.write_bytes(os.urandom(11 * 1024 * 1024))  # three parts
+    with pytest.raises(ArchiveError, match="(?i)access denied"):
+        archive.put("statements/big.zip", path, hashlib.sha256(path.read_bytes()).hexdigest(), {})
+    assert refuse.fired >= 1
+    client = s3_test_client(s3_server)
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    assert s3_objects(client, s3_bucket) == {}
 
 
 def _mount_tmpfs(folder: Path, size: str) -> bool:

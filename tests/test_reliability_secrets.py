@@ -63,18 +63,21 @@ def test_debug_output_and_run_records_hold_no_secret(tmp_path, sshd_factory, ftp
     sftp = sftp_toml("ibkr-sftp", sshd.port, sshd, sftp_client_key, known_hosts)
     with FaultProxy(max_seconds=240) as proxy:
         # FTP data channel dropped mid-file and S3 throttled: the retry paths log at DEBUG.
-        control_port = ftp_via_proxy(proxy, ftp, Rule(after=50_000, action="reset", skip=1))
+        reset, slow_down = Rule(after=50_000, action="reset", skip=1), HttpFault(status=503, code="SlowDown", times=2)
+        control_port = ftp_via_proxy(proxy, ftp, reset)
         s3 = proxy.route(int(s3_server.rsplit(":", 1)[1]))
-        s3.http.append(HttpFault(status=503, code="SlowDown", times=2))
+        s3.http.append(slow_down)
         ftp_src = ftp_toml("ibkr-ftp", "127.0.0.2", control_port, ftp)
         run("mixed", sftp + ftp_src, s3_archive_toml(f"http://127.0.0.1:{s3.port}", s3_bucket), base_env, 1)
+        assert reset.fired == 1 and slow_down.fired == 2  # the retry paths really ran
         # Every PUT refused: the archive names the permission, never the credentials.
         s3.http.append(HttpFault(status=403, code="AccessDenied", times=None))
         run("denied", sftp, s3_archive_toml(f"http://127.0.0.1:{s3.port}", s3_bucket, prefix="denied"), base_env, 1)
     local = local_archive_toml(tmp_path / "archive")
     run("ok-local", sftp, local, base_env, 1)
-    run("wrong-pgp-passphrase", sftp, local, {**base_env, "TEST_PGP_PASSPHRASE": "wrong pgp passphrase 1"}, 1, 2)
-    run("wrong-ssh-passphrase", sftp, local, {**base_env, "TEST_SSH_PASSPHRASE": "wrong ssh passphrase 2"}, 2, 3)
+    # Each file fails to decrypt (1); the key file cannot be unlocked: a setting to fix (2), not a server problem.
+    run("wrong-pgp-passphrase", sftp, local, {**base_env, "TEST_PGP_PASSPHRASE": "wrong pgp passphrase 1"}, 1)
+    run("wrong-ssh-passphrase", sftp, local, {**base_env, "TEST_SSH_PASSPHRASE": "wrong ssh passphrase 2"}, 2)
     run("wrong-ftp-password", ftp_toml("ibkr-ftp", ftp.host, ftp.port, ftp), local,
         {**base_env, "TEST_FTP_PASSWORD": "wrong-ftp-password-3"}, 3)
     inline = ftp_toml("ibkr-ftp", ftp.host, ftp.port, ftp).replace('"env:TEST_FTP_PASSWORD"', f'"{INLINE_PASSWORD}"')

@@ -4,15 +4,19 @@ put() writes a temporary file in the root, verifies its SHA-256, fsyncs it, then
 hard-links it to the final name (same file system, so atomic). ``link`` fails if the name exists, so a
 put is create-if-absent even against concurrent writers, and a reader only ever
 sees complete files. No sidecar files: the inventory stays a single walk.
+
+Each temporary file is flock-ed by its writer until it is gone. The kernel drops the lock when
+the process dies (even by kill -9), so the next inventory removes exactly the temporary files of
+dead runs and never one a live run (another process included) is still writing.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
 import stat
-import time
 from pathlib import Path
 
 from ..config import ArchiveConfig
@@ -20,8 +24,7 @@ from ..errors import ArchiveError
 from ..files import CHUNK, create_private, fsync_dir, sha256_file
 from . import ObjectInfo, validate_key
 
-TMP_PREFIX = ".tmp-"
-STALE_SECONDS = 3600  # a put writes continuously; an hour without a write means its run died
+TMP_PREFIX = ".tmp-"  # reserved in the root only: keys always start with a folder (statements/, runs/, ...)
 DIR_MODE = 0o750  # the root itself is 0700; sub-folders follow whatever the root allows
 
 
@@ -52,8 +55,8 @@ class LocalArchive:
                 folder, prefix = stack.pop()
                 with os.scandir(folder) as entries:
                     for entry in entries:
-                        if entry.name.startswith(TMP_PREFIX):
-                            _remove_if_stale(entry)  # an in-flight put, or one a killed run left
+                        if not prefix and entry.name.startswith(TMP_PREFIX):
+                            _remove_if_dead(entry.path)  # an in-flight put, or one a killed run left
                             continue
                         key = prefix + entry.name
                         if entry.is_dir(follow_symlinks=False):
@@ -67,27 +70,19 @@ class LocalArchive:
     def put(self, key: str, path: Path, sha256: str | None, metadata: dict[str, str], private: bool = False) -> bool:
         """Create ``key`` from ``path`` unless it exists; metadata is not kept locally."""
         final = self._path(key)
-        tmp = self._tmp()
-        mode = 0o600 if private else 0o640
+        tmp, fd = None, -1
         try:
-            if not _take_over(path, tmp, mode):
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-                try:
-                    with open(path, "rb") as src:
-                        while chunk := src.read(CHUNK):
-                            _write_all(fd, chunk)
-                finally:
-                    os.close(fd)
+            tmp, fd, copy = self._temp(path, 0o600 if private else 0o640)
+            if copy:
+                with open(path, "rb") as src:
+                    while chunk := src.read(CHUNK):
+                        _write_all(fd, chunk)
             if sha256 is not None and sha256_file(tmp) != sha256.lower():  # what is in the archive
                 raise ArchiveError(
                     f"Refused to archive {key}: its SHA-256 does not match the verified download.",
                     "The staged file changed or was corrupted; run fetch again.",
                 )
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            os.fsync(fd)
             self._make_parent(final, key)  # only now: a refused put leaves no empty folders
             try:
                 os.link(tmp, final)
@@ -101,26 +96,24 @@ class LocalArchive:
         except OSError as exc:
             raise _error(exc, f"write {key} to {self.root}") from None
         finally:
-            _remove(tmp)
+            _release(tmp, fd)
 
     def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
         """Write ``data`` to ``key`` atomically, replacing any existing object."""
         final = self._path(key)
-        tmp = self._tmp()
+        tmp, fd = None, -1
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            tmp, fd, _ = self._temp(None, 0o640)
+            _write_all(fd, data)
+            os.fsync(fd)
             self._make_parent(final, key)
             os.replace(tmp, final)
+            tmp = None
             fsync_dir(final.parent)
         except OSError as exc:
             raise _error(exc, f"write {key} to {self.root}") from None
         finally:
-            _remove(tmp)
+            _release(tmp, fd)
 
     def get(self, key: str, dest: Path) -> None:
         """Copy ``key`` into a new file ``dest``, created 0600."""
@@ -156,15 +149,34 @@ class LocalArchive:
     def _path(self, key: str) -> Path:
         """The file for ``key``, proven to stay inside the root (symlinks included)."""
         validate_key(key)
-        if any(part.startswith(TMP_PREFIX) for part in key.split("/")):
-            raise ArchiveError(f"Refused archive key {key!r}: names starting with {TMP_PREFIX} are reserved.", "")
+        if key.startswith(TMP_PREFIX):
+            raise ArchiveError(f"Refused archive key {key!r}: top-level names starting with {TMP_PREFIX} are "
+                               "reserved.", "")
         final = self.root.joinpath(*key.split("/"))
         self._inside(final.parent, key)  # before any mkdir: never create folders through an escaping link
         return final
 
-    def _tmp(self) -> Path:
-        """A temporary name in the root: same file system as every key, so link/replace are atomic."""
-        return self.root / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+    def _temp(self, source: Path | None, mode: int) -> tuple[Path, int, bool]:
+        """A new temporary file in the root (same file system as every key, so link/replace are atomic),
+        locked by this process: (path, locked descriptor, True if the caller must still copy into it).
+
+        ``source`` is taken over (hard-linked) when possible. A sweeper may remove the name in the
+        moment before the lock is taken: then try a fresh name.
+        """
+        for _ in range(5):
+            tmp = self.root / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+            copy = source is None or not _take_over(source, tmp, mode)
+            try:
+                flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL) if copy else (os.O_RDONLY | os.O_NOFOLLOW)
+                fd = os.open(tmp, flags, mode)
+            except FileNotFoundError:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a sweeper checks it
+            if _same_file(tmp, fd):
+                return tmp, fd, copy
+            os.close(fd)
+        raise ArchiveError(f"Could not create a temporary file in {self.root}: it kept disappearing.",
+                           "Check what else removes files in the archive folder.")
 
     def _make_parent(self, final: Path, key: str) -> None:
         try:
@@ -204,13 +216,36 @@ def _take_over(path: Path, tmp: Path, mode: int) -> bool:
     return True
 
 
-def _remove_if_stale(entry: os.DirEntry) -> None:
-    """A temporary file untouched for STALE_SECONDS belongs to a run that died: remove it."""
+def _same_file(path: Path | str, fd: int) -> bool:
     try:
-        if time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS:
-            os.unlink(entry.path)
+        return os.path.samestat(os.lstat(path), os.fstat(fd))
+    except FileNotFoundError:
+        return False
+
+
+def _remove_if_dead(path: str) -> None:
+    """Remove a temporary file nobody holds a lock on: its put died with its process."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return  # gone meanwhile, or a symbolic link: not ours
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a live put holds it
+            if _same_file(path, fd):
+                os.unlink(path)
     except OSError:
         pass  # best effort; inventory ignores temporary files anyway
+    finally:
+        os.close(fd)
+
+
+def _release(tmp: Path | None, fd: int) -> None:
+    """Remove a temporary file (if still there), then drop its lock."""
+    if tmp is not None:
+        _remove(tmp)
+    if fd >= 0:
+        os.close(fd)
 
 
 def _remove(path: Path) -> None:
