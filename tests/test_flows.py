@@ -153,6 +153,15 @@ def task_runs(run_id: UUID) -> list:
         return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
 
 
+def retrieve_with_alerts(cfg: Path, receiver: Receiver):
+    """A daily flow run whose alerts go to ``receiver`` (closed afterwards)."""
+    cfg.write_text(cfg.read_text() + f'\n[alerts]\nurls = ["{receiver.url}"]\n')
+    try:
+        return retrieve_statements(config=str(cfg), return_state=True)
+    finally:
+        receiver.close()
+
+
 # -- retrieve-statements --------------------------------------------------------------------
 
 
@@ -244,13 +253,7 @@ def test_a_corrupt_file_fails_the_run_and_the_artifact_lists_it(tmp_path, server
     blob = bytearray(good.read_bytes())
     blob[len(blob) // 2] ^= 0xFF  # one flipped byte in the ciphertext: integrity check must fail
     (server.root / "outgoing" / bad).write_bytes(bytes(blob))
-    cfg = make_config(tmp_path / "conf", server, sftp_client_key, pgp_key)
-    cfg.write_text(cfg.read_text() + f'\n[alerts]\nurls = ["{receiver.url}"]\n')
-
-    try:
-        state = retrieve_statements(config=str(cfg), return_state=True)
-    finally:
-        receiver.close()
+    state = retrieve_with_alerts(make_config(tmp_path / "conf", server, sftp_client_key, pgp_key), receiver)
 
     assert state.is_failed()
     assert len(receiver.messages) == 1 and bad in json.dumps(receiver.messages[0])  # the operator is told
@@ -333,12 +336,7 @@ def test_an_old_unarchived_file_is_reported_at_risk_at_the_end_of_the_run(tmp_pa
     bad.write_bytes(b"\x85\x01\x0c" + os.urandom(300))  # an OpenPGP packet header, then garbage
     old = time.time() - 95 * 86400  # purge_days 100: five days left
     os.utime(bad, (old, old))
-    cfg = make_config(tmp_path / "conf", server, sftp_client_key, pgp_key)
-    cfg.write_text(cfg.read_text() + f'\n[alerts]\nurls = ["{receiver.url}"]\n')
-    try:
-        state = retrieve_statements(config=str(cfg), return_state=True)
-    finally:
-        receiver.close()
+    state = retrieve_with_alerts(make_config(tmp_path / "conf", server, sftp_client_key, pgp_key), receiver)
 
     assert state.is_failed()
     assert any("at risk of the purge" in json.dumps(m) and bad.name in json.dumps(m) for m in receiver.messages)
