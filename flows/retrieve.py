@@ -104,7 +104,14 @@ def _wait(runs: dict[str, UUID], timeout: float) -> dict[str, tuple[str, str]]:
                 break
             time.sleep(POLL_SECONDS)
         for name, run_id in runs.items():
-            if name not in done:  # cancelled, so the next daily run does not race it
-                client.set_flow_run_state(run_id, Cancelling(message="parent run timed out"), force=True)
+            if name in done:
+                continue
+            # Cancelled, so the next daily run does not race it. Not forced: the server's rules
+            # cancel a run no worker picked up at once, and never overwrite one that just ended.
+            client.set_flow_run_state(run_id, Cancelling(message="parent run timed out"))
+            state = client.read_flow_run(run_id).state
+            if state is not None and state.is_final() and not state.is_cancelled():
+                done[name] = (state.name, (state.message or "")[:300])  # it ended just in time
+            else:
                 done[name] = ("timed out", f"not finished after {timeout:g} s; cancelled")
     return {name: done[name] for name in runs}

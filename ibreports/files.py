@@ -65,9 +65,17 @@ def claim_workdir(prefix: str, base: Path | None = None) -> tuple[Path, int]:
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     # Locked under another name first: a sweeper that found LOCK_NAME unlocked for an instant
     # would take the folder of a run that is just starting.
-    fd = os.open(path / (LOCK_NAME + ".new"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.rename(path / (LOCK_NAME + ".new"), path / LOCK_NAME)
+    try:
+        fd = os.open(path / (LOCK_NAME + ".new"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(path / (LOCK_NAME + ".new"), path / LOCK_NAME)
+    except BaseException:
+        release_workdir(path, fd)
+        raise
     return path, fd
 
 

@@ -242,22 +242,24 @@ class _Run:
                 "original-sha256": out.sha256,
             }
             if is_openpgp(encrypted):
-                original = None
+                original, wrote_original = None, False
                 if self.config.archive.keep_encrypted:
                     # Big files: archive the original (I/O, fsync) while gpg decrypts (CPU).
                     args = (out, item.original_key, encrypted, out.sha256, dict(meta), verify, False)
                     if item.remote.size >= OVERLAP_BYTES:
                         original = self.side.submit(self.store, *args)
                     else:
-                        self.store(*args)
+                        wrote_original = self.store(*args)
                 try:
                     meta["pgp-key"] = self.decryptor().decrypt(encrypted, plain)
                 finally:
                     if original is not None:
-                        original.result()  # an archive failure outranks a decryption failure
+                        wrote_original = original.result()  # an archive failure outranks a decryption failure
                     encrypted.unlink(missing_ok=True)
                 # No second hash of the plaintext here: there is nothing independent to compare with.
                 wrote = self.store(out, item.statement_key, plain, None, meta, verify, private=True)
+                # The statement was archived before (keep_encrypted turned on later): the original completes it.
+                wrote = wrote or (wrote_original and item.statement_key in self.inventory)
             elif item.statement.encryption:
                 # Named as encrypted but not OpenPGP: keep the evidence, refuse to call it a statement.
                 self.store(out, item.original_key, encrypted, out.sha256, meta, verify, private=False)
@@ -270,8 +272,8 @@ class _Run:
                 wrote = self.store(out, item.statement_key, encrypted, out.sha256, meta, verify, private=True)
             if source.delete_after_archive:
                 remote.delete(item.remote.name)
-            # "archived" only by the run that completed the file's archive (its last object), so two
-            # runs at once never both count a file; --force reports what it compared as "verified".
+            # "archived" only by the run that wrote the file's last missing object, so two runs at
+            # once never both count a file; --force reports what it compared as "verified".
             out.outcome = "archived" if wrote else "verified" if force else "already-archived"
             if out.outcome == "already-archived":
                 out.reason = "archived meanwhile by another run"

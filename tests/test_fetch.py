@@ -159,6 +159,24 @@ def test_sftp_to_local_archive_then_rerun_writes_nothing(tmp_path, sftp_setup, p
     assert f"0 archived, {len(delivered)} already archived" in capsys.readouterr().out
 
 
+def test_keep_encrypted_turned_on_later_archives_the_missing_originals(tmp_path, sftp_setup, pgp_key, sftp_client_key, capsys):
+    server, known_hosts, delivered = sftp_setup
+    archive_toml, root = local_archive(tmp_path)
+    cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key,
+                       archive_toml + "keep_encrypted = false\n")
+    assert main(["--config", str(cfg), "fetch"]) == 0
+    assert not any(k.startswith("encrypted/") for k in archived_files(root))
+    encrypted = [n for n in delivered if n.endswith((".pgp", ".gpg", ".asc"))]
+    assert encrypted and len(encrypted) < len(delivered)  # plain deliveries have no separate original
+    capsys.readouterr()
+
+    cfg.write_text(cfg.read_text().replace("keep_encrypted = false\n", ""))
+    assert main(["--config", str(cfg), "fetch"]) == 0
+    # The run that completes a file's archive (here: its original) reports it archived.
+    assert f"{len(encrypted)} archived, {len(delivered) - len(encrypted)} already archived" in capsys.readouterr().out
+    assert_complete(archived_files(root), delivered, "ibkr-sftp")
+
+
 def test_dry_run_writes_nothing(tmp_path, sftp_setup, pgp_key, sftp_client_key, capsys):
     server, known_hosts, delivered = sftp_setup
     archive_toml, root = local_archive(tmp_path)

@@ -429,7 +429,7 @@ def test_fan_out_children_that_do_not_finish_in_time_fail_the_run_and_are_cancel
             assert run.deployment_id == deployment_id
             assert run.parameters["sources"] == [name] and run.parameters["config"] == str(cfg)
             assert run.parent_task_run_id is not None  # linked to the parent run in the UI
-            assert run.state.type.value in ("CANCELLING", "CANCELLED")
+            assert run.state.type.value == "CANCELLED"  # never picked up: cancelled at once, not left Cancelling
 
 
 # -- the per-server concurrency limit --------------------------------------------------------

@@ -171,9 +171,16 @@ class LocalArchive:
                 fd = os.open(tmp, flags, mode)
             except FileNotFoundError:
                 continue
-            fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a sweeper checks it
-            if _same_file(tmp, fd):
-                return tmp, fd, copy
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a sweeper checks it
+                if _same_file(tmp, fd):
+                    if not copy:
+                        os.fchmod(fd, mode)  # the linked inode: only once it is ours for good
+                    return tmp, fd, copy
+            except BaseException:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+                raise
             os.close(fd)
         raise ArchiveError(f"Could not create a temporary file in {self.root}: it kept disappearing.",
                            "Check what else removes files in the archive folder.")
@@ -212,8 +219,7 @@ def _take_over(path: Path, tmp: Path, mode: int) -> bool:
         os.link(path, tmp, follow_symlinks=False)
     except OSError:  # another file system (EXDEV), no hard links here, ...
         return False
-    os.chmod(tmp, mode)
-    return True
+    return True  # its mode is set once the lock is held (_temp): a sweeper may take the name before
 
 
 def _same_file(path: Path | str, fd: int) -> bool:
