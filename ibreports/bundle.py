@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from .config import ArchiveConfig
 from .errors import KeyMaterialError
 from .keyfiles import (
-    check_passphrase, commit, discard, folder_fingerprints, is_private, make_private_dir, retire,
+    check_passphrase, commit, discard, folder_fingerprints, is_private, make_private_dir, retire, tighten_dir,
     sha256_hex, stage_file, utc_stamp, write_atomic,
 )
 
@@ -68,6 +68,7 @@ class RestoreReport:
     unchanged: list[str] = field(default_factory=list)
     retired: Path | None = None
     fingerprints: dict[str, dict[str, str]] = field(default_factory=dict)
+    folder_note: str = ""  # the key folder's mode was tightened, or could not be
 
 
 def backup_keys(
@@ -150,6 +151,7 @@ def restore_keys(
     staged: list[Path] = []
     try:
         make_private_dir(folder)
+        report.folder_note = tighten_dir(folder)
         for rel in todo:
             make_private_dir((folder / rel).parent)
         for rel, data in todo.items():

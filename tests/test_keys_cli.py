@@ -119,9 +119,12 @@ def test_generated_and_restored_keys_log_in_to_a_real_sshd(keygen_default, sshd_
     rc, out, err = cli(capfd, "keys", "backup", "--dir", str(folder), "--to", str(bundle))
     assert rc == 0, err
     assert bundle.stat().st_mode & 0o777 == 0o600 and "4 files" in out
-    restored = tmp_path / "restored"
+    restored = tmp_path / "restored"  # an existing folder, like a fresh checkout's 0755 keys/
+    restored.mkdir()
+    restored.chmod(0o755)
     rc, out, err = cli(capfd, "keys", "restore", "--from", str(bundle), "--dir", str(restored))
     assert rc == 0, err
+    assert restored.stat().st_mode & 0o777 == 0o700 and "it is now 0700" in out
     assert "Restored 4 files" in out and keygen_default[1].split("fingerprint ")[1].split()[0] in out
     assert "outgoing" in login(server, restored / "ibkr_sftp_rsa", KEY_PASS, known_hosts)
 

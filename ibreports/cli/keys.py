@@ -98,6 +98,8 @@ def restore(args: argparse.Namespace) -> int:
     archive = archive_settings(args.config) if args.source.startswith("s3://") else None
     passphrase = _existing_backup_passphrase(args)
     rep = restore_keys(args.source, Path(args.dir), passphrase, archive, force=args.force)
+    if rep.folder_note:
+        print(rep.folder_note)
     if rep.retired:
         print(f"Different existing files moved to {rep.retired}")
     print(f"Restored {len(rep.written)} files into {rep.dir} ({len(rep.unchanged)} already identical):")
