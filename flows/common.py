@@ -89,10 +89,7 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 def _source_error(report: RunReport, source: str) -> IbreportsError:
     """Rebuild the source-level error the pipeline recorded, keeping its class."""
-    kind = report.source_error_types.get(source, "")
-    cls = getattr(errors, kind, None)
-    if not (isinstance(cls, type) and issubclass(cls, IbreportsError)):
-        cls = ConnectionFailure
+    cls = errors.error_class(report.source_error_types.get(source, "")) or ConnectionFailure
     exc = cls(report.source_errors[source])
     exc.report = report.to_dict()  # keeps outcomes of files handled before the failure
     return exc

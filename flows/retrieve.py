@@ -95,11 +95,8 @@ def _wait(runs: dict[str, UUID], timeout: float) -> dict[str, tuple[str, str]]:
     with get_client(sync_client=True) as client:
         while True:
             for name, run_id in runs.items():
-                if name in done:
-                    continue
-                state = client.read_flow_run(run_id).state
-                if state is not None and state.is_final():
-                    done[name] = (state.name, (state.message or "")[:300])
+                if name not in done and (ended := _ended(client.read_flow_run(run_id).state)):
+                    done[name] = ended
             if len(done) == len(runs) or time.monotonic() >= deadline:
                 break
             time.sleep(POLL_SECONDS)
@@ -110,8 +107,11 @@ def _wait(runs: dict[str, UUID], timeout: float) -> dict[str, tuple[str, str]]:
             # cancel a run no worker picked up at once, and never overwrite one that just ended.
             client.set_flow_run_state(run_id, Cancelling(message="parent run timed out"))
             state = client.read_flow_run(run_id).state
-            if state is not None and state.is_final() and not state.is_cancelled():
-                done[name] = (state.name, (state.message or "")[:300])  # it ended just in time
-            else:
-                done[name] = ("timed out", f"not finished after {timeout:g} s; cancelled")
+            ended = None if state is None or state.is_cancelled() else _ended(state)  # it ended just in time
+            done[name] = ended or ("timed out", f"not finished after {timeout:g} s; cancelled")
     return {name: done[name] for name in runs}
+
+
+def _ended(state: Any) -> tuple[str, str] | None:
+    """(state name, message) of a final state, else None."""
+    return (state.name, (state.message or "")[:300]) if state is not None and state.is_final() else None

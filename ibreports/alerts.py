@@ -109,8 +109,8 @@ def build_alerts(config: Config, report: RunReport | None = None, status_rows: I
 
 
 def _transient(kind: str) -> bool:
-    cls = getattr(errors, kind, None)
-    return isinstance(cls, type) and issubclass(cls, BaseException) and errors.is_transient(cls("x"))
+    cls = errors.error_class(kind)
+    return cls is not None and errors.is_transient(cls("x"))
 
 
 def _failed(report: RunReport) -> Alert | None:
@@ -128,16 +128,14 @@ def _failed(report: RunReport) -> Alert | None:
 def _at_risk(report: RunReport | None, rows: Iterable | None, warn_days: int) -> Alert | None:
     if rows is not None:
         risky = [(r.days_left, r.source, r.name) for r in rows if r.at_risk]
-        warn = warn_days
     else:
         risky = [(f.days_left, f.source, f.name) for f in report.at_risk] if report else []
-        warn = (report.warn_days if report else None) or warn_days
     if not risky:
         return None
     risky.sort()
     lines = [f"{source}/{_safe(name)}: {left} day(s) left" for left, source, name in risky]
-    head = "Not archived and close to the server's purge" + (f" (within {warn} days)" if warn else "") + \
-        ". Run `ibreports fetch` now, or fix what keeps them from being archived."
+    head = (f"Not archived and close to the server's purge (within {warn_days} days). "
+            "Run `ibreports fetch` now, or fix what keeps them from being archived.")
     return Alert("at-risk", f"ibreports: {len(risky)} file(s) at risk of the purge", _body(lines, head))
 
 

@@ -137,7 +137,6 @@ class Decryptor:
                     "Fix [pgp] secret_key_file, restore it (ibreports keys restore) or run ibreports keygen.",
                 )
         self._passphrase = passphrase
-        sweep_abandoned_homes()
         claimed = [_mkhome() for _ in range(max(1, homes))]
         self._paths = [home for home, _ in claimed]
         self._finalizer = weakref.finalize(self, _kill_and_remove, claimed)

@@ -60,12 +60,9 @@ def run_flow(folder: Path, config: Path) -> None:
     if not os.environ.get("PREFECT_API_URL"):
         os.environ["PREFECT_HOME"] = str(folder / ".prefect")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
-    from prefect.server.api.server import SubprocessASGIServer
-
     from flows.retrieve import retrieve_statements
 
-    ephemeral = SubprocessASGIServer._instances.get(None)
-    already_running = ephemeral is not None and ephemeral.running  # e.g. a test harness: not ours to stop
+    already_running = _ephemeral_server() is not None  # e.g. a test harness: not ours to stop
     handlers = list(logging.getLogger().handlers)
     for handler in handlers:
         handler.addFilter(_quiet_prefect)
@@ -85,14 +82,21 @@ def _quiet_prefect(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR or not (record.name == "prefect" or record.name.startswith("prefect."))
 
 
+def _ephemeral_server():
+    """Prefect's temporary API server of this process, if one is running."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer._instances.get(None)
+    return server if server is not None and server.running else None
+
+
 def _stop_ephemeral_server() -> None:
     """Flush Prefect's log and event queues, then stop the temporary API server the flow started."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
-    from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer._instances.get(None)
-    if server is None or not server.running:
+    server = _ephemeral_server()
+    if server is None:
         return
     APILogWorker.drain_all()
     EventsWorker.drain_all()
