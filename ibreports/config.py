@@ -113,6 +113,7 @@ class SourceConfig:
     connections: int = 4
     settle_seconds: int = 120
     delete_after_archive: bool = False
+    allow_plain: bool = True  # unencrypted deliveries accepted; configparse defaults it per kind (ftp: False)
 
 
 @dataclass
@@ -151,6 +152,8 @@ class AlertsConfig:
 class RunConfig:
     workers: int = 4
     staging_dir: Path | None = None
+    source_deadline_minutes: float = 240.0  # one source's whole run; then its remaining files wait
+    reconnect_minutes: float = 5.0  # how long a lost connection is re-established within a run
 
 
 @dataclass

@@ -107,6 +107,7 @@ class Parser:
             "name", "kind", "host", "port", "username", "remote_dir", "key_file", "key_passphrase",
             "known_hosts", "password", "passive", "tls", "ca_file", "disabled_algorithms",
             "proxy_command", "timeout", "connections", "settle_seconds", "delete_after_archive",
+            "allow_plain",
         }
         self.table({where: raw}, where, allowed)
         kind = self.get(raw, where, "kind", str, None)
@@ -148,6 +149,8 @@ class Parser:
             connections=self.nonneg(raw, where, "connections", 4, low=1),
             settle_seconds=self.nonneg(raw, where, "settle_seconds", 120),
             delete_after_archive=self.get(raw, where, "delete_after_archive", bool, False),
+            # IBKR requires PGP on FTP: a plain file there is more likely forged than delivered.
+            allow_plain=self.get(raw, where, "allow_plain", bool, kind != "ftp"),
         )
         if src.timeout <= 0:
             raise self.fail(f"{where}.timeout", "a positive number of seconds")
@@ -221,8 +224,16 @@ class Parser:
         )
 
     def run(self, data: dict[str, Any]) -> RunConfig:
-        raw = self.table(data, "run", {"workers", "staging_dir"})
+        raw = self.table(data, "run", {"workers", "staging_dir", "source_deadline_minutes", "reconnect_minutes"})
+        deadline = self.get(raw, "run", "source_deadline_minutes", float, 240.0)
+        if not 0 < deadline <= 7 * 24 * 60:
+            raise self.fail("run.source_deadline_minutes", "a number of minutes above 0 and at most a week")
+        reconnect = self.get(raw, "run", "reconnect_minutes", float, 5.0)
+        if not 0 <= reconnect <= 24 * 60:
+            raise self.fail("run.reconnect_minutes", "a number of minutes from 0 (never reconnect) to 1440")
         return RunConfig(
             workers=self.nonneg(raw, "run", "workers", 4, low=1),
             staging_dir=self.path(raw, "run", "staging_dir"),
+            source_deadline_minutes=deadline,
+            reconnect_minutes=reconnect,
         )

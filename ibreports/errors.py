@@ -58,7 +58,23 @@ class DecryptionError(IbreportsError):
 
 
 class ArchiveError(IbreportsError):
-    """The archive refused a read or a write."""
+    """The archive refused a read or a write of one object (that file fails, exit 1)."""
+
+
+class ArchiveConfigError(ArchiveError, ConfigError):
+    """The archive cannot be used at all as configured: the bucket or folder does not exist or
+    refuses writes, or there are no usable credentials (exit 2). A run stops at the first one."""
+
+
+class ArchiveUnreachable(ArchiveError, ConnectionFailure):
+    """The archive's endpoint could not be reached (exit 3). Transient: retried for a while."""
+
+
+class SourceDeadline(IbreportsError):
+    """A source ran past ``[run] source_deadline_minutes`` (exit 3). Not retried: a server that
+    trickles would only hold the next attempt open as long."""
+
+    exit_code = 3
 
 
 def error_class(name: str) -> type[IbreportsError] | None:
@@ -69,6 +85,6 @@ def error_class(name: str) -> type[IbreportsError] | None:
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying: broken connections, not refused credentials or keys."""
-    if isinstance(exc, (HostKeyError, AuthenticationError)):
+    if isinstance(exc, (HostKeyError, AuthenticationError, ArchiveConfigError)):
         return False
     return isinstance(exc, (ConnectionFailure, TimeoutError, ConnectionError, EOFError))

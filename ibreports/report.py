@@ -4,14 +4,50 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
 
 from .errors import ConfigError, error_class
 
-DONE = ("archived", "already-archived", "verified")  # "verified": --force compared it, rewrote nothing
-FAILED = ("failed", "rejected")
-# Outside --since/--until, not archived and close to the purge: not acted on, but the
-# run's at-risk check must see it, as `status` would. Other files outside the range are left out.
-OUT_OF_RANGE = "out-of-range"
+
+class Outcome(StrEnum):
+    """What happened to one file (a str: compares equal to its value, JSON-serialises as it)."""
+
+    ARCHIVED = "archived"
+    ALREADY_ARCHIVED = "already-archived"
+    VERIFIED = "verified"  # --force compared it, rewrote nothing
+    PLANNED = "planned"
+    WAITING = "waiting"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    # Outside --since/--until, not archived and close to the purge: not acted on, but the
+    # run's at-risk check must see it, as `status` would. Other files outside the range are left out.
+    OUT_OF_RANGE = "out-of-range"
+
+
+class Reason(StrEnum):
+    """Why a file got its outcome, as a stable code (``FileOutcome.code``) beside the sentence."""
+
+    NONE = ""
+    SETTLING = "settling"  # modified too recently: fetched once it is settle_seconds old
+    CHANGED = "changed"  # changed during the download: next run
+    BAD_NAME = "bad-name"  # a name we refuse to use
+    SHADOW = "shadow"  # a plain delivery of a statement that also comes (or came) encrypted
+    PLAIN_REFUSED = "plain-refused"  # a plain delivery from a source with allow_plain = false
+    CONFLICT = "conflict"  # different content for an archived statement: kept aside, never replaced
+    NOT_PGP = "not-pgp"  # named as encrypted but not OpenPGP
+    DECRYPTION = "decryption"
+    ARCHIVE = "archive"  # the archive refused this file, or the whole run (then not attempted)
+    CONNECTION = "connection"
+    IO = "io"  # a local I/O error (full staging disk, ...)
+    DEADLINE = "deadline"  # the source's deadline ran out before this file
+    RACE = "race"  # archived meanwhile by another run
+    OUT_OF_RANGE = "out-of-range"
+    ERROR = "error"  # anything else (a bug): the message says what
+
+
+DONE = (Outcome.ARCHIVED, Outcome.ALREADY_ARCHIVED, Outcome.VERIFIED)
+FAILED = (Outcome.FAILED, Outcome.REJECTED)
+OUT_OF_RANGE = Outcome.OUT_OF_RANGE
 
 
 @dataclass
@@ -24,11 +60,12 @@ class FileOutcome:
     mtime: float
     account: str | None
     statement_date: str  # ISO date
-    outcome: str  # "archived" | "already-archived" | "verified" | "planned" | "waiting" | "failed" | "rejected" | "out-of-range"
-    reason: str = ""
+    outcome: Outcome | str  # an Outcome; a plain str once read back from a run record
+    reason: str = ""  # one sentence for people
     sha256: str = ""
     archive_keys: list[str] = field(default_factory=list)
     days_left: int = 0
+    code: Reason | str = Reason.NONE  # the reason as a stable code (e.g. "shadow", "conflict")
 
 
 @dataclass
@@ -47,6 +84,7 @@ class RunReport:
     warn_days: int = 14
     record_key: str = ""
     already_archived: int = 0  # in run records, which list only the files a run acted on
+    notes: list[str] = field(default_factory=list)  # run-level warnings worth repeating (plain FTP, ...)
 
     def count(self, outcome: str) -> int:
         return sum(1 for f in self.files if f.outcome == outcome)
@@ -75,7 +113,12 @@ class RunReport:
         """INTERFACE.md: 3 when a source was unreachable (or refused us), 2 when every failing
         source was misconfigured, 1 when files failed or are at risk, else 0."""
         if self.source_errors:
-            return 2 if len(self.misconfigured) == len(self.source_errors) else 3
+            codes = [_exit_code(self.source_error_types.get(s, "")) for s in self.source_errors]
+            if all(c == 2 for c in codes):
+                return 2
+            if any(c == 3 for c in codes):
+                return 3
+            return max(max(codes), 1)  # an unexpected error (a bug) fails the run like a failed file
         return 1 if self.failed or self.at_risk else 0
 
     @property
@@ -95,8 +138,11 @@ class RunReport:
         misconfigured = len(self.misconfigured)
         if misconfigured:
             parts.append(f"{misconfigured} source(s) misconfigured")
-        if len(self.source_errors) > misconfigured:
-            parts.append(f"{len(self.source_errors) - misconfigured} source(s) unreachable")
+        broken = sum(1 for s in self.source_errors if error_class(self.source_error_types.get(s, "")) is None)
+        if len(self.source_errors) > misconfigured + broken:
+            parts.append(f"{len(self.source_errors) - misconfigured - broken} source(s) unreachable")
+        if broken:
+            parts.append(f"{broken} source(s) failed unexpectedly")
         return ", ".join(parts)
 
     def to_dict(self) -> dict:
@@ -121,6 +167,15 @@ class RunReport:
 def _is_config_error(kind: str) -> bool:
     cls = error_class(kind)
     return cls is not None and issubclass(cls, ConfigError)
+
+
+def _exit_code(kind: str) -> int:
+    """Exit code of a recorded source error: 2 or 3 by its class; an unexpected exception (a bug,
+    not one of ours) 1; our other errors stopped the source as a whole, counted as unreachable (3)."""
+    cls = error_class(kind)
+    if cls is None:
+        return 1
+    return cls.exit_code if cls.exit_code in (2, 3) else 3
 
 
 def table_rows(report: RunReport) -> list[dict[str, str]]:

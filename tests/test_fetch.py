@@ -248,9 +248,27 @@ def test_ftp_to_each_archive(tmp_path, ftp_factory, pgp_key, monkeypatch, archiv
         s3_server, bucket = request.getfixturevalue("s3_server"), request.getfixturevalue("s3_bucket")
         archive_toml = s3_archive(s3_server, bucket)
         files = lambda: s3_objects(s3_server, bucket)  # noqa: E731
-    cfg = write_config(tmp_path, ftp_toml(server), pgp_key, archive_toml)
+    cfg = write_config(tmp_path, ftp_toml(server, allow_plain=True), pgp_key, archive_toml)
     assert main(["--config", str(cfg), "fetch"]) == 0
     assert_complete(files(), delivered, "ibkr-ftp")
+
+
+def test_ftp_refuses_plain_deliveries_by_default_and_warns_of_plain_ftp(tmp_path, ftp_factory, pgp_key, monkeypatch,
+                                                                         capsys, caplog):
+    server = ftp_factory()
+    monkeypatch.setenv("TEST_PGP_PASSPHRASE", pgp_key.passphrase)
+    monkeypatch.setenv("TEST_FTP_PASSWORD", server.password)
+    seed(server.root / "outgoing", pgp_key.public_file)
+    archive_toml, root = local_archive(tmp_path)
+    cfg = write_config(tmp_path, ftp_toml(server), pgp_key, archive_toml)
+    for _ in range(2):  # the warning comes on every run, not once
+        caplog.clear()
+        assert main(["--config", str(cfg), "fetch"]) == 1
+        out = capsys.readouterr().out
+        assert "allow_plain = false" in out and UNENCRYPTED[0] in out
+        assert "in clear" in out and any("in clear" in r.getMessage() for r in caplog.records)
+    assert not any(UNENCRYPTED[0] in str(p) for p in root.rglob("*"))  # never archived as a statement
+    assert len(list((root / "statements").rglob("*.xml"))) == len(PLAIN)
 
 
 def test_bad_files_fail_alone_and_leave_no_plaintext(tmp_path, sftp_setup, pgp_key, other_pgp_key, sftp_client_key, capsys):
@@ -342,8 +360,9 @@ def test_force_verifies_against_the_archive_and_rewrites_nothing(tmp_path, sftp_
     capsys.readouterr()
     assert main(["--config", str(cfg), "fetch", "--force"]) == 1
     out = capsys.readouterr().out
-    assert "differs from the file on the server" in out and "1 failed" in out
+    assert "conflict: the archived statement" in out and "was not replaced" in out and "1 failed" in out
     assert victim.read_bytes() == b"<edited/>"  # reported, never silently rewritten
+    assert list((root / "conflicts").rglob("U1234567.DailyActivity.20261101.20261101.xml.pgp.*"))  # kept aside
 
 
 def test_delete_after_archive_removes_only_verified_files(tmp_path, sftp_setup, pgp_key, sftp_client_key):
@@ -376,7 +395,7 @@ def test_delete_after_archive_keeps_a_file_whose_archived_copy_differs(tmp_path,
     assert main(["--config", str(cfg), "fetch"]) == 1
     out = capsys.readouterr().out
     assert f"{len(delivered) - 1} archived" in out and "1 failed" in out
-    assert "differs from the file on the server" in out and "was not deleted" in out
+    assert "conflict: the archived original" in out and "was not deleted" in out
     assert [p.name for p in outgoing.iterdir()] == [differs]  # unverified: kept; verified equal: deleted
     files = archived_files(root)
     assert files[keys[differs][0]] == b"another delivery under the same name" and keys[differs][1] not in files

@@ -99,6 +99,8 @@ def print_report(report: RunReport) -> None:
                 print(f"{'':<{widths[0]}} reason: {f.reason}")
         if len(interesting) > MAX_ROWS:
             print(f"... and {len(interesting) - MAX_ROWS} more (see the run record)")
+    for note in report.notes:
+        print(f"note: {note}")
     for source, message in report.source_errors.items():
         print(f"source {source}: {message}")
     for f in report.at_risk:
