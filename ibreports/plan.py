@@ -127,7 +127,7 @@ def plan(listing: list[Entry], inventory: dict[str, ObjectInfo], rules: Rules, n
         if archived and not rules.force and not conflict:
             row.outcome, row.archive_keys = Outcome.ALREADY_ARCHIVED, needed
             continue
-        if rules.listing and now - entry.mtime < rules.settle_seconds:
+        if rules.listing and _settling(now - _finite(entry.mtime), rules.settle_seconds):
             _set(row, Outcome.WAITING, Reason.SETTLING,
                  f"modified {int(now - entry.mtime)} s ago; fetched once it is {rules.settle_seconds} s old")
             continue
@@ -194,6 +194,12 @@ def _encrypted(name: str) -> bool:
 
 def _decrypted(name: str) -> str:
     return name.rpartition(".")[0]
+
+
+def _settling(age: float, settle_seconds: int) -> bool:
+    """Too fresh to fetch. A date more than a day ahead is a wrong clock, not a file being written:
+    waiting would last until that date, so it is fetched (the download's size checks still apply)."""
+    return -86400 <= age < settle_seconds
 
 
 def _finite(mtime: float) -> float:

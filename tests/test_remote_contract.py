@@ -1,6 +1,7 @@
-"""One contract for every remote kind (rclone-style): sFTP, FTP (MLSD), FTP (no MLSD), FTPS.
+"""One contract for every remote kind (rclone-style): sFTP, FTP (MLSD), FTP (no MLSD), FTPS, and the
+test suite's own FolderRemote (tests/fakes.py), which must behave like them to stand in for them.
 
-Every test runs against a real server on loopback: OpenSSH sshd or pyftpdlib.
+Every real kind runs against a real server on loopback: OpenSSH sshd or pyftpdlib.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import pytest
 
 from ibreports.errors import RemoteFileError
 from ibreports.remote import Remote, open_remote
+from tests.fakes import FolderRemote
 from tests.fixtures.ftp import ftp_source
 from tests.fixtures.sshd import sftp_source
 
-KINDS = ["sftp", "ftp", "ftp-nomlsd", "ftps"]
+KINDS = ["sftp", "ftp", "ftp-nomlsd", "ftps", "folder"]
 MTIME = calendar.timegm((2026, 11, 2, 3, 4, 5))  # an old, exact second
 
 
@@ -36,8 +38,13 @@ class Served:
 
 
 @pytest.fixture(params=KINDS)
-def served(request, sshd_factory, sftp_client_key, ftp_factory) -> Served:
+def served(request, tmp_path) -> Served:
     kind = request.param
+    if kind == "folder":  # no server: the fake the pipeline's decision tests use
+        (tmp_path / "server" / "outgoing").mkdir(parents=True)
+        return Served(tmp_path / "server" / "outgoing", lambda: FolderRemote(tmp_path / "server" / "outgoing"))
+    sshd_factory, sftp_client_key, ftp_factory = (
+        request.getfixturevalue(f) for f in ("sshd_factory", "sftp_client_key", "ftp_factory"))
     if kind == "sftp":
         server = sshd_factory([sftp_client_key[1]])
         source = sftp_source(server, sftp_client_key)
