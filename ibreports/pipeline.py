@@ -127,6 +127,9 @@ def _source(run: RunState, source: SourceConfig, opts: RunOptions) -> None:
         )
         planned = plan(entries, run.snapshot(), rules, time.time())
         run.report.files.extend(planned.rows)
+        for row in planned.rows:
+            if row.outcome == Outcome.REJECTED:
+                log.warning("%s: rejected %r: %s", source.name, row.name[:80], row.reason)
         run.progress("total-files", len(planned.items))
         run.progress("total-bytes", planned.total_bytes)
         if opts.dry_run:

@@ -71,7 +71,8 @@ def sftp_toml(name: str, port: int, server, key, known_hosts: Path, **extra) -> 
 
 
 def ftp_toml(name: str, host: str, port: int, server, **extra) -> str:
-    return configs.ftp_toml(server, name=name, host=host, port=port, **extra)
+    # The deliveries here include a plain file: accepted only where allow_plain says so (FTP: off by default).
+    return configs.ftp_toml(server, name=name, host=host, port=port, **{"allow_plain": True, **extra})
 
 
 def write_config(folder: Path, sources: str, pgp_key, archive: str, staging: Path, workers: int = 4) -> Path:

@@ -20,7 +20,7 @@ import stat
 from pathlib import Path
 
 from ..config import ArchiveConfig
-from ..errors import ArchiveError
+from ..errors import ArchiveConfigError, ArchiveError
 from ..files import CHUNK, create_private, fsync_dir, sha256_file
 from . import ObjectInfo, validate_key
 
@@ -35,7 +35,7 @@ class LocalArchive:
         self.root = Path(config.url)
         self.description = str(self.root)
         if self.root.exists() and not self.root.is_dir():
-            raise ArchiveError(f"The archive path {self.root} is not a folder.", "Fix archive.url.")
+            raise ArchiveConfigError(f"The archive path {self.root} is not a folder.", "Fix archive.url.")
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -262,12 +262,15 @@ def _remove(path: Path) -> None:
 
 
 def _error(exc: OSError, action: str) -> ArchiveError:
-    """An OSError as one sentence with the remedy that fits its cause."""
+    """An OSError as one sentence with the remedy that fits its cause; a folder that refuses writes
+    (permissions, read-only file system) is a configuration error: no other file would fare better."""
     reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ArchiveConfigError(f"Could not {action}: {reason}.",
+                                  "Give the user running ibreports write access to the archive folder, "
+                                  "or change archive.url.")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         remedy = "Free disk space on the archive's file system, or move archive.url to a larger disk."
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        remedy = "Give the user running ibreports write access to the archive folder, or change archive.url."
     elif exc.errno == errno.ENAMETOOLONG:
         remedy = "The file name is too long for this file system; use a file system with longer names."
     else:

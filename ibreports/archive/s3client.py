@@ -20,7 +20,7 @@ from botocore.exceptions import (
 )
 
 from ..config import ArchiveConfig
-from ..errors import ArchiveError
+from ..errors import ArchiveConfigError, ArchiveError, ArchiveUnreachable
 
 _CLIENT_LOCK = threading.Lock()
 _LOADER = None
@@ -58,38 +58,47 @@ PERMISSIONS = {"list": "s3:ListBucket", "put": "s3:PutObject", "get": "s3:GetObj
 
 
 def s3_error(exc: Exception, action: str, bucket: str, name: str, endpoint: str = "") -> ArchiveError:
-    """A boto3/botocore failure as one sentence and a remedy, without credentials."""
+    """A boto3/botocore failure as one sentence and a remedy, without credentials.
+
+    The class says the cause: ArchiveConfigError (exit 2) when no write can succeed as configured
+    (no bucket, no credentials, access refused), ArchiveUnreachable (exit 3) when the endpoint
+    cannot be reached, ArchiveError (this object only) otherwise.
+    """
     where = f"s3://{bucket}/{name}"
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError, ProfileNotFound)):
-        return ArchiveError(f"No usable AWS credentials were found to {action} {where} ({type(exc).__name__}).",
+        return ArchiveConfigError(f"No usable AWS credentials were found to {action} {where} ({type(exc).__name__}).",
                             "Set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run on a host with an instance role.")
     if isinstance(exc, FlexibleChecksumError):
         return ArchiveError(f"{where} does not match the SHA-256 checksum the store holds for it.",
                             "The stored object or the transfer is corrupt; compare it with the original before trusting it.")
     if isinstance(exc, (BotoConnectionError, HTTPClientError)):  # refused, DNS, timeouts, after retries
         target = endpoint or "AWS S3"
-        return ArchiveError(f"Could not reach the S3 endpoint {target} to {action} {where} ({type(exc).__name__}).",
+        return ArchiveUnreachable(f"Could not reach the S3 endpoint {target} to {action} {where} ({type(exc).__name__}).",
                             "Check archive.endpoint_url, archive.region and the network path to the store.")
     if isinstance(exc, BotoCoreError):
-        return ArchiveError(f"Could not {action} {where} ({type(exc).__name__}).", "Check the archive settings.")
+        return ArchiveConfigError(f"Could not {action} {where} ({type(exc).__name__}).", "Check the archive settings.")
     code = error_code(exc)
     if code == "NoSuchBucket":
-        return ArchiveError(f"Bucket {bucket} does not exist.", "Create it, or fix archive.url.")
+        return ArchiveConfigError(f"Bucket {bucket} does not exist.", "Create it, or fix archive.url.")
     if code in ("AccessDenied", "403", "AllAccessDisabled"):
         need = PERMISSIONS.get(action, "s3:*")
         extra = " and kms:GenerateDataKey/kms:Decrypt on the KMS key" if action in ("put", "get") else ""
-        return ArchiveError(f"Access denied to {action} {where}.",
+        return ArchiveConfigError(f"Access denied to {action} {where}.",
                             f"Grant {need}{extra} on arn:aws:s3:::{bucket}/* (s3:ListBucket on the bucket) to these credentials.")
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
-        return ArchiveError(f"The S3 store rejected the credentials ({code}).", "Check the AWS credentials in use for the archive.")
+        return ArchiveConfigError(f"The S3 store rejected the credentials ({code}).",
+                                  "Check the AWS credentials in use for the archive.")
     if code in ("NoSuchKey", "404", "NotFound"):
         return ArchiveError(f"{where} is not in the archive.", "Check the key, or run fetch.")
     if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"):
         return ArchiveError(f"The S3 store refused {where}: the upload did not match its SHA-256.",
                             "The staged file changed or was corrupted in transit; run fetch again.")
     if code == "NotImplemented":
-        return ArchiveError(f"The S3 store does not support a feature needed to {action} {where}.",
+        return ArchiveConfigError(f"The S3 store does not support a feature needed to {action} {where}.",
                             "If it cannot encrypt, set archive.server_side_encryption = \"none\"; else upgrade the store.")
+    if code in ("ServiceUnavailable", "SlowDown", "InternalError", "503", "500", "502", "504", "RequestTimeout"):
+        return ArchiveUnreachable(f"The S3 store could not {action} {where} just now ({code}).",
+                                  "Retried for a while; if it persists, check the store's status.")
     return ArchiveError(f"The S3 store refused to {action} {where} ({code}).", "See the store's documentation for this error.")
 
 
