@@ -1,0 +1,147 @@
+"""A plain file never stands in for a verified statement; an archive that refuses writes stops the run once.
+
+Real sshd, real gpg, local folder and moto S3 over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from ibreports.cli import main
+from tests.configs import sftp_toml
+from tests.fixtures.pgpkeys import encrypt_bytes
+from tests.test_fetch import local_archive, s3_archive, write_config
+
+NAME = "U1234567.DailyActivity.20261101.20261101.xml"
+GENUINE = b"<FlexQueryResponse>genuine</FlexQueryResponse>\n"
+FORGED = b"<FlexQueryResponse>forged!</FlexQueryResponse>\n"  # same length: size alone cannot tell
+STATEMENT = f"statements/U1234567/2026/11/{NAME}"
+
+
+@pytest.fixture
+def sftp(tmp_path, sshd_factory, sftp_client_key, monkeypatch, pgp_key):
+    monkeypatch.setenv("TEST_PGP_PASSPHRASE", pgp_key.passphrase)
+    monkeypatch.setenv("TEST_SSH_PASSPHRASE", sftp_client_key[2])
+    server = sshd_factory([sftp_client_key[1]])
+    known_hosts = tmp_path / "known_hosts"
+    server.write_known_hosts(known_hosts)
+    (server.root / "outgoing").mkdir(parents=True, exist_ok=True)
+    return server, sftp_toml(server, sftp_client_key, known_hosts)
+
+
+def records(root) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((root / "runs").rglob("*.json"))]
+
+
+def test_forged_plain_twin_is_refused_and_the_verified_statement_archived(tmp_path, sftp, pgp_key, capsys):
+    server, source = sftp
+    outgoing = server.root / "outgoing"
+    encrypt_bytes(pgp_key.public_file, GENUINE, outgoing / (NAME + ".pgp"))
+    (outgoing / NAME).write_bytes(FORGED)
+    archive_toml, root = local_archive(tmp_path)
+    cfg = write_config(tmp_path, source, pgp_key, archive_toml)
+    assert main(["--config", str(cfg), "fetch"]) == 1
+    out = capsys.readouterr().out
+    assert f"rejected" in out and f"ibkr-sftp/{NAME}\n" in out and "only the encrypted one is trusted" in out
+    assert (root / STATEMENT).read_bytes() == GENUINE
+    [row] = [f for f in records(root)[-1]["files"] if f["name"] == NAME]
+    assert (row["outcome"], row["code"]) == ("rejected", "shadow")
+    # Next run: the same refusal, the archive unchanged.
+    assert main(["--config", str(cfg), "fetch"]) == 1
+    assert (root / STATEMENT).read_bytes() == GENUINE
+
+
+def test_plain_twin_arriving_after_the_encrypted_one_is_refused(tmp_path, sftp, pgp_key, capsys):
+    server, source = sftp
+    outgoing = server.root / "outgoing"
+    encrypt_bytes(pgp_key.public_file, GENUINE, outgoing / (NAME + ".pgp"))
+    archive_toml, root = local_archive(tmp_path)
+    cfg = write_config(tmp_path, source, pgp_key, archive_toml)
+    assert main(["--config", str(cfg), "fetch"]) == 0
+    (outgoing / (NAME + ".pgp")).unlink()  # purged, or moved away by an attacker
+    (outgoing / NAME).write_bytes(FORGED)
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "fetch"]) == 1
+    assert "already archived from an encrypted delivery" in capsys.readouterr().out
+    assert (root / STATEMENT).read_bytes() == GENUINE
+
+
+def test_different_plain_content_for_an_archived_statement_is_a_conflict(tmp_path, sftp, pgp_key, capsys):
+    server, source = sftp
+    outgoing = server.root / "outgoing"
+    (outgoing / NAME).write_bytes(GENUINE)
+    archive_toml, root = local_archive(tmp_path)
+    cfg = write_config(tmp_path, source, pgp_key, archive_toml)
+    assert main(["--config", str(cfg), "fetch"]) == 0
+    (outgoing / NAME).write_bytes(FORGED + b"<!-- longer -->")  # redelivered with other content
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "fetch"]) == 1
+    out = capsys.readouterr().out
+    assert "conflict" in out and "was not replaced" in out
+    assert (root / STATEMENT).read_bytes() == GENUINE  # never replaced
+    [kept] = list((root / "conflicts" / "ibkr-sftp").rglob(f"{NAME}.*"))
+    assert kept.read_bytes() == FORGED + b"<!-- longer -->"  # both originals kept
+    [row] = [f for f in records(root)[-1]["files"] if f["name"] == NAME]
+    assert (row["outcome"], row["code"]) == ("failed", "conflict")
+
+
+def test_a_verified_statement_never_replaces_a_different_archived_one(tmp_path, sftp, pgp_key, capsys):
+    """Forged plain archived first (allow_plain on sFTP), the genuine encrypted one later: a conflict."""
+    server, source = sftp
+    outgoing = server.root / "outgoing"
+    (outgoing / NAME).write_bytes(FORGED)
+    archive_toml, root = local_archive(tmp_path)
+    cfg = write_config(tmp_path, source, pgp_key, archive_toml)
+    assert main(["--config", str(cfg), "fetch"]) == 0
+    (outgoing / NAME).unlink()
+    encrypt_bytes(pgp_key.public_file, GENUINE, outgoing / (NAME + ".pgp"))
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "fetch"]) == 1
+    assert "conflict: the archived statement" in capsys.readouterr().out
+    assert (root / STATEMENT).read_bytes() == FORGED  # a person decides; nothing silently replaced
+    assert list((root / "conflicts" / "ibkr-sftp").rglob(f"{NAME}.pgp.*"))
+    assert (root / f"encrypted/ibkr-sftp/2026/11/{NAME}.pgp").exists()
+
+
+def test_a_missing_bucket_is_a_configuration_error(tmp_path, sftp, pgp_key, s3_server, capsys):
+    server, source = sftp
+    encrypt_bytes(pgp_key.public_file, GENUINE, server.root / "outgoing" / (NAME + ".pgp"))
+    cfg = write_config(tmp_path, source, pgp_key, s3_archive(s3_server, "no-such-bucket-planner"))
+    assert main(["--config", str(cfg), "fetch"]) == 2
+    assert "Bucket no-such-bucket-planner does not exist" in capsys.readouterr().err
+
+
+def test_a_bucket_that_refuses_writes_stops_the_run_once_with_exit_2(tmp_path, sftp, pgp_key, s3_server, s3_bucket,
+                                                                    capsys, monkeypatch):
+    import boto3
+
+    server, source = sftp
+    for i in range(6):
+        encrypt_bytes(pgp_key.public_file, GENUINE, server.root / "outgoing" / f"U123456{i}.Daily.20261101.20261101.xml.pgp")
+    iam = boto3.session.Session().client("iam", endpoint_url=s3_server, region_name="us-east-1")
+    user = f"reader-{s3_bucket}"
+    iam.create_user(UserName=user)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"],
+                                                       "Resource": [f"arn:aws:s3:::{s3_bucket}", f"arn:aws:s3:::{s3_bucket}/*"]}]}
+    iam.put_user_policy(UserName=user, PolicyName="read-only", PolicyDocument=json.dumps(policy))
+    creds = iam.create_access_key(UserName=user)["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"])
+    cfg = write_config(tmp_path, source, pgp_key, s3_archive(s3_server, s3_bucket) + "\n[run]\nworkers = 1\n")
+    _moto_auth(s3_server, "0")
+    try:
+        code = main(["--config", str(cfg), "fetch"])
+    finally:
+        _moto_auth(s3_server, "inf")
+    out = capsys.readouterr().out
+    assert code == 2
+    assert out.count("Access denied") == 1, out  # said once, not once per file
+    assert out.count("not finished: the archive refused writes") == 6  # nothing lost: all wait for the next run
+
+
+def _moto_auth(endpoint: str, count: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=count.encode(), method="POST",
+                                                  headers={"Content-Type": "text/plain"}))
