@@ -30,6 +30,7 @@ from .errors import (
     FileChangedError,
     IbreportsError,
     SourceDeadline,
+    is_transient,
 )
 from .files import claim_workdir, release_workdir, sha256_file, sweep_abandoned
 from .pgp import Decryptor, is_openpgp, sweep_abandoned_homes
@@ -346,7 +347,7 @@ class Worker:
                 self.server.ok()
                 return digest
             except ConnectionFailure as exc:
-                if type(exc) is not ConnectionFailure:  # host key, credentials: never retried
+                if not is_transient(exc):  # host key, credentials: never retried
                     raise
                 attempt += 1
                 pause = self.server.pause(attempt)
