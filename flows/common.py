@@ -24,7 +24,7 @@ from prefect.tasks import exponential_backoff
 from ibreports import errors
 from ibreports.alerts import send_alerts
 from ibreports.config import Config, SourceConfig, config_path, load_config
-from ibreports.errors import ConnectionFailure, IbreportsError, is_transient
+from ibreports.errors import IbreportsError, is_transient
 from ibreports.pipeline import fetch
 from ibreports.report import RunReport, table_rows
 
@@ -88,8 +88,10 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def _source_error(report: RunReport, source: str) -> IbreportsError:
-    """Rebuild the source-level error the pipeline recorded, keeping its class."""
-    cls = errors.error_class(report.source_error_types.get(source, "")) or ConnectionFailure
+    """Rebuild the source-level error the pipeline recorded, keeping its class: a connection lost past
+    [run] reconnect_minutes stays a (transient) ConnectionFailure, so Prefect's retry runs the source
+    again; an unexpected exception (a bug) becomes a plain IbreportsError, which is not retried."""
+    cls = errors.error_class(report.source_error_types.get(source, "")) or IbreportsError
     exc = cls(report.source_errors[source])
     exc.report = report.to_dict()  # keeps outcomes of files handled before the failure
     return exc
