@@ -77,6 +77,7 @@ class Item:
     original_key: str
     statement_key: str
     conflict: str = ""  # non-empty: the planner already knows this delivery conflicts (why)
+    recheck: bool = False  # archived already; the content is at hand (on demand): compare, never rewrite
 
 
 @dataclass
@@ -124,14 +125,16 @@ def plan(listing: list[Entry], inventory: dict[str, ObjectInfo], rules: Rules, n
                             f"this delivery {entry.size}")
         elif rules.keep_encrypted and (known := inventory.get(okey)) is not None and known.size != entry.size:
             conflict = f"the archived original {okey} has {known.size} bytes, this delivery {entry.size}"
-        if archived and not rules.force and not conflict:
+        # A produced file's content is already here: compare it (SHA-256) rather than trust the size.
+        recheck = archived and entry.path is not None
+        if archived and not rules.force and not conflict and not recheck:
             row.outcome, row.archive_keys = Outcome.ALREADY_ARCHIVED, needed
             continue
         if rules.listing and _settling(now - _finite(entry.mtime), rules.settle_seconds):
             _set(row, Outcome.WAITING, Reason.SETTLING,
                  f"modified {int(now - entry.mtime)} s ago; fetched once it is {rules.settle_seconds} s old")
             continue
-        result.items.append(Item(len(result.items), entry, st, row, okey, skey, conflict))
+        result.items.append(Item(len(result.items), entry, st, row, okey, skey, conflict, recheck))
     return result
 
 

@@ -231,7 +231,7 @@ class Worker:
             # "archived" only by the run that wrote the file's last missing object, so two runs at
             # once never both count a file; --force reports what it compared as "verified".
             out.outcome = Outcome.ARCHIVED if wrote else Outcome.VERIFIED if self.force else Outcome.ALREADY_ARCHIVED
-            if out.outcome == Outcome.ALREADY_ARCHIVED:
+            if out.outcome == Outcome.ALREADY_ARCHIVED and not item.recheck:
                 out.code, out.reason = Reason.RACE, "archived meanwhile by another run"
         except FileChangedError as exc:  # still being written: complete next run, never half
             self._set(out, Outcome.WAITING, Reason.CHANGED, str(exc))

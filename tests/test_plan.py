@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from datetime import date
+from pathlib import Path
 
 import pytest
 
@@ -122,6 +123,14 @@ def test_on_demand_entries_skip_settle_and_purge():
     assert fetched(result) == [NAME]
     row = outcome_of(result, NAME)
     assert row.days_left == 100 and row.sha256 == "ab" * 32  # never "at risk of purge"
+
+
+def test_archived_on_demand_entries_are_compared_not_trusted():
+    produced = Entry(NAME, 30, NOW, path=Path("/staging/x"), sha256="ab" * 32)
+    result = plan([produced], inv((SKEY, 30)), rules(listing=False), NOW)
+    assert fetched(result) == [NAME] and result.items[0].recheck and not result.items[0].conflict
+    other_size = plan([Entry(NAME, 31, NOW, path=Path("/staging/x"))], inv((SKEY, 30)), rules(listing=False), NOW)
+    assert other_size.items[0].conflict
 
 
 def test_bad_names_and_absurd_dates_fail_alone():

@@ -72,7 +72,7 @@ def test_debug_output_and_run_records_hold_no_secret(tmp_path, sshd_factory, ftp
         assert reset.fired == 1 and slow_down.fired == 2  # the retry paths really ran
         # Every PUT refused: the archive names the permission, never the credentials.
         s3.http.append(HttpFault(status=403, code="AccessDenied", times=None))
-        run("denied", sftp, s3_archive_toml(f"http://127.0.0.1:{s3.port}", s3_bucket, prefix="denied"), base_env, 1)
+        run("denied", sftp, s3_archive_toml(f"http://127.0.0.1:{s3.port}", s3_bucket, prefix="denied"), base_env, 2)  # write refused: configuration
     local = local_archive_toml(tmp_path / "archive")
     run("ok-local", sftp, local, base_env, 1)
     # Each file fails to decrypt (1); the key file cannot be unlocked: a setting to fix (2), not a server problem.
