@@ -55,8 +55,9 @@ def fetch(
     inventory = archive.inventory()
     with RunState(config, archive, inventory, report, progress) as run:
         for source in selected:
-            if run.halted is not None:
-                log.error("%s: not attempted: %s", source.name, run.halted)
+            if run.halted is not None:  # the archive refuses every write: said once, for the source that met it
+                report.source_errors[source.name] = "not attempted: the archive refused writes (see above)."
+                report.source_error_types[source.name] = type(run.halted).__name__
                 continue
             _warn_plain_ftp(source, report)
             try:
