@@ -36,11 +36,13 @@ def run(args: argparse.Namespace) -> int:
     if args.since and args.until and args.since > args.until:
         raise ConfigError(f"--since {args.since} is after --until {args.until}.", "Swap them.")
     config = load_config(args.config)
-    from ..pipeline import fetch  # lazy: keeps `ibreports --help` fast
+    from ..pipeline import RunOptions, fetch  # lazy: keeps `ibreports --help` fast
 
+    options = RunOptions(tuple(args.sources) if args.sources else None, args.since, args.until, args.dry_run,
+                         args.force)
     progress = Progress(sys.stderr)
     try:
-        report = fetch(config, args.sources, args.since, args.until, args.dry_run, args.force, progress)
+        report = fetch(config, progress=progress, options=options)
     finally:
         progress.done()
     print_report(report)
