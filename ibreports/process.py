@@ -245,8 +245,8 @@ class Worker:
         except ConnectionFailure as exc:  # host key or credentials on reconnect, or away past the window
             self._stop(exc)
             self._not_attempted(out)
-        except DecryptionError as exc:
-            self._fail(item, Reason.DECRYPTION, exc)
+        except DecryptionError as exc:  # its own reason code when it has one (integrity, no-key, ...)
+            self._fail(item, getattr(exc, "reason", "") or Reason.DECRYPTION, exc)
         except ArchiveError as exc:
             self._fail(item, Reason.ARCHIVE, exc)
         except IbreportsError as exc:
@@ -438,10 +438,10 @@ class Worker:
             self._set(out, Outcome.WAITING, Reason.CONNECTION, "not finished: the connection was lost")
         out.archive_keys = []
 
-    def _fail(self, item: Item, code: Reason, exc: IbreportsError) -> None:
+    def _fail(self, item: Item, code: Reason | str, exc: IbreportsError) -> None:
         self._set(item.outcome, Outcome.FAILED, code, str(exc))
         log.error("%s: %s failed: %s", self.source.name, item.entry.name, exc)
 
     @staticmethod
-    def _set(out: FileOutcome, outcome: Outcome, code: Reason, reason: str) -> None:
+    def _set(out: FileOutcome, outcome: Outcome, code: Reason | str, reason: str) -> None:
         out.outcome, out.code, out.reason = outcome, code, reason

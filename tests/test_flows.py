@@ -445,7 +445,7 @@ def ftp_server(ftp_factory, pgp_key, monkeypatch, env):
 
 def ftp_config(folder: Path, srv, pgp_key, **source) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    return write_config(folder, ftp_toml(srv, **source), pgp_key, Archive().toml(folder))
+    return write_config(folder, ftp_toml(srv, **{"allow_plain": True, **source}), pgp_key, Archive().toml(folder))
 
 
 @pytest.fixture
@@ -583,7 +583,7 @@ def test_backfill_with_force_verifies_the_archive_and_rewrites_nothing(tmp_path,
                                 return_state=True)
     assert again.is_failed()
     (row,) = table(flow_run_id(again))
-    assert row["outcome"] == "failed" and "SHA-256 mismatch" in row["reason"]
+    assert row["outcome"] == "failed" and row["code"] == "conflict" and "was not replaced" in row["reason"]
     assert archive.files(folder)[key] == edited
 
 
