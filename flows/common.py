@@ -92,9 +92,8 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 def _source_error(report: RunReport, source: str) -> IbreportsError:
     """Rebuild the source-level error the pipeline recorded, keeping its class."""
     cls = errors.error_class(report.source_error_types.get(source, "")) or ConnectionFailure
-    exc = cls(report.source_errors[source])
-    exc.report = report.to_dict()  # keeps outcomes of files handled before the failure
-    return exc
+    # The report keeps the outcomes of files handled before the failure.
+    return cls(report.source_errors[source], report=report.to_dict())
 
 
 @task(
@@ -170,7 +169,7 @@ def run_sources(
     for name, future in zip(sources, futures):
         value = future.result(raise_on_failure=False)
         if isinstance(value, BaseException):
-            partial = getattr(value, "report", None)
+            partial = value.report if isinstance(value, IbreportsError) else None
             if partial:
                 merged.files.extend(RunReport.from_dict(partial).files)
             merged.source_errors[name] = str(value) or type(value).__name__

@@ -110,7 +110,7 @@ def build_alerts(config: Config, report: RunReport | None = None, status_rows: I
 
 def _transient(kind: str) -> bool:
     cls = errors.error_class(kind)
-    return cls is not None and errors.is_transient(cls("x"))
+    return cls is not None and cls.retryable
 
 
 def _failed(report: RunReport) -> Alert | None:
