@@ -21,6 +21,7 @@ from .errors import ArchiveConfigError, ArchiveUnreachable, IbreportsError, Sour
 from .plan import Entry, RunOptions, Rules, plan
 from .process import Halted, ProgressHook, RunState, Worker
 from .remote import Remote
+from .remote.registry import kind_of
 from .report import Outcome, Reason, RunReport
 
 log = logging.getLogger("ibreports.pipeline")
@@ -90,7 +91,7 @@ def _record(report: RunReport, source: str, exc: BaseException) -> None:
 
 
 def _warn_plain_ftp(source: SourceConfig, report: RunReport) -> None:
-    if source.kind == "ftp" and not source.tls:
+    if source.kind == "ftp" and getattr(source.settings, "tls", True) is False:
         note = (f"source {source.name}: plain FTP (tls = false) sends the password and every file in clear; "
                 "anyone on the network path can read them or forge deliveries. Set tls = true if the server "
                 "offers FTPS (IBKR's does).")
@@ -100,13 +101,7 @@ def _warn_plain_ftp(source: SourceConfig, report: RunReport) -> None:
 
 def _open(source: SourceConfig) -> tuple[Remote, bool]:
     """Connect through the source kind's registration; (remote, has a listing)."""
-    try:
-        from .remote.registry import get_kind
-    except ImportError:  # before the registry: sFTP and FTP, both with listings
-        from .remote import open_remote
-
-        return open_remote(source), True
-    kind = get_kind(source.kind)
+    kind = kind_of(source)
     return kind.open(source), kind.capabilities.listing
 
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 
-from .errors import ConfigError, error_class
+from .errors import ConfigError, IbreportsError, error_class
 
 
 class Outcome(StrEnum):
@@ -113,12 +113,7 @@ class RunReport:
         """INTERFACE.md: 3 when a source was unreachable (or refused us), 2 when every failing
         source was misconfigured, 1 when files failed or are at risk, else 0."""
         if self.source_errors:
-            codes = [_exit_code(self.source_error_types.get(s, "")) for s in self.source_errors]
-            if all(c == 2 for c in codes):
-                return 2
-            if any(c == 3 for c in codes):
-                return 3
-            return max(max(codes), 1)  # an unexpected error (a bug) fails the run like a failed file
+            return max(_source_exit_code(self.source_error_types.get(s, "")) for s in self.source_errors)
         return 1 if self.failed or self.at_risk else 0
 
     @property
@@ -164,18 +159,16 @@ class RunReport:
         return cls(**{**data, "files": files})
 
 
+def _source_exit_code(kind: str) -> int:
+    """The exit code of a source failed with the error class ``kind``; an exception that is not one
+    of ours (a bug, recorded by its type name) fails the run like a failed file (1)."""
+    cls = error_class(kind)
+    return cls.source_exit_code if cls is not None else 1
+
+
 def _is_config_error(kind: str) -> bool:
     cls = error_class(kind)
     return cls is not None and issubclass(cls, ConfigError)
-
-
-def _exit_code(kind: str) -> int:
-    """Exit code of a recorded source error: 2 or 3 by its class; an unexpected exception (a bug,
-    not one of ours) 1; our other errors stopped the source as a whole, counted as unreachable (3)."""
-    cls = error_class(kind)
-    if cls is None:
-        return 1
-    return cls.exit_code if cls.exit_code in (2, 3) else 3
 
 
 def table_rows(report: RunReport) -> list[dict[str, str]]:

@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # paramiko logs tracebacks at ERROR for failures we report ourselves, with a remedy.
     logging.getLogger("paramiko").setLevel(logging.WARNING if args.debug else logging.CRITICAL)
+    # Our own level even where logging was configured before (basicConfig then does nothing).
+    logging.getLogger("ibreports").setLevel(logging.DEBUG if args.debug else logging.INFO)
     try:
         return int(args.handler(args) or 0)
     except IbreportsError as exc:
