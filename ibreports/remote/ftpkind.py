@@ -67,4 +67,6 @@ FTP = register(SourceKind(
     doctor=_doctor,
     slots=_slots,
     capabilities=Capabilities(listing=True, delete=True, host_keys=False),
+    # IBKR encrypts every FTP delivery: a plain file there is more likely forged (plain FTP) than delivered.
+    allow_plain_default=False,
 ))
