@@ -182,6 +182,7 @@ def table_rows(report: RunReport) -> list[dict[str, str]]:
             "size": str(f.size),
             "days left": str(f.days_left),
             "outcome": f.outcome,
+            "code": f.code,
             "reason": f.reason,
             "archive keys": " ".join(f.archive_keys),
         }
