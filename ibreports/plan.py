@@ -103,6 +103,11 @@ def plan(listing: list[Entry], inventory: dict[str, ObjectInfo], rules: Rules, n
             _set(row, Outcome.REJECTED, Reason.BAD_NAME, exc.message)
             result.rows.append(row)
             continue
+        if not isinstance(entry.size, int) or entry.size < 0:  # it would wait for ever otherwise
+            _set(row, Outcome.REJECTED, Reason.BAD_ENTRY,
+                 f"the server listed an impossible size ({entry.size}); it was not downloaded.")
+            result.rows.append(row)
+            continue
         st = statements.parse(entry.name, entry.mtime)
         needed = statements.needed_keys(rules.source, st, rules.keep_encrypted)
         archived = all(k in inventory for k in needed)

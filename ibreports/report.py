@@ -31,6 +31,7 @@ class Reason(StrEnum):
     SETTLING = "settling"  # modified too recently: fetched once it is settle_seconds old
     CHANGED = "changed"  # changed during the download: next run
     BAD_NAME = "bad-name"  # a name we refuse to use
+    BAD_ENTRY = "bad-entry"  # a listing entry that cannot be true (negative size, ...)
     SHADOW = "shadow"  # a plain delivery of a statement that also comes (or came) encrypted
     PLAIN_REFUSED = "plain-refused"  # a plain delivery from a source with allow_plain = false
     CONFLICT = "conflict"  # different content for an archived statement: kept aside, never replaced

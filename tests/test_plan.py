@@ -135,10 +135,11 @@ def test_archived_on_demand_entries_are_compared_not_trusted():
 
 def test_bad_names_and_absurd_dates_fail_alone():
     listing = [Entry("../evil.xml", 3, NOW), Entry("bad\nname.xml", 3, float("nan")),
-               Entry(NAME + ".pgp", 10, float("inf")), Entry("ok.xml.pgp", 10, NOW - DAY)]
+               Entry(NAME + ".pgp", 10, float("inf")), Entry("ok.xml.pgp", 10, NOW - DAY),
+               Entry("negative.xml.pgp", -5, NOW - DAY)]
     result = plan(listing, {}, rules(), NOW)
     assert {r.name: r.code for r in result.rows if r.outcome == Outcome.REJECTED} == {
-        "../evil.xml": Reason.BAD_NAME, "bad\nname.xml": Reason.BAD_NAME}
+        "../evil.xml": Reason.BAD_NAME, "bad\nname.xml": Reason.BAD_NAME, "negative.xml.pgp": Reason.BAD_ENTRY}
     assert "ok.xml.pgp" in fetched(result)
 
 
