@@ -19,7 +19,8 @@ from .archive import open_archive
 from .config import Config, SourceConfig
 from .errors import ArchiveConfigError, ArchiveUnreachable, IbreportsError, SourceDeadline
 from .plan import Entry, RunOptions, Rules, plan
-from .process import Halted, ProgressHook, RunState, Worker
+from .process import Worker
+from .runstate import Halted, ProgressHook, RunState
 from .remote import Remote
 from .remote.registry import kind_of
 from .report import Outcome, Reason, RunReport
