@@ -6,6 +6,7 @@ Real sshd, real gpg, local folder and moto S3 over HTTP.
 from __future__ import annotations
 
 import json
+import socket
 import urllib.request
 
 import pytest
@@ -112,6 +113,19 @@ def test_a_missing_bucket_is_a_configuration_error(tmp_path, sftp, pgp_key, s3_s
     cfg = write_config(tmp_path, source, pgp_key, s3_archive(s3_server, "no-such-bucket-planner"))
     assert main(["--config", str(cfg), "fetch"]) == 2
     assert "Bucket no-such-bucket-planner does not exist" in capsys.readouterr().err
+
+
+def test_an_unreachable_archive_endpoint_is_a_connection_error(tmp_path, sftp, pgp_key, s3_server, capsys):
+    server, source = sftp
+    encrypt_bytes(pgp_key.public_file, GENUINE, server.root / "outgoing" / (NAME + ".pgp"))
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        cfg = write_config(tmp_path, source, pgp_key, s3_archive(f"http://127.0.0.1:{closed.getsockname()[1]}", "b"))
+        assert main(["--config", str(cfg), "fetch"]) == 3
+    finally:
+        closed.close()
+    assert "Could not reach the S3 endpoint" in capsys.readouterr().err
 
 
 def test_a_bucket_that_refuses_writes_stops_the_run_once_with_exit_2(tmp_path, sftp, pgp_key, s3_server, s3_bucket,
