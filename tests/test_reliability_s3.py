@@ -143,3 +143,21 @@ def test_full_disk_under_staging_fails_cleanly_nothing_lost(tmp_path, setup, sft
     finally:
         if mounted:
             subprocess.run(["umount", str(staging)], capture_output=True)
+
+
+def test_the_run_stops_at_the_first_refused_write(tmp_path, setup, sftp_client_key, pgp_key, proxy, s3_server,
+                                                  s3_bucket, capsys):
+    server, delivery, known_hosts = setup
+    route = proxy.route(int(s3_server.rsplit(":", 1)[1]))
+    refuse = HttpFault(status=403, code="AccessDenied", times=None)
+    route.http.append(refuse)
+    source = sftp_toml("ibkr-sftp", server.port, server, sftp_client_key, known_hosts)
+    cfg = write_config(tmp_path, source, pgp_key, s3_archive_toml(f"http://127.0.0.1:{route.port}", s3_bucket),
+                       tmp_path / "staging", workers=1)
+    assert main(["--config", str(cfg), "fetch"]) == 2
+    out = capsys.readouterr().out
+    # One refused object write, then the run record: not one refusal (and download) per file.
+    assert refuse.fired == 2, refuse.fired
+    assert out.count("Access denied") == 1
+    assert out.count("not finished: the archive refused writes") == len(delivery.files)
+    assert sorted(p.name for p in (server.root / "outgoing").iterdir()) == sorted(delivery.files)
