@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.faultproxy import FaultProxy
+from tests.faultproxy import FaultProxy, Rule
 from tests.reliability import (
-    assert_archived_exactly, cli_env, local_archive_toml, local_objects, run_cli, seed, sftp_toml, start_cli,
-    write_config,
+    assert_archived_exactly, cli_env, ftp_toml, ftp_via_proxy, local_archive_toml, local_objects, run_cli, seed,
+    sftp_toml, start_cli, write_config,
 )
 from tests.waiting import eventually
 
@@ -104,4 +104,21 @@ def test_a_source_past_its_deadline_stops_cleanly(tmp_path, sshd_factory, sftp_c
         route.rate = None
         cfg.write_text(cfg.read_text().replace("source_deadline_minutes = 0.05", "source_deadline_minutes = 30"))
         assert run_cli(cfg, env, "fetch").returncode == 0
+    assert_archived_exactly(local_objects(tmp_path / "archive")[0], delivery.expected())
+
+
+def test_ftp_data_connections_refused_several_times_in_a_row(tmp_path, ftp_factory, sftp_client_key, pgp_key,
+                                                             tmpdir_):
+    """Four data connections reset one after the other (more than the three quick retries): the run
+    keeps reconnecting with backoff within reconnect_minutes and archives everything."""
+    server = ftp_factory()
+    delivery = seed(server.root / "outgoing", pgp_key.public_file, "ibkr-ftp", count=2, size=100_000)
+    env = cli_env(pgp_key, sftp_client_key, tmpdir_, TEST_FTP_PASSWORD=server.password)
+    with FaultProxy(max_seconds=180) as proxy:
+        outage = Rule(after=0, action="reset", times=4, skip=1)  # skip: the MLSD listing
+        source = ftp_toml("ibkr-ftp", "127.0.0.2", ftp_via_proxy(proxy, server, outage), server, connections=1)
+        cfg = write_config(tmp_path, source, pgp_key, local_archive_toml(tmp_path / "archive"), tmp_path / "staging")
+        result = run_cli(cfg, env, "fetch")
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()[-3000:]
+    assert outage.fired == 4
     assert_archived_exactly(local_objects(tmp_path / "archive")[0], delivery.expected())
