@@ -130,8 +130,14 @@ def plan(listing: list[Entry], inventory: dict[str, ObjectInfo], rules: Rules, n
                             f"this delivery {entry.size}")
         elif rules.keep_encrypted and (known := inventory.get(okey)) is not None and known.size != entry.size:
             conflict = f"the archived original {okey} has {known.size} bytes, this delivery {entry.size}"
-        # A produced file's content is already here: compare it (SHA-256) rather than trust the size.
+        # A produced file's content is already here: compare it (SHA-256) rather than trust the size,
+        # from the inventory when the archive records hashes, else by reading the archived object.
         recheck = archived and entry.path is not None
+        recorded = getattr(inventory.get(skey), "sha256", None)
+        if recheck and recorded and entry.sha256 and not conflict:
+            recheck = False
+            if recorded != entry.sha256:
+                conflict = f"the archived statement {skey} has SHA-256 {recorded[:16]}..., this one {entry.sha256[:16]}..."
         if archived and not rules.force and not conflict and not recheck:
             row.outcome, row.archive_keys = Outcome.ALREADY_ARCHIVED, needed
             continue

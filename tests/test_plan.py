@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -131,6 +132,21 @@ def test_archived_on_demand_entries_are_compared_not_trusted():
     assert fetched(result) == [NAME] and result.items[0].recheck and not result.items[0].conflict
     other_size = plan([Entry(NAME, 31, NOW, path=Path("/staging/x"))], inv((SKEY, 30)), rules(listing=False), NOW)
     assert other_size.items[0].conflict
+
+
+@dataclass(frozen=True)
+class Recorded(ObjectInfo):
+    """An inventory entry of an archive that records each object's SHA-256."""
+
+    sha256: str = ""
+
+
+def test_recorded_hashes_decide_on_demand_entries_without_reading_the_archive():
+    entry = Entry(NAME, 30, NOW, path=Path("/staging/x"), sha256="ab" * 32)
+    same = plan([entry], {SKEY: Recorded(SKEY, 30, "ab" * 32)}, rules(listing=False), NOW)
+    assert same.items == [] and outcome_of(same, NAME).outcome == Outcome.ALREADY_ARCHIVED
+    other = plan([entry], {SKEY: Recorded(SKEY, 30, "cd" * 32)}, rules(listing=False), NOW)
+    assert "SHA-256" in other.items[0].conflict and not other.items[0].recheck
 
 
 def test_bad_names_and_absurd_dates_fail_alone():
