@@ -115,6 +115,17 @@ def test_a_missing_bucket_is_a_configuration_error(tmp_path, sftp, pgp_key, s3_s
     assert "Bucket no-such-bucket-planner does not exist" in capsys.readouterr().err
 
 
+def test_missing_archive_credentials_are_a_configuration_error(tmp_path, sftp, pgp_key, s3_server, s3_bucket,
+                                                               monkeypatch, capsys):
+    server, source = sftp
+    encrypt_bytes(pgp_key.public_file, GENUINE, server.root / "outgoing" / (NAME + ".pgp"))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    cfg = write_config(tmp_path, source, pgp_key, s3_archive(s3_server, s3_bucket))
+    assert main(["--config", str(cfg), "fetch"]) == 2
+    assert "No usable AWS credentials" in capsys.readouterr().err
+
+
 def test_an_unreachable_archive_endpoint_is_a_connection_error(tmp_path, sftp, pgp_key, s3_server, capsys):
     server, source = sftp
     encrypt_bytes(pgp_key.public_file, GENUINE, server.root / "outgoing" / (NAME + ".pgp"))
