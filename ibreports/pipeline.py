@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timezone
@@ -109,38 +110,79 @@ def _open(source: SourceConfig) -> tuple[Remote, bool]:
 def _source(run: RunState, source: SourceConfig, opts: RunOptions) -> None:
     deadline = time.monotonic() + run.config.run.source_deadline_minutes * 60
     remote, listing = _open(source)
-    with remote:
+    # At the deadline a watchdog closes the session: a listing the server trickles cannot hold the
+    # run (downloads also check the deadline on every block they receive).
+    expired = threading.Event()
+    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _expire, (remote, expired))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        with remote:
+            _work(run, source, opts, remote, listing, deadline, expired)
+    finally:
+        watchdog.cancel()
+
+
+def _expire(remote: Remote, expired: threading.Event) -> None:
+    expired.set()
+    try:
+        remote.close()
+    except Exception:  # noqa: BLE001 - best effort: the session is being abandoned anyway
+        pass
+
+
+def _gather(run: RunState, source: SourceConfig, opts: RunOptions, remote: Remote, listing: bool,
+            expired: threading.Event) -> list[Entry]:
+    """The source's listing, or what an on-demand source produced; SourceDeadline when the watchdog cut it."""
+    try:
         if listing:
-            entries = [Entry(f.name, f.size, f.mtime) for f in remote.list()]
-        else:  # on demand: the source makes the files now, straight into staging
-            folder = run.private_folder(f"produced-{source.name}")
-            entries = [Entry(p.name, p.size, time.time(), Path(p.path), p.sha256)
-                       for p in remote.produce(opts.since, opts.until, folder)]
-        rules = Rules(
-            source=source.name, keep_encrypted=run.config.archive.keep_encrypted, allow_plain=source.allow_plain,
-            settle_seconds=source.settle_seconds, purge_days=run.config.retention.purge_days,
-            warn_days=run.config.retention.warn_days, since=opts.since, until=opts.until, force=opts.force,
-            listing=listing,
-        )
-        planned = plan(entries, run.snapshot(), rules, time.time())
-        run.report.files.extend(planned.rows)
-        for row in planned.rows:
-            if row.outcome == Outcome.REJECTED:
-                log.warning("%s: rejected %r: %s", source.name, row.name[:80], row.reason)
-        run.progress("total-files", len(planned.items))
-        run.progress("total-bytes", planned.total_bytes)
-        if opts.dry_run:
-            for item in planned.items:
-                item.outcome.outcome = Outcome.PLANNED
-                run.progress("files", 1)
-            return
-        if planned.items:
-            run.warm_up()  # gpg key import and passphrase check while the first downloads run
-        worker = Worker(run, source, remote, force=opts.force, deadline=deadline)
-        workers = max(1, min(run.config.run.workers, source.connections))
-        with ThreadPoolExecutor(workers, thread_name_prefix=f"fetch-{source.name}") as pool:
-            list(pool.map(worker.process, planned.items))
-        _after(run, source, worker)
+            return [Entry(f.name, f.size, f.mtime) for f in remote.list()]
+        folder = run.private_folder(f"produced-{source.name}")  # on demand: made now, straight into staging
+        return [Entry(p.name, p.size, time.time(), Path(p.path), p.sha256)
+                for p in remote.produce(opts.since, opts.until, folder)]
+    except Exception:
+        if expired.is_set():
+            raise _deadline_error(run, source, "while listing") from None
+        raise
+
+
+def _deadline_error(run: RunState, source: SourceConfig, where: str) -> SourceDeadline:
+    minutes = run.config.run.source_deadline_minutes
+    return SourceDeadline(
+        f"{source.name}: the source ran longer than [run] source_deadline_minutes ({minutes:g}) {where}; "
+        "its files wait for the next run.",
+        "If the server is just slow and this repeats, raise source_deadline_minutes; if it trickles, tell IBKR.",
+    )
+
+
+def _work(run: RunState, source: SourceConfig, opts: RunOptions, remote: Remote, listing: bool, deadline: float,
+          expired: threading.Event) -> None:
+    entries = _gather(run, source, opts, remote, listing, expired)
+    rules = Rules(
+        source=source.name, keep_encrypted=run.config.archive.keep_encrypted, allow_plain=source.allow_plain,
+        settle_seconds=source.settle_seconds, purge_days=run.config.retention.purge_days,
+        warn_days=run.config.retention.warn_days, since=opts.since, until=opts.until, force=opts.force,
+        listing=listing,
+    )
+    planned = plan(entries, run.snapshot(), rules, time.time())
+    run.report.files.extend(planned.rows)
+    for row in planned.rows:
+        if row.outcome == Outcome.REJECTED:
+            log.warning("%s: rejected %r: %s", source.name, row.name[:80], row.reason)
+    run.progress("total-files", len(planned.items))
+    run.progress("total-bytes", planned.total_bytes)
+    if opts.dry_run:
+        for item in planned.items:
+            item.outcome.outcome = Outcome.PLANNED
+            run.progress("files", 1)
+        return
+    if planned.items:
+        run.warm_up()  # gpg key import and passphrase check while the first downloads run
+    worker = Worker(run, source, remote, force=opts.force, deadline=deadline)
+    workers = max(1, min(run.config.run.workers, source.connections))
+    with ThreadPoolExecutor(workers, thread_name_prefix=f"fetch-{source.name}") as pool:
+        list(pool.map(worker.process, planned.items))
+    _after(run, source, worker)
 
 
 def _after(run: RunState, source: SourceConfig, worker: Worker) -> None:

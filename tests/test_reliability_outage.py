@@ -122,3 +122,21 @@ def test_ftp_data_connections_refused_several_times_in_a_row(tmp_path, ftp_facto
     assert result.returncode == 0, (result.stdout + result.stderr).decode()[-3000:]
     assert outage.fired == 4
     assert_archived_exactly(local_objects(tmp_path / "archive")[0], delivery.expected())
+
+
+def test_a_trickled_listing_is_cut_at_the_deadline(tmp_path, sshd_factory, sftp_client_key, pgp_key, tmpdir_):
+    server = sshd_factory([sftp_client_key[1]])
+    outgoing = server.root / "outgoing"
+    outgoing.mkdir(parents=True, exist_ok=True)
+    for i in range(3000):  # a listing of roughly 400 kB
+        (outgoing / f"U{1000000 + i}.DailyActivity.20261101.20261101.xml.pgp").write_bytes(b"x")
+    env = cli_env(pgp_key, sftp_client_key, tmpdir_)
+    with FaultProxy(max_seconds=180) as proxy:
+        route = proxy.route(server.port)
+        route.rate = 30_000  # the listing alone would take about 15 s
+        cfg = _setup(tmp_path, server, sftp_client_key, pgp_key, route, "source_deadline_minutes = 0.05\n")  # 3 s
+        result = run_cli(cfg, env, "fetch")
+    assert result.returncode == 3, (result.stdout + result.stderr).decode()[-2000:]
+    assert b"source_deadline_minutes (0.05) while listing" in result.stdout
+    assert b"Traceback" not in result.stderr
+    assert list((tmp_path / "staging").iterdir()) == []
