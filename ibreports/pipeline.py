@@ -93,8 +93,10 @@ def _record(report: RunReport, source: str, exc: BaseException) -> None:
 
 
 def _warn_plain_ftp(source: SourceConfig, report: RunReport) -> None:
-    if source.kind == "ftp" and getattr(source.settings, "tls", True) is False:
-        note = (f"source {source.name}: plain FTP (tls = false) sends the password and every file in clear; "
+    # Any kind whose settings have ``tls = false`` (today: ftp); no switch on the kind's name.
+    if getattr(source.settings, "tls", None) is False:
+        note = (f"source {source.name}: {source.kind} without TLS (tls = false) sends the password and every "
+                "file in clear; "
                 "anyone on the network path can read them or forge deliveries. Set tls = true if the server "
                 "offers FTPS (IBKR's does).")
         log.warning(note)
