@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from .config import ArchiveConfig
 from .errors import KeyMaterialError
 from .keyfiles import (
-    check_passphrase, commit, discard, folder_fingerprints, is_private, make_private_dir, retire, tighten_dir,
-    sha256_hex, stage_file, utc_stamp, write_atomic,
+    RETIRED, check_passphrase, commit, discard, folder_fingerprints, is_private, make_private_dir, refuse_links, retire,
+    sha256_hex, stage_file, tighten_dir, utc_stamp, write_atomic,
 )
 
 MAGIC = b"IBRKEYS\0"
@@ -131,6 +131,7 @@ def restore_keys(
     folder = Path(dir)
     manifest, files = _open_bundle(url, backup_passphrase, archive_config)
     report = RestoreReport(dir=folder, fingerprints=manifest.fingerprints)
+    refuse_links(folder, [*files, f"{RETIRED}/x"])  # e.g. retired -> elsewhere: never written through
     conflicts: list[str] = []
     for rel, data in files.items():
         target = folder / rel

@@ -29,6 +29,7 @@ class FileOutcome:
     sha256: str = ""
     archive_keys: list[str] = field(default_factory=list)
     days_left: int = 0
+    deleted_from_server: bool = False  # delete_after_archive removed it after verifying the archive
 
 
 @dataclass
@@ -90,6 +91,9 @@ class RunReport:
         for label in ("verified", "planned", "waiting", "failed", "rejected"):
             if self.count(label):
                 parts.append(f"{self.count(label)} {label}")
+        deleted = sum(f.deleted_from_server for f in self.files)
+        if deleted:
+            parts.append(f"{deleted} deleted from the server")
         if self.at_risk:
             parts.append(f"{len(self.at_risk)} at risk of purge")
         misconfigured = len(self.misconfigured)
@@ -108,7 +112,7 @@ class RunReport:
         A daily run over 10,000 archived files would otherwise repeat 10,000 rows every day;
         the run that archived a file has its full row.
         """
-        acted = [f for f in self.files if f.outcome != "already-archived"]
+        acted = [f for f in self.files if f.outcome != "already-archived" or f.deleted_from_server]
         data = asdict(replace(self, files=acted, already_archived=len(self.files) - len(acted)))
         return json.dumps(data, indent=1, sort_keys=True).encode()
 

@@ -85,7 +85,8 @@ class Progress:
 
 
 def print_report(report: RunReport) -> None:
-    interesting = [f for f in report.files if f.outcome not in ("already-archived", OUT_OF_RANGE)]  # acted on
+    interesting = [f for f in report.files  # acted on
+                   if f.outcome not in ("already-archived", OUT_OF_RANGE) or f.deleted_from_server]
     interesting.sort(key=lambda f: (f.outcome not in ("failed", "rejected"), f.source, f.name))
     if interesting:
         widths = (10, 16, 10, 11, 6)
@@ -97,6 +98,8 @@ def print_report(report: RunReport) -> None:
             )
             if f.reason:
                 print(f"{'':<{widths[0]}} reason: {f.reason}")
+            if f.deleted_from_server:
+                print(f"{'':<{widths[0]}} deleted from the server (delete_after_archive; its archive copies verified)")
         if len(interesting) > MAX_ROWS:
             print(f"... and {len(interesting) - MAX_ROWS} more (see the run record)")
     for source, message in report.source_errors.items():
