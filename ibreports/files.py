@@ -265,4 +265,7 @@ def _remove_tree(folder: Path, before_remove: Callable[[Path], None] | None) -> 
     if before_remove is not None:
         before_remove(folder)
     shutil.rmtree(folder, ignore_errors=True)
+    if os.path.lexists(folder):  # counted only when really gone: never "removed" again at every run
+        log.warning("could not remove %s, left by an interrupted run; remove it by hand", folder)
+        return 0
     return 1
