@@ -11,6 +11,8 @@ before it writes a single byte.
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import json
 import os
 import struct
@@ -24,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .config import ArchiveConfig
-from .errors import KeyMaterialError
+from .errors import ArchiveError, KeyMaterialError
 from .keyfiles import (
     RETIRED, check_passphrase, commit, discard, folder_fingerprints, is_private, make_private_dir, refuse_links, retire,
     sha256_hex, stage_file, tighten_dir, utc_stamp, write_atomic,
@@ -51,6 +53,7 @@ class BackupManifest:
     created: str
     files: dict[str, str]
     fingerprints: dict[str, dict[str, str]]
+    url: str = ""  # the bundle read (the newest one when a folder URL was given)
 
 
 @dataclass
@@ -69,6 +72,7 @@ class RestoreReport:
     retired: Path | None = None
     fingerprints: dict[str, dict[str, str]] = field(default_factory=dict)
     folder_note: str = ""  # the key folder's mode was tightened, or could not be
+    url: str = ""  # the bundle read (the newest one when a folder URL was given)
 
 
 def backup_keys(
@@ -96,7 +100,8 @@ def backup_keys(
         with tempfile.TemporaryDirectory(prefix="ibreports-bundle-") as tmp:
             path = Path(tmp) / "keys.bundle"
             write_atomic(path, blob, 0o600)
-            upload_file(archive_config or ArchiveConfig(), target, path)
+            with _bundle_errors(target):
+                upload_file(archive_config or ArchiveConfig(), target, path)
     else:
         path = Path(target).absolute()
         if path.is_relative_to(folder.absolute()):
@@ -130,7 +135,7 @@ def restore_keys(
     """
     folder = Path(dir)
     manifest, files = _open_bundle(url, backup_passphrase, archive_config)
-    report = RestoreReport(dir=folder, fingerprints=manifest.fingerprints)
+    report = RestoreReport(dir=folder, fingerprints=manifest.fingerprints, url=manifest.url)
     refuse_links(folder, [*files, f"{RETIRED}/x"])  # e.g. retired -> elsewhere: never written through
     conflicts: list[str] = []
     for rel, data in files.items():
@@ -193,7 +198,7 @@ def _collect(folder: Path) -> dict[str, bytes]:
 
 
 def _default_name(url: str) -> str:
-    name = f"ibreports-keys-{utc_stamp()}.bundle"
+    name = f"{BUNDLE_PREFIX}{utc_stamp()}{BUNDLE_SUFFIX}"
     if url.endswith("/") or (not url.startswith("s3://") and Path(url).is_dir()):
         return url.rstrip("/") + "/" + name
     return url
@@ -228,6 +233,7 @@ def _open_bundle(
 ) -> tuple[BackupManifest, dict[str, bytes]]:
     if not passphrase or "\0" in passphrase:
         raise _WRONG
+    url = newest_bundle(url, archive_config)
     plain = _unseal(_fetch(url, archive_config), passphrase)
     try:
         payload = json.loads(plain)
@@ -252,7 +258,7 @@ def _open_bundle(
             "The keys in the backup do not have the fingerprints its manifest records.", _NOTHING
         )
     sums = {rel: digest for rel, (_, digest) in entries.items()}
-    return BackupManifest(created=created, files=sums, fingerprints=recomputed), files
+    return BackupManifest(created=created, files=sums, fingerprints=recomputed, url=url), files
 
 
 def _safe_relpath(rel: str) -> bool:
@@ -264,13 +270,64 @@ def _safe_relpath(rel: str) -> bool:
     )
 
 
+BUNDLE_PREFIX, BUNDLE_SUFFIX = "ibreports-keys-", ".bundle"  # the dated names of _default_name
+
+
+def newest_bundle(url: str, archive_config: ArchiveConfig | None) -> str:
+    """``url`` itself, or for a folder (what ``keys backup --to`` took: a local folder or a URL
+    ending in '/') the newest dated bundle in it; the names sort by their UTC timestamp."""
+    if url.startswith("s3://"):
+        if not url.endswith("/"):
+            return url
+        from .archive.s3 import S3Archive, parse_s3_url
+
+        bucket, prefix = parse_s3_url(url)
+        with _bundle_errors(url):
+            listed = S3Archive(dataclasses.replace(archive_config or ArchiveConfig(), url=f"s3://{bucket}")).inventory(prefix)
+        below = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        names = [k[len(below):] for k in listed if k.startswith(below)]
+        base = f"s3://{bucket}/{below}"
+    else:
+        folder = Path(url)
+        if not folder.is_dir():
+            return url
+        names = [p.name for p in folder.iterdir() if p.is_file() and not p.is_symlink()]
+        base = str(folder).rstrip("/") + "/"
+    bundles = sorted(n for n in names if n.startswith(BUNDLE_PREFIX) and n.endswith(BUNDLE_SUFFIX) and "/" not in n)
+    if not bundles:
+        raise KeyMaterialError(
+            f"{url} holds no key backup ({BUNDLE_PREFIX}<timestamp>{BUNDLE_SUFFIX}).",
+            "Pass the bundle's own path or URL, or the folder that ibreports keys backup --to wrote to.",
+        )
+    return base + bundles[-1]
+
+
+@contextlib.contextmanager
+def _bundle_errors(url: str):
+    """S3 errors, told as key-backup errors: a missing bundle is a usage error, and no remedy
+    points at fetch (the archive's wording)."""
+    try:
+        yield
+    except ArchiveError as exc:
+        if "is not in the archive" in exc.message:
+            raise KeyMaterialError(
+                f"There is no key backup at {url}.",
+                "Check the URL: pass what ibreports keys backup --to printed, or the folder URL ending in '/'.",
+            ) from None
+        if "fetch" in exc.remedy:
+            raise type(exc)(exc.message, "Check the URL and the S3 settings ([archive] endpoint_url, region, "
+                                         "credentials), then run the keys command again.") from None
+        raise
+
+
 def _fetch(url: str, archive_config: ArchiveConfig | None) -> bytes:
     if url.startswith("s3://"):
         from .archive.s3 import download_file
 
         with tempfile.TemporaryDirectory(prefix="ibreports-bundle-") as tmp:
             dest = Path(tmp) / "keys.bundle"
-            download_file(archive_config or ArchiveConfig(), url, dest)
+            with _bundle_errors(url):
+                download_file(archive_config or ArchiveConfig(), url, dest)
             return dest.read_bytes()
     path = Path(url)
     try:
