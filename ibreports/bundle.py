@@ -11,12 +11,9 @@ before it writes a single byte.
 from __future__ import annotations
 
 import base64
-import contextlib
-import dataclasses
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -26,10 +23,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .config import ArchiveConfig
-from .errors import ArchiveError, KeyMaterialError
+from .bundlestore import default_name, newest_bundle, read_bundle, upload_bundle
+from .errors import KeyMaterialError
 from .keyfiles import (
     RETIRED, check_passphrase, commit, discard, folder_fingerprints, is_private, make_private_dir, refuse_links, retire,
-    sha256_hex, stage_file, tighten_dir, utc_stamp, write_atomic,
+    sha256_hex, stage_file, tighten_dir, write_atomic,
 )
 
 MAGIC = b"IBRKEYS\0"
@@ -93,15 +91,9 @@ def backup_keys(
         "fingerprints": fingerprints,
     }, sort_keys=True).encode()
     blob = _seal(payload, backup_passphrase)
-    target = _default_name(url)
+    target = default_name(url)
     if target.startswith("s3://"):
-        from .archive.s3 import upload_file
-
-        with tempfile.TemporaryDirectory(prefix="ibreports-bundle-") as tmp:
-            path = Path(tmp) / "keys.bundle"
-            write_atomic(path, blob, 0o600)
-            with _bundle_errors(target):
-                upload_file(archive_config or ArchiveConfig(), target, path)
+        upload_bundle(archive_config, target, blob)
     else:
         path = Path(target).absolute()
         if path.is_relative_to(folder.absolute()):
@@ -197,13 +189,6 @@ def _collect(folder: Path) -> dict[str, bytes]:
     return files
 
 
-def _default_name(url: str) -> str:
-    name = f"{BUNDLE_PREFIX}{utc_stamp()}{BUNDLE_SUFFIX}"
-    if url.endswith("/") or (not url.startswith("s3://") and Path(url).is_dir()):
-        return url.rstrip("/") + "/" + name
-    return url
-
-
 def _seal(payload: bytes, passphrase: str) -> bytes:
     salt, nonce = os.urandom(16), os.urandom(12)
     header = _HEADER.pack(MAGIC, VERSION, KDF_SCRYPT, SCRYPT_LOG2N, SCRYPT_R, SCRYPT_P, salt, nonce)
@@ -234,7 +219,7 @@ def _open_bundle(
     if not passphrase or "\0" in passphrase:
         raise _WRONG
     url = newest_bundle(url, archive_config)
-    plain = _unseal(_fetch(url, archive_config), passphrase)
+    plain = _unseal(read_bundle(url, archive_config, 2 * MAX_BYTES), passphrase)
     try:
         payload = json.loads(plain)
         if payload["format"] != "ibreports-keys" or payload["version"] != VERSION:
@@ -268,73 +253,3 @@ def _safe_relpath(rel: str) -> bool:
         and all(p not in ("", ".", "..") and not p.startswith(".") and all(ord(c) >= 32 for c in p) for p in parts)
         and "\\" not in rel
     )
-
-
-BUNDLE_PREFIX, BUNDLE_SUFFIX = "ibreports-keys-", ".bundle"  # the dated names of _default_name
-
-
-def newest_bundle(url: str, archive_config: ArchiveConfig | None) -> str:
-    """``url`` itself, or for a folder (what ``keys backup --to`` took: a local folder or a URL
-    ending in '/') the newest dated bundle in it; the names sort by their UTC timestamp."""
-    if url.startswith("s3://"):
-        if not url.endswith("/"):
-            return url
-        from .archive.s3 import S3Archive, parse_s3_url
-
-        bucket, prefix = parse_s3_url(url)
-        with _bundle_errors(url):
-            listed = S3Archive(dataclasses.replace(archive_config or ArchiveConfig(), url=f"s3://{bucket}")).inventory(prefix)
-        below = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        names = [k[len(below):] for k in listed if k.startswith(below)]
-        base = f"s3://{bucket}/{below}"
-    else:
-        folder = Path(url)
-        if not folder.is_dir():
-            return url
-        names = [p.name for p in folder.iterdir() if p.is_file() and not p.is_symlink()]
-        base = str(folder).rstrip("/") + "/"
-    bundles = sorted(n for n in names if n.startswith(BUNDLE_PREFIX) and n.endswith(BUNDLE_SUFFIX) and "/" not in n)
-    if not bundles:
-        raise KeyMaterialError(
-            f"{url} holds no key backup ({BUNDLE_PREFIX}<timestamp>{BUNDLE_SUFFIX}).",
-            "Pass the bundle's own path or URL, or the folder that ibreports keys backup --to wrote to.",
-        )
-    return base + bundles[-1]
-
-
-@contextlib.contextmanager
-def _bundle_errors(url: str):
-    """S3 errors, told as key-backup errors: a missing bundle is a usage error, and no remedy
-    points at fetch (the archive's wording)."""
-    try:
-        yield
-    except ArchiveError as exc:
-        if "is not in the archive" in exc.message:
-            raise KeyMaterialError(
-                f"There is no key backup at {url}.",
-                "Check the URL: pass what ibreports keys backup --to printed, or the folder URL ending in '/'.",
-            ) from None
-        if "fetch" in exc.remedy:
-            raise type(exc)(exc.message, "Check the URL and the S3 settings ([archive] endpoint_url, region, "
-                                         "credentials), then run the keys command again.") from None
-        raise
-
-
-def _fetch(url: str, archive_config: ArchiveConfig | None) -> bytes:
-    if url.startswith("s3://"):
-        from .archive.s3 import download_file
-
-        with tempfile.TemporaryDirectory(prefix="ibreports-bundle-") as tmp:
-            dest = Path(tmp) / "keys.bundle"
-            with _bundle_errors(url):
-                download_file(archive_config or ArchiveConfig(), url, dest)
-            return dest.read_bytes()
-    path = Path(url)
-    try:
-        if path.stat().st_size > 2 * MAX_BYTES:
-            raise KeyMaterialError(f"{path} is too large to be a key backup.", "Pass the right --from.")
-        return path.read_bytes()
-    except OSError as exc:
-        raise KeyMaterialError(
-            f"The key backup {path} cannot be read ({exc.strerror}).", "Pass the right --from."
-        ) from None
