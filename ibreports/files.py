@@ -7,8 +7,8 @@ import fcntl
 import hashlib
 import logging
 import os
-import stat
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
