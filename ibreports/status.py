@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from . import statements
 from .archive import Archive, open_archive
 from .config import Config, SourceConfig
-from .errors import ConfigError, IbreportsError
+from .errors import IbreportsError
 from .remote import RemoteFile, open_remote
 
 
@@ -103,7 +103,7 @@ def collect_status(config: Config, sources: list[str] | None = None, now: float 
             listing = _list(source)
         except IbreportsError as exc:
             report.errors[source.name] = str(exc)
-            report.error_codes[source.name] = 2 if isinstance(exc, ConfigError) else 3
+            report.error_codes[source.name] = exc.source_exit_code
             continue
         for rf in listing:
             row = _row(config, source.name, rf, inventory, now)

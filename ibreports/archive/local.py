@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 class LocalArchive:
     """Archive objects as files under ``Path(config.url)``."""
 
+    features: frozenset[str] = frozenset()  # a local folder has no write-once retention
+
     def __init__(self, config: ArchiveConfig) -> None:
         self.root = Path(config.url)
         self.description = str(self.root)
