@@ -150,6 +150,7 @@ def restore_keys(
     try:
         make_private_dir(folder)
         report.folder_note = tighten_dir(folder)
+        refuse_links(folder, [*todo, f"{RETIRED}/x"])  # again, now that only we can change the folder
         for rel in todo:
             make_private_dir((folder / rel).parent)
         for rel, data in todo.items():
