@@ -88,12 +88,15 @@ def private_base(folder: Path, what: str, setting: str) -> None:
 
     Created 0700 when missing. An existing folder that is ours and open to others is tightened to
     0700 (logged once: it stays private afterwards); one that belongs to another user is refused,
-    since its owner could swap what we write for something else.
+    since its owner could swap what we write for something else. A sticky folder (``/tmp``) is left
+    as it is: others cannot rename or replace what we make in it.
     """
     from .errors import ConfigError
 
     make_private_dirs(folder)
     info = os.stat(folder)
+    if info.st_mode & stat.S_ISVTX:  # a shared temporary folder such as /tmp: never ours to close
+        return
     if info.st_uid != os.geteuid():
         raise ConfigError(
             f"The {what} {folder} belongs to another user (uid {info.st_uid}), who could replace what "

@@ -71,6 +71,14 @@ def test_an_archive_and_a_staging_folder_open_to_others_are_tightened_once(tmp_p
     assert stat.S_IMODE(root.stat().st_mode) == 0o700 and stat.S_IMODE(staging.stat().st_mode) == 0o700
     second = _cli_under_umask_0("--config", str(cfg), "fetch")
     assert second.returncode == 0 and "it is now 0700" not in second.stderr  # said once
+    # A shared sticky folder (as /tmp is) is never closed: others cannot replace what we make in it.
+    sticky = tmp_path / "shared-tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    cfg.write_text(cfg.read_text().replace(f'staging_dir = "{staging}"', f'staging_dir = "{sticky}"'))
+    third = _cli_under_umask_0("--config", str(cfg), "fetch")
+    assert third.returncode == 0 and "it is now 0700" not in third.stderr, third.stderr
+    assert stat.S_IMODE(sticky.stat().st_mode) == 0o1777 and list(sticky.iterdir()) == []
 
 
 def test_an_archive_or_staging_folder_of_another_user_is_refused(tmp_path, sftp_setup, sftp_client_key, pgp_key,
