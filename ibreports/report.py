@@ -146,6 +146,7 @@ def table_rows(report: RunReport) -> list[dict[str, str]]:
             "outcome": f.outcome,
             "reason": f.reason,
             "archive keys": " ".join(f.archive_keys),
+            "deleted from server": "yes" if f.deleted_from_server else "",
         }
         for f in report.files
     ]

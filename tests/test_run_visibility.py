@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ibreports.cli import main
+from ibreports.report import RunReport, table_rows
 from tests.configs import sftp_toml
 from tests.test_fetch import env, local_archive, sftp_setup, write_config  # noqa: F401 - fixtures
 
@@ -37,6 +38,9 @@ def test_every_deletion_on_the_server_is_shown_and_recorded(tmp_path, sftp_setup
     rows = {f["name"]: f for f in _latest_record(root)["files"]}
     assert set(rows) == set(delivered)
     assert all(r["deleted_from_server"] and r["outcome"] == "archived" for r in rows.values())
+    # The Prefect artifact's rows say it too.
+    artifact = table_rows(RunReport.from_dict(_latest_record(root)))
+    assert [r["deleted from server"] for r in artifact] == ["yes"] * len(delivered)
 
 
 def test_a_second_fetch_after_a_clean_one_reports_no_interrupted_run(tmp_path, sftp_setup, pgp_key, sftp_client_key,
