@@ -18,8 +18,8 @@ MAX_ROWS = 40
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fetch", help="list, download, verify, decrypt and archive new statements")
     p.add_argument("--source", action="append", dest="sources", metavar="NAME", help="only this source (repeatable)")
-    p.add_argument("--since", type=parse_date, help="statement date from (YYYY-MM-DD)")
-    p.add_argument("--until", type=parse_date, help="statement date until (YYYY-MM-DD)")
+    p.add_argument("--since", type=parse_date, metavar="DATE", help="statement date from (YYYY-MM-DD)")
+    p.add_argument("--until", type=parse_date, metavar="DATE", help="statement date until (YYYY-MM-DD)")
     p.add_argument("--dry-run", action="store_true", help="plan only: show what would be fetched")
     p.add_argument("--force", action="store_true", help="re-download archived files and verify them against the archive")
     p.set_defaults(handler=run)

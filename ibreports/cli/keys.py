@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pgp-bits", type=int, default=4096, help="PGP RSA key size (default 4096, 2048..4096)")
     p.add_argument("--pgp-expire", default="0", help="PGP key expiry: 0 = never (default), or e.g. 365, 2y")
     p.add_argument("--force", action="store_true", help="retire existing keys into <dir>/retired/<timestamp>/")
-    p.add_argument("--passphrase-file", help=f"file holding the key passphrase (else ${KEY_PASSPHRASE_ENV} or a prompt)")
+    p.add_argument("--passphrase-file", metavar="PATH", help=f"file holding the key passphrase (else ${KEY_PASSPHRASE_ENV} or a prompt)")
     p.set_defaults(handler=keygen)
 
     keys = sub.add_parser("keys", help="back up, restore or check the key folder")
@@ -31,17 +31,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--to", required=True, metavar="URL",
                    help="local path or s3://bucket/key (a folder, or a URL ending in '/', gets a dated file name)")
     b.add_argument("--dir", default="keys", help="key folder (default: keys)")
-    b.add_argument("--passphrase-file", help=pass_help)
+    b.add_argument("--passphrase-file", metavar="PATH", help=pass_help)
     b.set_defaults(handler=backup)
     r = ksub.add_parser("restore", help="restore a bundle after checking it; refuses to overwrite different keys")
     r.add_argument("--from", required=True, dest="source", metavar="URL", help=from_help)
     r.add_argument("--dir", default="keys", help="key folder (default: keys)")
     r.add_argument("--force", action="store_true", help="retire different existing files into <dir>/retired/<timestamp>/")
-    r.add_argument("--passphrase-file", help=pass_help)
+    r.add_argument("--passphrase-file", metavar="PATH", help=pass_help)
     r.set_defaults(handler=restore)
     v = ksub.add_parser("verify", help="decrypt and check a bundle without writing anything")
     v.add_argument("--from", required=True, dest="source", metavar="URL", help=from_help)
-    v.add_argument("--passphrase-file", help=pass_help)
+    v.add_argument("--passphrase-file", metavar="PATH", help=pass_help)
     v.set_defaults(handler=verify)
 
 
