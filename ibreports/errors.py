@@ -11,6 +11,7 @@ class IbreportsError(Exception):
     """Base error: a one-sentence cause plus a remedy. Never holds a secret."""
 
     exit_code = 1
+    summary = "failed"  # how a run summary and alerts name a source that failed with this error
 
     def __init__(self, message: str, remedy: str = "") -> None:
         super().__init__(message)
@@ -25,6 +26,7 @@ class ConfigError(IbreportsError):
     """Bad configuration, bad arguments or bad user input (exit 2)."""
 
     exit_code = 2
+    summary = "misconfigured"
 
 
 class KeyMaterialError(ConfigError):
@@ -35,14 +37,31 @@ class ConnectionFailure(IbreportsError):
     """The server could not be reached or the connection broke (exit 3). Transient."""
 
     exit_code = 3
+    summary = "unreachable"
+
+
+class TooSlowError(ConnectionFailure):
+    """The server sent data below the minimum rate: dropped, not retried at once (exit 3)."""
+
+    summary = "too slow"
 
 
 class HostKeyError(ConnectionFailure):
     """Unknown or changed host key (exit 3). Never retried."""
 
+    summary = "host key refused"
+
+
+class CertificateError(HostKeyError):
+    """The FTPS server's certificate could not be verified (exit 3). Never retried."""
+
+    summary = "certificate refused"
+
 
 class AuthenticationError(ConnectionFailure):
     """The server refused our credentials (exit 3). Never retried."""
+
+    summary = "login refused"
 
 
 class RemoteFileError(IbreportsError):

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Iterator
 
 from ..config import SourceConfig
-from ..errors import ConnectionFailure, FileChangedError, RemoteFileError
+from ..errors import ConnectionFailure, FileChangedError, IbreportsError, RemoteFileError
 from ..files import HashingWriter, create_private
-from . import Progress, RemoteFile
-from .ftpconn import NETWORK_ERRORS, DataChannelError, connect, supports_mlsd
+from . import Progress, net
+from .ftpconn import NETWORK_ERRORS, connect, ftp_failure, supports_mlsd
+from .listing import Guard, Listing, entry, skip
 
 BLOCK = 1 << 16
+MAX_LINE = 8192  # bytes per listing line (ftplib's own limit)
 IDLE_CHECK = 30  # seconds idle after which a pooled connection is probed with NOOP
 
 
@@ -31,21 +33,55 @@ class _LocalWriteError(Exception):
 
 
 def _mtime(value: str) -> float:
-    """RFC 3659 time-val (YYYYMMDDHHMMSS[.sss], UTC) to epoch seconds."""
+    """RFC 3659 time-val (YYYYMMDDHHMMSS[.sss], UTC) to epoch seconds; ValueError when it is not one."""
+    value = value.strip()
+    if len(value) < 14 or not value[:14].isdigit() or not (len(value) == 14 or value[14] == "." and value[15:].isdigit()):
+        raise ValueError(f"modification time {value[:40]!r} is not YYYYMMDDHHMMSS[.sss]")
     stamp = datetime.datetime.strptime(value[:14], "%Y%m%d%H%M%S").replace(tzinfo=datetime.timezone.utc)
-    frac = float("0" + value[14:]) if value[14:15] == "." else 0.0
+    frac = float("0" + value[14:]) if len(value) > 15 else 0.0
     return stamp.timestamp() + frac
+
+
+def _size(value: str) -> int:
+    value = value.strip()
+    if not value.isdigit():
+        raise ValueError(f"size {value[:40]!r} is not a number")
+    return int(value)
+
+
+def _lines(ftp: ftplib.FTP, cmd: str, guard: Guard, listing: Listing, source: SourceConfig) -> Iterator[bytes]:
+    """The lines of a listing command, as bytes, counted by ``guard``.
+
+    ftplib's ``mlsd``/``nlst`` read without bound, and one line that is not UTF-8 or longer than
+    8 KiB fails the whole listing there; here such a line is skipped and named.
+    """
+    ftp.sendcmd("TYPE A")
+    with ftp.transfercmd(cmd) as conn, conn.makefile("rb") as fp:
+        while line := fp.readline(MAX_LINE):
+            guard.add(len(line), 1)
+            if not line.endswith(b"\n") and len(line) >= MAX_LINE:
+                while (rest := fp.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                    guard.add(len(rest))
+                guard.add(len(rest))
+                skip(listing, source, line[:60].decode("utf-8", "replace") + "...",
+                     f"listing line longer than {MAX_LINE} bytes")
+                continue
+            yield line.rstrip(b"\r\n")
+        if isinstance(conn, ssl.SSLSocket):
+            conn.unwrap()
+    ftp.voidresp()
 
 
 class FtpRemote:
     """Logged-in FTP session(s) for one source; thread-safe, reconnects as needed."""
 
-    def __init__(self, source: SourceConfig) -> None:
+    def __init__(self, source: SourceConfig, ftp: ftplib.FTP | None = None) -> None:
+        """Connect and log in; or take over ``ftp``, already logged in (``doctor`` runs the steps)."""
         self.source = source
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(source.connections)
         self._idle: list[tuple[ftplib.FTP, float]] = []
-        first = connect(source)
+        first = ftp if ftp is not None else connect(source)
         self._mlsd = supports_mlsd(first)
         self._idle.append((first, time.monotonic()))
 
@@ -83,21 +119,8 @@ class FtpRemote:
         with self._lock:
             self._idle.append((ftp, time.monotonic()))
 
-    def _broken(self, exc: BaseException, what: str) -> ConnectionFailure:
-        where = f"{self.source.host}:{self.source.port}"
-        if isinstance(exc, DataChannelError):
-            remedy = (
-                "Passive mode is on: a firewall blocks outgoing connections to the server's passive data ports "
-                "(above 1024); allow them." if self.source.passive else
-                "Active mode needs the server to connect back to you, which firewalls and NAT block: set passive = true."
-            )
-            return ConnectionFailure(f"Cannot open the FTP data connection for {what} ({exc}).", remedy)
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return ConnectionFailure(f"The FTPS data channel certificate of {where} could not be verified.", "Set ca_file.")
-        return ConnectionFailure(
-            f"The connection to {where} broke during {what} ({type(exc).__name__}: {exc}).",
-            "Retried automatically; if it persists, check the network.",
-        )
+    def _broken(self, exc: BaseException, what: str) -> IbreportsError:
+        return ftp_failure(exc, self.source, what)
 
     @staticmethod
     def _check(name: str) -> str:
@@ -105,8 +128,12 @@ class FtpRemote:
             raise RemoteFileError(f"Refusing remote name {name!r}.", "Only plain file names are fetched.")
         return name
 
-    def list(self) -> list[RemoteFile]:
-        """Regular files in remote_dir, via MLSD when offered, else NLST + SIZE + MDTM."""
+    def list(self) -> Listing:
+        """Regular files in remote_dir, via MLSD when offered, else NLST + SIZE + MDTM.
+
+        Entries with an impossible size or time are skipped and named (``Listing.skipped``);
+        a listing beyond MAX_ENTRIES / MAX_BYTES stops with RemoteFileError.
+        """
         with self._conn() as ftp:
             try:
                 if self._mlsd:
@@ -122,40 +149,76 @@ class FtpRemote:
                     f"The server refused to list {self.source.remote_dir!r} ({exc}).",
                     "Check remote_dir and ask IBKR to check the folder's permissions.",
                 ) from None
-            except (*NETWORK_ERRORS, ssl.SSLError) as exc:
+            except IbreportsError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
                 raise self._broken(exc, "the listing") from None
 
-    def _list_mlsd(self, ftp: ftplib.FTP) -> list[RemoteFile]:
-        entries = list(ftp.mlsd())
+    def _list_mlsd(self, ftp: ftplib.FTP) -> Listing:
+        files = Listing()
+        entries = []
+        for line in _lines(ftp, "MLSD", Guard(self.source), files, self.source):
+            raw_facts, _, raw_name = line.partition(b" ")
+            try:
+                name = raw_name.decode("utf-8")
+            except UnicodeDecodeError:
+                skip(files, self.source, raw_name.decode("utf-8", "replace"), "the name is not valid UTF-8")
+                continue
+            facts = {}
+            for fact in raw_facts.decode("ascii", "replace").rstrip(";").split(";"):
+                key, _, value = fact.partition("=")
+                facts[key.lower()] = value
+            entries.append((name, facts))
         ftp.voidcmd("TYPE I")  # listing switched to ASCII; SIZE and RETR need binary
-        files = []
         for name, facts in entries:
             if facts.get("type", "").lower() != "file" or "/" in name:
                 continue
-            size = int(facts["size"]) if "size" in facts else ftp.size(name)
-            mtime = _mtime(facts["modify"]) if "modify" in facts else self._mdtm(ftp, name)
-            files.append(RemoteFile(name, int(size or 0), mtime))
+            try:
+                size = _size(facts["size"]) if "size" in facts else self._size(ftp, name)
+                mtime = _mtime(facts["modify"]) if "modify" in facts else self._mdtm(ftp, name)
+            except (ValueError, OverflowError) as exc:
+                skip(files, self.source, name, str(exc))
+                continue
+            entry(files, self.source, name, size, mtime)
         return files
 
-    def _list_nlst(self, ftp: ftplib.FTP) -> list[RemoteFile]:
+    def _list_nlst(self, ftp: ftplib.FTP) -> Listing:
+        files = Listing()
         try:
-            names = ftp.nlst()
+            lines = list(_lines(ftp, "NLST", Guard(self.source), files, self.source))
         except ftplib.error_perm as exc:
             if str(exc)[:3] in ("450", "550"):  # some servers answer an empty folder with "no files"
-                return []
+                return files
             raise
         ftp.voidcmd("TYPE I")  # listing switched to ASCII; SIZE and RETR need binary
-        files = []
-        for raw in names:
-            name = posixpath.basename(raw.rstrip("/"))
+        for raw in lines:
+            try:
+                name = posixpath.basename(raw.decode("utf-8").rstrip("/"))
+            except UnicodeDecodeError:
+                skip(files, self.source, raw.decode("utf-8", "replace"), "the name is not valid UTF-8")
+                continue
             if name in ("", ".", ".."):
                 continue
             try:
-                size = ftp.size(name)  # refused for folders: that is how they are told apart here
+                size = self._size(ftp, name)  # refused for folders: that is how they are told apart here
             except ftplib.error_perm:
                 continue
-            files.append(RemoteFile(name, int(size or 0), self._mdtm(ftp, name)))
+            try:
+                mtime = self._mdtm(ftp, name)
+            except (ValueError, OverflowError) as exc:
+                skip(files, self.source, name, str(exc))
+                continue
+            entry(files, self.source, name, size, mtime)
         return files
+
+    @staticmethod
+    def _size(ftp: ftplib.FTP, name: str) -> int | str:
+        """SIZE of ``name``; the raw answer (an impossible size, skipped by the caller) when not a number."""
+        reply = ftp.sendcmd(f"SIZE {name}")
+        try:
+            return _size(reply[3:]) if reply[:3] == "213" else reply[:40]
+        except ValueError:
+            return reply[3:].strip()[:40]
 
     @staticmethod
     def _mdtm(ftp: ftplib.FTP, name: str) -> float:
@@ -163,7 +226,7 @@ class FtpRemote:
             reply = ftp.voidcmd(f"MDTM {name}")
         except ftplib.error_perm:
             return 0.0  # unknown age: treated as old, so it is fetched rather than waited for
-        return _mtime(reply.split()[-1])
+        return _mtime(reply[3:])
 
     def download(self, name: str, dest: Path, expected_size: int, progress: Progress | None = None) -> str:
         """Stream ``name`` into a new 0600 ``dest``; returns its SHA-256. RemoteFileError (dest removed) on a size mismatch."""
@@ -176,6 +239,7 @@ class FtpRemote:
                 try:
                     with self._conn() as ftp:
                         ftp.voidcmd("TYPE I")  # every transfer in binary, whatever ran before
+                        guard = net.RateGuard(self.source, f"the download of {name}")
                         with ftp.transfercmd(f"RETR {name}") as conn:
                             while data := conn.recv(BLOCK):
                                 try:
@@ -183,6 +247,7 @@ class FtpRemote:
                                 except OSError as exc:
                                     raise _LocalWriteError() from exc
                                 written += len(data)
+                                guard.feed(len(data))
                                 if progress:
                                     progress(len(data))
                             if isinstance(conn, ssl.SSLSocket):

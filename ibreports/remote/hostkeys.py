@@ -66,8 +66,10 @@ def check_host_key(source: SourceConfig, key: paramiko.PKey, known: dict[str, pa
     where = host_id(source.host, source.port)
     if not known:
         raise HostKeyError(
-            f"Host key for {where} is not in {source.known_hosts}.",
-            f"Verify the fingerprint with IBKR and run: ibreports trust-host --source {source.name}",
+            f"Host key for {where} is not in {source.known_hosts} (the server shows {key.get_name()} "
+            f"{fingerprint(key)}).",
+            f"Verify this fingerprint with IBKR, then run: ibreports trust-host --source {source.name} "
+            f"--fingerprint {fingerprint(key)}",
         )
     recorded = known.get(key.get_name())
     if recorded is not None and recorded.asbytes() == key.asbytes():

@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Iterator
 
 import paramiko
-from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, int64
+from paramiko.sftp import (
+    CMD_CLOSE, CMD_DATA, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READ, CMD_READDIR, CMD_STATUS, int64,
+)
 
 from ..config import SourceConfig
-from ..errors import ConfigError, ConnectionFailure, IbreportsError, FileChangedError, RemoteFileError
+from ..errors import AuthenticationError, ConfigError, ConnectionFailure, IbreportsError, FileChangedError, RemoteFileError
 from ..files import HashingWriter, create_private
-from . import Progress, RemoteFile
-from .ssh import authenticate, load_private_key, start_transport
+from . import Progress, net
+from .listing import Guard, Listing, entry, skip
+from .ssh import Sha1Only, authenticate, load_private_key, ssh_failure, start_transport
 
 # Read requests of 127 KiB in 128 KiB channel packets (see ssh.WINDOW/MAX_PACKET): paramiko's
 # per-packet cost dominates bulk downloads, and 4x fewer packets took 600 MB from 5.1 s to 2.9 s
@@ -107,6 +110,39 @@ def _pipelined(client: paramiko.SFTPClient, handle: bytes, size: int, name: str)
             return  # end of file before the listed size: the caller compares sizes
 
 
+def _read_folder(client: paramiko.SFTPClient, folder: str, guard: Guard) -> list[tuple[str | bytes, paramiko.SFTPAttributes]]:
+    """READDIR until the end, counted by ``guard``: paramiko's listdir_attr reads without bound and
+    fails the whole listing on one name that is not UTF-8 (returned here as bytes)."""
+    t, msg = client._request(CMD_OPENDIR, folder)
+    if t != CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    handle = msg.get_binary()
+    entries: list[tuple[str | bytes, paramiko.SFTPAttributes]] = []
+    while True:
+        try:
+            t, msg = client._request(CMD_READDIR, handle)
+        except EOFError:
+            break
+        if t != CMD_NAME:
+            raise paramiko.SFTPError("Expected name response")
+        count = msg.get_int()
+        guard.add(len(msg.asbytes()), count)
+        for _ in range(count):
+            raw = msg.get_string()
+            msg.get_string()  # longname
+            attr = paramiko.SFTPAttributes._from_msg(msg)
+            if raw in (b".", b".."):
+                continue
+            try:
+                name: str | bytes = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                name = raw
+            attr.filename = name if isinstance(name, str) else ""
+            entries.append((name, attr))
+    client._request(CMD_CLOSE, handle)
+    return entries
+
+
 def _discard(client: paramiko.SFTPClient) -> None:
     """Close a channel that may sit on a dead transport (closing then raises EOFError)."""
     try:
@@ -118,21 +154,31 @@ def _discard(client: paramiko.SFTPClient) -> None:
 class SftpRemote:
     """A logged-in sFTP session; thread-safe, reconnects when the transport died."""
 
-    def __init__(self, source: SourceConfig) -> None:
+    def __init__(self, source: SourceConfig, transport: paramiko.Transport | None = None,
+                 key: paramiko.PKey | None = None) -> None:
+        """Connect and log in; or take over ``transport``, already logged in (``doctor`` runs the steps)."""
         self.source = source
-        self._key = load_private_key(source)
+        self._key = key if key is not None else load_private_key(source)
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(source.connections)
         self._idle: list[paramiko.SFTPClient] = []
         self._transport: paramiko.Transport | None = None
         with self._lock:
-            self._connect()
+            if transport is None:
+                self._connect()
+            else:
+                transport.set_keepalive(KEEPALIVE)
+                self._transport = transport
 
     def _connect(self) -> None:
         transport = start_transport(self.source)
         try:
             authenticate(self.source, transport, self._key)
-        except IbreportsError:
+        except Sha1Only as exc:  # fetch does not fall back to SHA-1 on its own: the user opts in
+            transport.close()
+            exc.transport.close()
+            raise AuthenticationError(exc.message, exc.remedy) from None
+        except BaseException:
             transport.close()
             raise
         transport.set_keepalive(KEEPALIVE)
@@ -157,9 +203,7 @@ class SftpRemote:
                     if self._transport is transport:
                         self._close_all()
                 if attempt == 2:
-                    raise ConnectionFailure(
-                        f"Cannot open an SFTP channel on {self.source.host} ({type(exc).__name__}).", "Try again."
-                    ) from None
+                    raise ssh_failure(exc, self.source, "opening an SFTP channel") from None
                 continue
             if client is None:
                 raise ConnectionFailure(f"The server at {self.source.host} refused an SFTP channel.", "Try again later.")
@@ -194,16 +238,8 @@ class SftpRemote:
             return RemoteFileError(f"{name} does not exist on the server (any more).", "It may have been purged or deleted.")
         if code in (errno.EACCES, errno.EPERM):
             return RemoteFileError(f"Permission denied for {name} on the server.", "Ask IBKR to check the folder's permissions.")
-        if isinstance(exc, TimeoutError):
-            return ConnectionFailure(
-                f"{self.source.host}:{self.source.port} sent nothing for {self.source.timeout:g} s.",
-                "Retried automatically; if it persists, check the network or raise timeout.",
-            )
-        if isinstance(exc, (EOFError, paramiko.SSHException, ConnectionError)) or not self._alive(client):
-            return ConnectionFailure(
-                f"The connection to {self.source.host}:{self.source.port} broke ({type(exc).__name__}).",
-                "Retried automatically; if it persists, check the network.",
-            )
+        if isinstance(exc, (TimeoutError, EOFError, paramiko.SSHException, ConnectionError)) or not self._alive(client):
+            return ssh_failure(exc, self.source, f"the transfer of {name}")
         return RemoteFileError(f"The server failed on {name} ({exc}).", "Try again later.")
 
     @staticmethod
@@ -211,22 +247,36 @@ class SftpRemote:
         channel = client.get_channel()
         return not channel.closed and channel.get_transport().is_active()
 
-    def list(self) -> list[RemoteFile]:
-        """Regular files in remote_dir (a link counts when it points to a regular file)."""
+    def list(self) -> Listing:
+        """Regular files in remote_dir (a link counts when it points to a regular file).
+
+        Entries with an impossible size or time are skipped and named (``Listing.skipped``);
+        a listing beyond MAX_ENTRIES / MAX_BYTES stops with RemoteFileError.
+        """
         folder = self.source.remote_dir
         with self._client() as client:
             try:
-                entries = client.listdir_attr(folder)
+                entries = _read_folder(client, folder, Guard(self.source))
+            except IbreportsError:
+                raise
             except Exception as exc:  # noqa: BLE001 - classified below
                 if getattr(exc, "errno", None) in (errno.ENOENT, errno.ENOTDIR):
                     raise ConfigError(
                         f"Remote folder {folder!r} does not exist on {self.source.host}.",
                         "Set remote_dir to the folder IBKR delivers to (usually 'outgoing').",
                     ) from None
+                if getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM):
+                    raise RemoteFileError(
+                        f"Permission denied listing {folder!r} on {self.source.host}.",
+                        "Ask IBKR to check the folder's permissions for this username.",
+                    ) from None
                 raise self._error(exc, folder, client) from None
-            files = []
-            for attr in entries:
-                name, mode = attr.filename, attr.st_mode or 0
+            files = Listing()
+            for name, attr in entries:
+                if isinstance(name, bytes):
+                    skip(files, self.source, name.decode("utf-8", "replace"), "the name is not valid UTF-8")
+                    continue
+                mode = attr.st_mode or 0
                 if stat.S_ISLNK(mode):
                     try:
                         attr = client.stat(posixpath.join(folder, name))
@@ -234,7 +284,10 @@ class SftpRemote:
                         continue
                     mode = attr.st_mode or 0
                 if stat.S_ISREG(mode):
-                    files.append(RemoteFile(name, int(attr.st_size or 0), float(attr.st_mtime or 0)))
+                    if attr.st_size is None:
+                        skip(files, self.source, name, "the server gave no size")
+                        continue
+                    entry(files, self.source, name, attr.st_size, attr.st_mtime or 0)
             return files
 
     def download(self, name: str, dest: Path, expected_size: int, progress: Progress | None = None) -> str:
@@ -269,6 +322,7 @@ class SftpRemote:
                 "It is fetched again on the next run (a file still being written settles first).",
             )
         written = 0
+        guard = net.RateGuard(self.source, f"the download of {name}")
         blocks = _pipelined(client, fh.handle, size, name)
         while True:
             try:
@@ -279,6 +333,7 @@ class SftpRemote:
                 break
             out.write(data)
             written += len(data)
+            guard.feed(len(data))
             if progress:
                 progress(len(data))
         try:
