@@ -266,7 +266,7 @@ class FtpRemote:
             if written != expected_size and current == expected_size:
                 raise ConnectionFailure(
                     f"The FTP data connection for {name} closed after {written} of {expected_size} bytes.",
-                    "Retried automatically; if it persists, check the network.",
+                    net.RETRY,
                 )
             if written != expected_size:
                 raise FileChangedError(

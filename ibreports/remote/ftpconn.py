@@ -91,22 +91,15 @@ def ftp_failure(exc: BaseException, source: SourceConfig, during: str) -> Ibrepo
             "Check host, port and tls (IBKR's FTP server speaks explicit FTPS on port 21).",
         )
     if isinstance(exc, TimeoutError):
-        return ConnectionFailure(
-            f"{at} sent nothing for {source.timeout:g} s during {during}.",
-            "Retried automatically; if it persists, check the network or raise timeout.",
-        )
+        return net.idle(source, during)
     if isinstance(exc, ftplib.error_temp):
-        return ConnectionFailure(f"{at} turned us away during {during} ({str(exc)[:80]}).",
-                                 "Try again later; if it persists, ask IBKR.")
+        return ConnectionFailure(f"{at} turned us away during {during} ({str(exc)[:80]}).", net.TRY_LATER)
     if isinstance(exc, (ftplib.error_proto, ftplib.error_reply, UnicodeDecodeError)):
         return ConnectionFailure(
             f"{at} answered {during} with something an FTP server does not say ({str(exc)[:60]!r}).",
             f"Check host and port ({net.IBKR_SERVERS['ftp']}).",
         )
-    return ConnectionFailure(
-        f"The connection to {at} broke during {during} ({type(exc).__name__}: {exc}).",
-        "Retried automatically; if it persists, check the network.",
-    )
+    return net.broke(source, during, exc)
 
 
 def certificate_error(source: SourceConfig, exc: ssl.SSLCertVerificationError) -> CertificateError:
@@ -168,8 +161,7 @@ def welcome(source: SourceConfig, sock: socket.socket) -> ftplib.FTP:
     except BaseException as exc:
         ftp.close()
         if isinstance(exc, ftplib.error_temp):
-            raise ConnectionFailure(f"{net.where(source)} turned us away ({exc}).",
-                                    "Try again later; if it persists, ask IBKR.") from None
+            raise ConnectionFailure(f"{net.where(source)} turned us away ({exc}).", net.TRY_LATER) from None
         if isinstance(exc, (ftplib.error_proto, ftplib.error_reply, ftplib.error_perm, UnicodeDecodeError)):
             raise net.wrong_protocol(source, str(exc)[:60]) from None
         if isinstance(exc, TimeoutError):
@@ -236,7 +228,7 @@ def change_dir(ftp: ftplib.FTP, source: SourceConfig) -> None:
     except ftplib.error_perm as exc:
         raise ConfigError(
             f"Remote folder {source.remote_dir!r} is not accessible on {source.host} ({exc}).",
-            "Set remote_dir to the folder IBKR delivers to (usually 'outgoing').",
+            net.REMOTE_DIR,
         ) from None
     except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
         raise ftp_failure(exc, source, "changing to remote_dir") from None

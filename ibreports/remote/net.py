@@ -26,6 +26,11 @@ WHITELIST = (
 )
 
 
+RETRY = "Retried automatically; if it persists, check the network."
+TRY_LATER = "Try again later; if it persists, ask IBKR."
+REMOTE_DIR = "Set remote_dir to the folder IBKR delivers to (usually 'outgoing')."
+
+
 def where(source: SourceConfig) -> str:
     return f"{source.host}:{source.port}"
 
@@ -100,6 +105,19 @@ def tcp_failure(source: SourceConfig, ip: str, exc: OSError) -> ConnectionFailur
             f"and proxy settings (it would connect from {egress_address(ip, source.port)}).",
         )
     return ConnectionFailure(f"Cannot connect to {at}: {exc.strerror or exc}.", "Check the network, host and port.")
+
+
+def idle(source: SourceConfig, during: str) -> ConnectionFailure:
+    """A connected server that stopped sending (the per-read time-out)."""
+    return ConnectionFailure(
+        f"{where(source)} sent nothing for {source.timeout:g} s during {during}.",
+        "Retried automatically; if it persists, check the network or raise timeout.",
+    )
+
+
+def broke(source: SourceConfig, during: str, exc: BaseException) -> ConnectionFailure:
+    """A connection that was cut (reset, closed, EOF)."""
+    return ConnectionFailure(f"The connection to {where(source)} broke during {during} ({type(exc).__name__}).", RETRY)
 
 
 def silent(source: SourceConfig, waited: float) -> ConnectionFailure:

@@ -206,7 +206,7 @@ class SftpRemote:
                     raise ssh_failure(exc, self.source, "opening an SFTP channel") from None
                 continue
             if client is None:
-                raise ConnectionFailure(f"The server at {self.source.host} refused an SFTP channel.", "Try again later.")
+                raise ConnectionFailure(f"The server at {self.source.host} refused an SFTP channel.", net.TRY_LATER)
             client.get_channel().settimeout(self.source.timeout)
             return client
         raise AssertionError("unreachable")
@@ -240,7 +240,7 @@ class SftpRemote:
             return RemoteFileError(f"Permission denied for {name} on the server.", "Ask IBKR to check the folder's permissions.")
         if isinstance(exc, (TimeoutError, EOFError, paramiko.SSHException, ConnectionError)) or not self._alive(client):
             return ssh_failure(exc, self.source, f"the transfer of {name}")
-        return RemoteFileError(f"The server failed on {name} ({exc}).", "Try again later.")
+        return RemoteFileError(f"The server failed on {name} ({exc}).", net.TRY_LATER)
 
     @staticmethod
     def _alive(client: paramiko.SFTPClient) -> bool:
@@ -263,7 +263,7 @@ class SftpRemote:
                 if getattr(exc, "errno", None) in (errno.ENOENT, errno.ENOTDIR):
                     raise ConfigError(
                         f"Remote folder {folder!r} does not exist on {self.source.host}.",
-                        "Set remote_dir to the folder IBKR delivers to (usually 'outgoing').",
+                        net.REMOTE_DIR,
                     ) from None
                 if getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM):
                     raise RemoteFileError(
@@ -300,7 +300,7 @@ class SftpRemote:
                 written = self._stream(client, path, name, expected_size, out, progress)
                 if written != expected_size:
                     if not self._alive(client):
-                        raise ConnectionFailure(f"The connection broke while downloading {name}.", "Retried automatically.")
+                        raise ConnectionFailure(f"The connection broke while downloading {name}.", net.RETRY)
                     raise FileChangedError(
                         f"{name}: received {written} bytes, expected {expected_size}; it changed during the download.",
                         "It is fetched again on the next run.",

@@ -100,15 +100,9 @@ def ssh_failure(exc: BaseException, source: SourceConfig, during: str) -> Ibrepo
     if isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower():
         return net.silent(source, source.timeout)  # behind a ProxyCommand paramiko is the one waiting
     if isinstance(exc, TimeoutError):
-        return ConnectionFailure(
-            f"{at} sent nothing for {source.timeout:g} s during {during}.",
-            "Retried automatically; if it persists, check the network or raise timeout.",
-        )
+        return net.idle(source, during)
     if isinstance(exc, (EOFError, ConnectionError)):
-        return ConnectionFailure(
-            f"The connection to {at} broke during {during} ({type(exc).__name__}).",
-            "Retried automatically; if it persists, check the network.",
-        )
+        return net.broke(source, during, exc)
     return ConnectionFailure(
         f"SSH {during} with {at} failed ({type(exc).__name__}: {exc}).",
         f"Check that host and port point to the sFTP server ({net.IBKR_SERVERS['sftp']}) and that nothing on "
