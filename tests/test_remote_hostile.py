@@ -18,6 +18,7 @@ from ibreports.remote import open_remote
 from ibreports.remote.listing import MAX_ENTRIES
 from ibreports.sandbox import SandboxServer, file_attr
 from tests.fixtures.rawftp import RawFtpServer
+from tests.helpers import source_config
 
 GOOD = "U1234567.DailyActivity.20261101.20261101.xml.pgp"
 
@@ -37,8 +38,8 @@ def raw_ftp():
 
 
 def raw_source(server: RawFtpServer, timeout: float = 5.0) -> SourceConfig:
-    return SourceConfig(
-        name="raw-ftp", kind="ftp", host=server.host, port=server.port, username=server.username,
+    return source_config(
+        "ftp", name="raw-ftp", host=server.host, port=server.port, username=server.username,
         password=Secret(server.password, "sources.raw-ftp.password", Path("/")), remote_dir="outgoing",
         timeout=timeout, settle_seconds=0,
     )
@@ -98,8 +99,8 @@ def sandbox(tmp_path, sftp_client_key):
 
 
 def sandbox_source(server: SandboxServer, key, tmp_path, timeout: float = 5.0) -> SourceConfig:
-    return SourceConfig(
-        name="sandbox", kind="sftp", host=server.host, port=server.port, username=server.username,
+    return source_config(
+        "sftp", name="sandbox", host=server.host, port=server.port, username=server.username,
         key_file=key[0], key_passphrase=Secret(key[2], "sources.sandbox.key_passphrase", tmp_path) if key[2] else None,
         known_hosts=server.write_known_hosts(tmp_path / "known_hosts"), remote_dir="/outgoing", timeout=timeout,
         settle_seconds=0,

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..config import SourceConfig
 from ..remote.ftp import FtpRemote
 from ..remote.ftpconn import change_dir, login, secure, welcome
-from .steps import Checklist, Sample, connect_tcp, count_detail, download_sample, pick_sample, resolve
+from .steps import Checklist, Sample, connect_tcp, listing_detail, download_sample, pick_sample, resolve
 
 
 def check_ftp(source: SourceConfig, cl: Checklist, stack: ExitStack, staging: Path) -> Sample | None:
@@ -26,7 +26,7 @@ def check_ftp(source: SourceConfig, cl: Checklist, stack: ExitStack, staging: Pa
     ftp = cl.step("welcome", _welcome, source, sock)
     if ftp is not None:
         stack.callback(ftp.close)
-    if source.tls:
+    if source.settings.tls:
         cl.step("tls", _tls, source, ftp)
     cl.step("login", _login, source, ftp)
     cl.step("folder", _cwd, source, ftp)
@@ -35,12 +35,12 @@ def check_ftp(source: SourceConfig, cl: Checklist, stack: ExitStack, staging: Pa
         remote = FtpRemote(source, ftp)
         stack.callback(remote.close)
     files = cl.step("data", _data, source, remote, ftp)
-    files = cl.step("list", lambda: (files, count_detail(source.remote_dir, files)))
+    files = cl.step("list", lambda: (files, listing_detail(source.settings.remote_dir, files)))
     if files is None:
         return None
     chosen = pick_sample(files)
     if chosen is None:
-        return cl.skip("sample", f"no encrypted file in {source.remote_dir} to test")
+        return cl.skip("sample", f"no encrypted file in {source.settings.remote_dir} to test")
     return cl.step("sample", download_sample, source, remote, chosen, staging)
 
 
@@ -57,13 +57,13 @@ def _tls(source: SourceConfig, ftp: ftplib.FTP_TLS):
 
 
 def _login(source: SourceConfig, ftp: ftplib.FTP):
-    login(ftp, source, source.password.get() if source.password else "")
-    return None, f"user {source.username}" + (", data channel protected (PROT P)" if source.tls else "")
+    login(ftp, source, source.settings.password.get() if source.settings.password else "")
+    return None, f"user {source.settings.username}" + (", data channel protected (PROT P)" if source.settings.tls else "")
 
 
 def _cwd(source: SourceConfig, ftp: ftplib.FTP):
     change_dir(ftp, source)
-    return None, source.remote_dir
+    return None, source.settings.remote_dir
 
 
 def _data(source: SourceConfig, remote: FtpRemote, ftp: ftplib.FTP):

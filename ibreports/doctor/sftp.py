@@ -15,14 +15,14 @@ from ..config import SourceConfig
 from ..remote.hostkeys import fingerprint, known_keys
 from ..remote.sftp import SftpRemote
 from ..remote.ssh import Sha1Only, authenticate, load_private_key, negotiate, open_socket, verify_host_key, wait_banner
-from .steps import Checklist, Degraded, Sample, connect_tcp, count_detail, download_sample, pick_sample, resolve
+from .steps import Checklist, Degraded, Sample, connect_tcp, listing_detail, download_sample, pick_sample, resolve
 
 
 def check_sftp(source: SourceConfig, cl: Checklist, stack: ExitStack, staging: Path) -> Sample | None:
     """Run every sFTP step for ``source``; returns the downloaded sample, if any."""
     key = cl.step("key", _load_key, source, blocking=False)
-    if source.proxy_command:
-        sock = cl.step("proxy", lambda: (open_socket(source), f"proxy_command for {source.host}:{source.port}"))
+    if source.settings.proxy_command:
+        sock = cl.step("proxy", lambda: (open_socket(source), f"proxy_command for {source.settings.host}:{source.settings.port}"))
     else:
         addresses = cl.step("dns", resolve, source) or []
         sock = cl.step("tcp", connect_tcp, source, addresses)
@@ -45,14 +45,14 @@ def check_sftp(source: SourceConfig, cl: Checklist, stack: ExitStack, staging: P
         return None
     chosen = pick_sample(files)
     if chosen is None:
-        return cl.skip("sample", f"no encrypted file in {source.remote_dir} to test")
+        return cl.skip("sample", f"no encrypted file in {source.settings.remote_dir} to test")
     return cl.step("sample", download_sample, source, remote, chosen, staging)
 
 
 def _load_key(source: SourceConfig) -> tuple[paramiko.PKey, str]:
     key = load_private_key(source)
     bits = f" {key.get_bits()} bits" if key.get_bits() else ""
-    return key, f"{Path(str(source.key_file)).name}: {key.get_name()}{bits} {fingerprint(key)}"
+    return key, f"{Path(str(source.settings.key_file)).name}: {key.get_name()}{bits} {fingerprint(key)}"
 
 
 def _banner(source: SourceConfig, sock) -> tuple[None, str]:
@@ -64,12 +64,12 @@ def _handshake(source: SourceConfig, sock) -> tuple[paramiko.Transport, str]:
     transport = negotiate(source, sock, known)
     key = transport.get_remote_server_key()
     verify_host_key(source, transport, known)  # closes it before any authentication when refused
-    return transport, f"{key.get_name()} {fingerprint(key)} matches {source.known_hosts}"
+    return transport, f"{key.get_name()} {fingerprint(key)} matches {source.settings.known_hosts}"
 
 
 def _login(source: SourceConfig, transport: paramiko.Transport, key: paramiko.PKey,
            stack: ExitStack) -> tuple[paramiko.Transport, str]:
-    done = f"user {source.username} logged in with {fingerprint(key)}"
+    done = f"user {source.settings.username} logged in with {fingerprint(key)}"
     try:
         authenticate(source, transport, key)
     except Sha1Only as exc:  # say what to change, and use the legacy login to check the rest
@@ -80,4 +80,4 @@ def _login(source: SourceConfig, transport: paramiko.Transport, key: paramiko.PK
 
 def _list(source: SourceConfig, remote: SftpRemote) -> tuple[list, str]:
     files = remote.list()
-    return files, count_detail(source.remote_dir, files)
+    return files, listing_detail(source.settings.remote_dir, files)

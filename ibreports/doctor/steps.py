@@ -102,14 +102,14 @@ def _ms(start: float) -> int:
 def resolve(source: SourceConfig) -> tuple[list[str], str]:
     """DNS: the host's addresses."""
     addresses = net.resolve(source)
-    return addresses, f"{source.host} -> {', '.join(addresses)}"
+    return addresses, f"{source.settings.host} -> {', '.join(addresses)}"
 
 
 def connect_tcp(source: SourceConfig, addresses: list[str]) -> tuple[socket.socket, str]:
     """TCP: a connected socket to the first address that answers."""
     sock = net.connect_tcp(source, addresses)
     ip, local = sock.getpeername()[0], sock.getsockname()[0]
-    return sock, f"{ip}:{source.port} from {local}"
+    return sock, f"{ip}:{source.settings.port} from {local}"
 
 
 # -- the sample file each source offers for the PGP check ---------------------------------------
@@ -133,11 +133,15 @@ def pick_sample(files: list[RemoteFile]) -> RemoteFile | None:
     return min(candidates, key=lambda f: (f.size, f.name)) if candidates else None
 
 
-def count_detail(folder: str, files: list[RemoteFile]) -> str:
-    encrypted = sum(1 for f in files if f.name.lower().endswith(ENCRYPTED_SUFFIXES))
-    skipped = len(getattr(files, "skipped", ()))
+def count_detail(folder: str, names: list[str], skipped: int = 0) -> str:
+    encrypted = sum(1 for n in names if n.lower().endswith(ENCRYPTED_SUFFIXES))
     extra = f", {skipped} listing entr{'y' if skipped == 1 else 'ies'} skipped (see the log)" if skipped else ""
-    return f"{folder}: {len(files)} file(s), {encrypted} encrypted (.pgp/.gpg/.asc){extra}"
+    return f"{folder}: {len(names)} file(s), {encrypted} encrypted (.pgp/.gpg/.asc){extra}"
+
+
+def listing_detail(folder: str, files: list[RemoteFile]) -> str:
+    """count_detail of a remote's listing, with the entries it skipped."""
+    return count_detail(folder, [f.name for f in files], len(getattr(files, "skipped", ())))
 
 
 def download_sample(source: SourceConfig, remote: Remote, chosen: RemoteFile, staging: Path) -> tuple[Sample, str]:

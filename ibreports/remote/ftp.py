@@ -146,7 +146,7 @@ class FtpRemote:
                 return self._list_nlst(ftp)
             except ftplib.error_perm as exc:
                 raise RemoteFileError(
-                    f"The server refused to list {self.source.remote_dir!r} ({exc}).",
+                    f"The server refused to list {self.source.settings.remote_dir!r} ({exc}).",
                     "Check remote_dir and ask IBKR to check the folder's permissions.",
                 ) from None
             except IbreportsError:

@@ -79,7 +79,7 @@ def ftp_failure(exc: BaseException, source: SourceConfig, during: str) -> Ibrepo
     if isinstance(exc, DataChannelError):
         remedy = (
             "Passive mode: a firewall must allow outbound connections to the server's passive data ports "
-            "(high ports above 1024), not only to port 21; allow them." if source.passive else
+            "(high ports above 1024), not only to port 21; allow them." if source.settings.passive else
             "Active mode needs the server to connect back to you, which firewalls and NAT block: set passive = true."
         )
         return ConnectionFailure(f"Cannot open the FTP data connection for {during} ({exc}).", remedy)
@@ -97,7 +97,7 @@ def ftp_failure(exc: BaseException, source: SourceConfig, during: str) -> Ibrepo
     if isinstance(exc, (ftplib.error_proto, ftplib.error_reply, UnicodeDecodeError)):
         return ConnectionFailure(
             f"{at} answered {during} with something an FTP server does not say ({str(exc)[:60]!r}).",
-            f"Check host and port ({net.IBKR_SERVERS['ftp']}).",
+            f"Check host and port ({net.server_hint(source)}).",
         )
     return net.broke(source, during, exc)
 
@@ -113,16 +113,16 @@ def certificate_error(source: SourceConfig, exc: ssl.SSLCertVerificationError) -
     if code in (HOSTNAME_MISMATCH, IP_MISMATCH):
         return CertificateError(
             cause,
-            f"The certificate is trusted but issued for another name than host = \"{source.host}\": set host to a "
+            f"The certificate is trusted but issued for another name than host = \"{source.settings.host}\": set host to a "
             f"name the certificate lists (openssl s_client -connect {at} -starttls ftp </dev/null | openssl x509 "
             "-noout -ext subjectAltName); ca_file cannot fix a name mismatch.",
         )
     if code == EXPIRED:
         return CertificateError(cause, "The server's certificate has expired: ask IBKR; do not connect until it is renewed.")
-    if source.ca_file:
+    if source.settings.ca_file:
         return CertificateError(
             cause,
-            f"ca_file {source.ca_file} does not hold this server's certificate or the CA that signed it: the "
+            f"ca_file {source.settings.ca_file} does not hold this server's certificate or the CA that signed it: the "
             "server's certificate changed or ca_file is the wrong file. Ask IBKR before replacing it; to pin the "
             f"certificate it shows now: {pin}",
         )
@@ -146,12 +146,12 @@ def welcome(source: SourceConfig, sock: socket.socket) -> ftplib.FTP:
     The greeting is awaited first with a peek, so a server that accepts TCP and never
     speaks fails with the sentence doctor prints for it, in fetch and status alike.
     """
-    if source.tls:
-        context = ssl.create_default_context(cafile=str(source.ca_file) if source.ca_file else None)
+    if source.settings.tls:
+        context = ssl.create_default_context(cafile=str(source.settings.ca_file) if source.settings.ca_file else None)
         ftp: ftplib.FTP = PassiveFTPS(context=context, timeout=source.timeout)
     else:
         ftp = PassiveFTP(timeout=source.timeout)
-    ftp.host, ftp.port, ftp.sock, ftp.af = source.host, source.port, sock, sock.family
+    ftp.host, ftp.port, ftp.sock, ftp.af = source.settings.host, source.settings.port, sock, sock.family
     ftp.file = sock.makefile("r", encoding=ftp.encoding)
     try:
         line = net.wait_first_line(source, sock)
@@ -191,9 +191,9 @@ def connect(source: SourceConfig) -> ftplib.FTP:
     """A logged-in connection in binary mode, inside remote_dir; errors carry a remedy."""
     ftp = welcome(source, net.open_tcp(source))
     try:
-        if source.tls:
+        if source.settings.tls:
             secure(source, ftp)
-        login(ftp, source, source.password.get() if source.password else "")
+        login(ftp, source, source.settings.password.get() if source.settings.password else "")
         change_dir(ftp, source)
     except BaseException:
         ftp.close()
@@ -204,18 +204,18 @@ def connect(source: SourceConfig) -> ftplib.FTP:
 def login(ftp: ftplib.FTP, source: SourceConfig, password: str) -> None:
     """USER/PASS, then PROT P (FTPS), passive mode and binary type."""
     try:
-        ftp.login(source.username, password)
+        ftp.login(source.settings.username, password)
     except ftplib.error_perm as exc:
         raise AuthenticationError(
-            f"The FTP server refused the username or password for user {source.username} ({str(exc)[:3]}).",
+            f"The FTP server refused the username or password for user {source.settings.username} ({str(exc)[:3]}).",
             "Check the username and the password (IBREPORTS_FTP_PASSWORD); IBKR can reset it.",
         ) from None
     except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
         raise ftp_failure(exc, source, "login") from None
     try:
-        if source.tls:
+        if source.settings.tls:
             ftp.prot_p()  # the statements travel on the data channel: protect it too
-        ftp.set_pasv(source.passive)
+        ftp.set_pasv(source.settings.passive)
         ftp.voidcmd("TYPE I")
     except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
         raise ftp_failure(exc, source, "login") from None
@@ -224,10 +224,10 @@ def login(ftp: ftplib.FTP, source: SourceConfig, password: str) -> None:
 def change_dir(ftp: ftplib.FTP, source: SourceConfig) -> None:
     """Enter remote_dir; ConfigError with the usual remedy when it is not there."""
     try:
-        ftp.cwd(source.remote_dir)
+        ftp.cwd(source.settings.remote_dir)
     except ftplib.error_perm as exc:
         raise ConfigError(
-            f"Remote folder {source.remote_dir!r} is not accessible on {source.host} ({exc}).",
+            f"Remote folder {source.settings.remote_dir!r} is not accessible on {source.settings.host} ({exc}).",
             net.REMOTE_DIR,
         ) from None
     except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it

@@ -43,7 +43,7 @@ class Guard:
         self.entries += entries
         if self.entries > MAX_ENTRIES or self.bytes > MAX_BYTES:
             raise RemoteFileError(
-                f"The listing of {self.source.remote_dir!r} on {self.source.host} exceeded "
+                f"The listing of {self.source.settings.remote_dir!r} on {self.source.settings.host} exceeded "
                 f"{MAX_ENTRIES} entries or {MAX_BYTES >> 20} MiB; reading stopped.",
                 "The server sends a listing without end (broken or hostile): ask IBKR to check the folder; "
                 "nothing was fetched from this source.",

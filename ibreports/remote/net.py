@@ -14,10 +14,6 @@ import time
 from ..config import SourceConfig
 from ..errors import ConnectionFailure, TooSlowError
 
-IBKR_SERVERS = {
-    "sftp": "IBKR's sFTP server is xfer.interactivebrokers.com port 32",
-    "ftp": "IBKR's FTP server is ftp2.interactivebrokers.com port 21",
-}
 PROTOCOL = {"sftp": "SSH banner", "ftp": "FTP greeting"}
 MIN_RATE = 1024  # bytes/s: a transfer slower than this over a whole window is dropped
 WHITELIST = (
@@ -31,17 +27,22 @@ TRY_LATER = "Try again later; if it persists, ask IBKR."
 REMOTE_DIR = "Set remote_dir to the folder IBKR delivers to (usually 'outgoing')."
 
 
+def server_hint(source: SourceConfig) -> str:
+    """The kind's own "IBKR's ... server is host port N" line, for remedies."""
+    return getattr(source.settings, "ibkr_server", "") or "the server's host and port"
+
+
 def where(source: SourceConfig) -> str:
-    return f"{source.host}:{source.port}"
+    return f"{source.settings.host}:{source.settings.port}"
 
 
 def resolve(source: SourceConfig) -> list[str]:
     """The host's addresses; ConnectionFailure when DNS has none."""
     try:
-        infos = socket.getaddrinfo(source.host, source.port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(source.settings.host, source.settings.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ConnectionFailure(
-            f"Cannot resolve host {source.host} ({exc.strerror}).",
+            f"Cannot resolve host {source.settings.host} ({exc.strerror}).",
             "Check the host name in the config (IBKR: xfer.interactivebrokers.com for sFTP, "
             "ftp2.interactivebrokers.com for FTP) and this machine's DNS settings.",
         ) from None
@@ -64,7 +65,7 @@ def connect_tcp(source: SourceConfig, addresses: list[str]) -> socket.socket:
     failure: ConnectionFailure | None = None
     for ip in addresses:
         try:
-            sock = socket.create_connection((ip, source.port), timeout=source.timeout)
+            sock = socket.create_connection((ip, source.settings.port), timeout=source.timeout)
         except OSError as exc:
             failure = tcp_failure(source, ip, exc)
             continue
@@ -73,7 +74,7 @@ def connect_tcp(source: SourceConfig, addresses: list[str]) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     if failure is None:
-        failure = ConnectionFailure(f"Cannot resolve host {source.host}.", "Check host in the config and this machine's DNS.")
+        failure = ConnectionFailure(f"Cannot resolve host {source.settings.host}.", "Check host in the config and this machine's DNS.")
     raise failure
 
 
@@ -87,22 +88,22 @@ def tcp_failure(source: SourceConfig, ip: str, exc: OSError) -> ConnectionFailur
     at = f"{where(source)} ({ip})"
     if isinstance(exc, ConnectionRefusedError):
         return ConnectionFailure(
-            f"{at} refused the connection: nothing listens on port {source.port}.",
-            f"Wrong port or host: {IBKR_SERVERS.get(source.kind, 'check the server')}; check host and port in the "
+            f"{at} refused the connection: nothing listens on port {source.settings.port}.",
+            f"Wrong port or host: {server_hint(source)}; check host and port in the "
             "config, and that no local firewall rejects the connection.",
         )
     if isinstance(exc, TimeoutError):
         return ConnectionFailure(
             f"No answer from {at} within {source.timeout:g} s: the connection attempt was dropped.",
             "A firewall or IBKR's IP whitelisting: IBKR must whitelist your public IP; this machine connected "
-            f"from {egress_address(ip, source.port)} (behind NAT your public IP is your gateway's). Also make "
-            f"sure outgoing TCP port {source.port} is open.",
+            f"from {egress_address(ip, source.settings.port)} (behind NAT your public IP is your gateway's). Also make "
+            f"sure outgoing TCP port {source.settings.port} is open.",
         )
     if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
         return ConnectionFailure(
             f"Cannot connect to {at}: {exc.strerror or exc}.",
             "This machine has no network route to the server: check its network connection, default route "
-            f"and proxy settings (it would connect from {egress_address(ip, source.port)}).",
+            f"and proxy settings (it would connect from {egress_address(ip, source.settings.port)}).",
         )
     return ConnectionFailure(f"Cannot connect to {at}: {exc.strerror or exc}.", "Check the network, host and port.")
 
@@ -126,7 +127,7 @@ def silent(source: SourceConfig, waited: float) -> ConnectionFailure:
         f"{where(source)} accepted the TCP connection but sent no {PROTOCOL.get(source.kind, 'greeting')} "
         f"within {waited:g} s.",
         "Something other than the server holds this port, or a firewall or proxy on the path holds the "
-        f"connection: check host and port ({IBKR_SERVERS.get(source.kind, 'the server')}).",
+        f"connection: check host and port ({server_hint(source)}).",
     )
 
 
@@ -138,11 +139,11 @@ def closed_before_greeting(source: SourceConfig) -> ConnectionFailure:
 
 
 def wrong_protocol(source: SourceConfig, said: str) -> ConnectionFailure:
-    other = "ftp" if source.kind == "sftp" else "sftp"
+    protocol = PROTOCOL.get(source.kind, "greeting").split()[0]
     return ConnectionFailure(
-        f"{where(source)} answered, but not as an {'SSH' if source.kind == 'sftp' else 'FTP'} server "
-        f"(it said {said!r}).",
-        f"Wrong port: {IBKR_SERVERS.get(source.kind, '')}; {IBKR_SERVERS.get(other, '')} (kind = \"{other}\").",
+        f"{where(source)} answered, but not as an {protocol} server (it said {said!r}).",
+        f"Wrong port or kind: {server_hint(source)} (IBKR's sFTP server listens on port 32, kind = \"sftp\"; "
+        "its FTP server on port 21, kind = \"ftp\").",
     )
 
 

@@ -206,7 +206,7 @@ class SftpRemote:
                     raise ssh_failure(exc, self.source, "opening an SFTP channel") from None
                 continue
             if client is None:
-                raise ConnectionFailure(f"The server at {self.source.host} refused an SFTP channel.", net.TRY_LATER)
+                raise ConnectionFailure(f"The server at {self.source.settings.host} refused an SFTP channel.", net.TRY_LATER)
             client.get_channel().settimeout(self.source.timeout)
             return client
         raise AssertionError("unreachable")
@@ -227,7 +227,7 @@ class SftpRemote:
     def _path(self, name: str) -> str:
         if not name or "/" in name or "\0" in name or name in (".", ".."):
             raise RemoteFileError(f"Refusing remote name {name!r}.", "Only plain file names are fetched.")
-        return posixpath.join(self.source.remote_dir, name)
+        return posixpath.join(self.source.settings.remote_dir, name)
 
     def _error(self, exc: BaseException, name: str, client: paramiko.SFTPClient) -> IbreportsError:
         """Translate a paramiko/socket error into our family: file problems vs broken connections."""
@@ -253,7 +253,7 @@ class SftpRemote:
         Entries with an impossible size or time are skipped and named (``Listing.skipped``);
         a listing beyond MAX_ENTRIES / MAX_BYTES stops with RemoteFileError.
         """
-        folder = self.source.remote_dir
+        folder = self.source.settings.remote_dir
         with self._client() as client:
             try:
                 entries = _read_folder(client, folder, Guard(self.source))
@@ -262,12 +262,12 @@ class SftpRemote:
             except Exception as exc:  # noqa: BLE001 - classified below
                 if getattr(exc, "errno", None) in (errno.ENOENT, errno.ENOTDIR):
                     raise ConfigError(
-                        f"Remote folder {folder!r} does not exist on {self.source.host}.",
+                        f"Remote folder {folder!r} does not exist on {self.source.settings.host}.",
                         net.REMOTE_DIR,
                     ) from None
                 if getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM):
                     raise RemoteFileError(
-                        f"Permission denied listing {folder!r} on {self.source.host}.",
+                        f"Permission denied listing {folder!r} on {self.source.settings.host}.",
                         "Ask IBKR to check the folder's permissions for this username.",
                     ) from None
                 raise self._error(exc, folder, client) from None

@@ -22,7 +22,7 @@ from .legacy import SHA2_RSA, make_transport, signing_key, wants_sha1
 
 def load_private_key(source: SourceConfig) -> paramiko.PKey:
     """The source's private key, decrypted; ConfigError names the file and what to do."""
-    path = Path(source.key_file) if source.key_file else None
+    path = Path(source.settings.key_file) if source.settings.key_file else None
     if path is None:
         raise ConfigError(f"Source {source.name} has no key_file.", "Set key_file (ibreports keygen writes keys/ibkr_sftp_rsa).")
     try:
@@ -36,7 +36,7 @@ def load_private_key(source: SourceConfig) -> paramiko.PKey:
             f"sFTP private key {path} is in PuTTY (.ppk) format.",
             f"Convert it to OpenSSH format: puttygen {path.name} -O private-openssh -o ibkr_sftp_rsa",
         )
-    secret = source.key_passphrase.get().encode() if source.key_passphrase else None
+    secret = source.settings.key_passphrase.get().encode() if source.settings.key_passphrase else None
     loader = serialization.load_ssh_private_key if b"OPENSSH PRIVATE KEY" in data else serialization.load_pem_private_key
     try:
         try:
@@ -66,9 +66,9 @@ def load_private_key(source: SourceConfig) -> paramiko.PKey:
 
 def open_socket(source: SourceConfig):
     """A connected socket (or ProxyCommand) to the source; ConnectionFailure with a remedy."""
-    if source.proxy_command:
+    if source.settings.proxy_command:
         try:
-            return paramiko.ProxyCommand(source.proxy_command)
+            return paramiko.ProxyCommand(source.settings.proxy_command)
         except (OSError, paramiko.SSHException) as exc:
             raise ConnectionFailure(f"proxy_command for {source.name} failed to start ({exc}).", "Fix proxy_command.") from None
     return net.open_tcp(source)
@@ -105,7 +105,7 @@ def ssh_failure(exc: BaseException, source: SourceConfig, during: str) -> Ibrepo
         return net.broke(source, during, exc)
     return ConnectionFailure(
         f"SSH {during} with {at} failed ({type(exc).__name__}: {exc}).",
-        f"Check that host and port point to the sFTP server ({net.IBKR_SERVERS['sftp']}) and that nothing on "
+        f"Check that host and port point to the sFTP server ({net.server_hint(source)}) and that nothing on "
         "the path cuts the connection.",
     )
 
@@ -117,7 +117,7 @@ def negotiate(source: SourceConfig, sock, known: dict[str, paramiko.PKey],
     Returns only once the key exchange is done (the host key is known); anything else is
     a ConnectionFailure, never a bare paramiko exception.
     """
-    transport = make_transport(sock, disabled if disabled is not None else source.disabled_algorithms)
+    transport = make_transport(sock, disabled if disabled is not None else source.settings.disabled_algorithms)
     transport.banner_timeout = transport.handshake_timeout = source.timeout
     transport.auth_timeout = transport.channel_timeout = source.timeout
     opts = transport.get_security_options()
@@ -183,7 +183,7 @@ class Sha1Only(AuthenticationError):
     def __init__(self, source: SourceConfig, transport: paramiko.Transport) -> None:
         super().__init__(
             "The server refused our key with SHA-2 signatures (rsa-sha2-256/512) but accepted it with the old "
-            f"ssh-rsa (SHA-1) signature for user {source.username}.",
+            f"ssh-rsa (SHA-1) signature for user {source.settings.username}.",
             SHA1_REMEDY,
         )
         self.transport = transport
@@ -196,10 +196,10 @@ def authenticate(source: SourceConfig, transport: paramiko.Transport, key: param
     signatures, to tell "wrong key" from "server too old" (Sha1Only, holding that login).
     """
     try:
-        _login(source, transport, key, source.disabled_algorithms)
+        _login(source, transport, key, source.settings.disabled_algorithms)
     except AuthenticationError as exc:
         if not exc.message.startswith("Server refused our key") or not isinstance(key, paramiko.RSAKey) \
-                or wants_sha1(source.disabled_algorithms):
+                or wants_sha1(source.settings.disabled_algorithms):
             raise
         legacy = _legacy_login(source, key)
         if legacy is None:
@@ -209,7 +209,7 @@ def authenticate(source: SourceConfig, transport: paramiko.Transport, key: param
 
 def _login(source: SourceConfig, transport: paramiko.Transport, key: paramiko.PKey,
            disabled: dict[str, list[str]] | None) -> None:
-    user = source.username
+    user = source.settings.username
     try:
         remaining = transport.auth_publickey(user, signing_key(key, disabled))
     except paramiko.BadAuthenticationType as exc:
@@ -220,8 +220,8 @@ def _login(source: SourceConfig, transport: paramiko.Transport, key: paramiko.PK
     except paramiko.AuthenticationException:
         raise AuthenticationError(
             f"Server refused our key for user {user}.",
-            f"The private key {source.key_file} does not match the public key IBKR holds for this username: send "
-            f"{Path(str(source.key_file)).name}.pub to IBKR's Reporting Integration team, or check the username.",
+            f"The private key {source.settings.key_file} does not match the public key IBKR holds for this username: send "
+            f"{Path(str(source.settings.key_file)).name}.pub to IBKR's Reporting Integration team, or check the username.",
         ) from None
     except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
         raise ssh_failure(exc, source, "login") from None
@@ -234,7 +234,7 @@ def _login(source: SourceConfig, transport: paramiko.Transport, key: paramiko.PK
 
 def _legacy_login(source: SourceConfig, key: paramiko.RSAKey) -> paramiko.Transport | None:
     """A second login offering only ssh-rsa signatures; the transport when the server accepts it."""
-    disabled = dict(source.disabled_algorithms or {})
+    disabled = dict(source.settings.disabled_algorithms or {})
     disabled["pubkeys"] = sorted({*disabled.get("pubkeys", []), *SHA2_RSA})
     try:
         known = known_keys(source)
