@@ -12,8 +12,8 @@ import pytest
 
 from ibreports.errors import AuthenticationError, ConfigError, ConnectionFailure, HostKeyError, is_transient
 from ibreports.remote import open_remote
-from ibreports.remote.hostkeys import fingerprint, record_host_key
-from ibreports.trust import scan
+from ibreports.remote.hostkeys import fingerprint
+from ibreports.trust import record, scan
 from tests.fixtures.sshd import free_port, make_client_key, sftp_source
 from tests.waiting import eventually
 
@@ -97,7 +97,7 @@ def test_scan_and_record_host_key_then_connect(server, sftp_client_key, tmp_path
     assert f"{key.get_name()} {key.get_base64()}" == server.host_key_line()
     expected = subprocess.run(["ssh-keygen", "-l", "-f", str(server.host_key)], capture_output=True, text=True, check=True)
     assert fingerprint(key) in expected.stdout  # same SHA256:... as OpenSSH prints
-    record_host_key(source, key)
+    record(source, key)
     with open_remote(source) as remote:
         assert remote.list() == []
 
