@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import base64
 import itertools
+import socket
+import threading
 from pathlib import Path
 
 import paramiko
 import pytest
 
 from ibreports.config import Secret, SourceConfig
-from ibreports.errors import RemoteFileError, TooSlowError
+from ibreports.errors import ConnectionFailure, RemoteFileError, TooSlowError
 from ibreports.remote import open_remote
 from ibreports.remote.listing import MAX_ENTRIES
 from ibreports.sandbox import SandboxServer, file_attr
@@ -135,3 +137,31 @@ def test_trickled_sftp_download_is_dropped_below_the_minimum_rate(sandbox, sftp_
         with pytest.raises(TooSlowError, match="below the minimum of 1024 bytes/s"):
             remote.download(GOOD, tmp_path / "dest", 4096)
     assert not (tmp_path / "dest").exists()
+
+
+def test_ssh_server_that_stalls_after_its_banner_is_a_handshake_time_out(sftp_client_key, tmp_path):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+        held: list[socket.socket] = []
+
+        def greet_then_stall() -> None:
+            conn, _ = listener.accept()
+            conn.sendall(b"SSH-2.0-Stalled\r\n")
+            held.append(conn)
+
+        thread = threading.Thread(target=greet_then_stall, daemon=True)
+        thread.start()
+        source = source_config(
+            "sftp", name="stalled", host="127.0.0.1", port=port, username="u", key_file=sftp_client_key[0],
+            key_passphrase=Secret(sftp_client_key[2], "sources.stalled.key_passphrase", tmp_path),
+            known_hosts=tmp_path / "known_hosts", timeout=1,
+        )
+        try:
+            with pytest.raises(ConnectionFailure, match="did not complete the SSH handshake within 1 s"):
+                open_remote(source)
+        finally:
+            thread.join(5)
+            for conn in held:
+                conn.close()

@@ -7,6 +7,7 @@ The host key is checked against known_hosts BEFORE any authentication is attempt
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import paramiko
@@ -122,17 +123,21 @@ def negotiate(source: SourceConfig, sock, known: dict[str, paramiko.PKey],
     transport.auth_timeout = transport.channel_timeout = source.timeout
     opts = transport.get_security_options()
     opts.key_types = preferred_algorithms(known, opts.key_types)
+    stalled = ConnectionFailure(
+        f"{net.where(source)} did not complete the SSH handshake within {source.timeout:g} s.",
+        "Check that host and port point to the sFTP server and that nothing on the path holds the connection.",
+    )
+    started = time.monotonic()
     try:
         # start_client returns without error when its own time-out expires first, the key
         # exchange unfinished: give paramiko's banner and handshake time-outs room to fire.
         transport.start_client(timeout=2 * source.timeout + 1)
         if not transport.is_active() or transport.host_key is None:
-            raise ConnectionFailure(
-                f"{net.where(source)} did not complete the SSH handshake within {source.timeout:g} s.",
-                "Check that host and port point to the sFTP server and that nothing on the path holds the connection.",
-            )
+            raise stalled
     except BaseException as exc:
         transport.close()
+        if isinstance(exc, EOFError) and time.monotonic() - started >= source.timeout:
+            raise stalled from None  # paramiko's handshake time-out shows as a bare EOFError
         if isinstance(exc, Exception):
             raise ssh_failure(exc, source, "negotiation") from None
         raise
