@@ -82,7 +82,11 @@ class FtpRemote:
         self._slots = threading.BoundedSemaphore(source.connections)
         self._idle: list[tuple[ftplib.FTP, float]] = []
         first = ftp if ftp is not None else connect(source)
-        self._mlsd = supports_mlsd(first)
+        try:
+            self._mlsd = supports_mlsd(first)
+        except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
+            first.close()
+            raise ftp_failure(exc, source, "FEAT") from None
         self._idle.append((first, time.monotonic()))
 
     def _take(self) -> ftplib.FTP:
@@ -261,7 +265,9 @@ class FtpRemote:
                     raise exc.__cause__ from None
                 except ftplib.error_perm as exc:
                     raise RemoteFileError(f"The server refused {name} ({exc}).", "It may have been purged or deleted.") from None
-                except (*NETWORK_ERRORS, ssl.SSLError) as exc:
+                except IbreportsError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
                     raise self._broken(exc, f"the download of {name}") from None
             if written != expected_size and current == expected_size:
                 raise ConnectionFailure(
@@ -299,7 +305,9 @@ class FtpRemote:
                     except ftplib.error_perm:
                         return  # gone
                     raise RemoteFileError(f"The server refused to delete {name} ({exc}).", "Check the folder's permissions.") from None
-            except (*NETWORK_ERRORS, ssl.SSLError) as exc:
+            except IbreportsError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
                 raise self._broken(exc, f"deleting {name}") from None
 
     def close(self) -> None:
