@@ -9,6 +9,7 @@ import base64
 import itertools
 import socket
 import threading
+import time
 from pathlib import Path
 
 import paramiko
@@ -80,6 +81,18 @@ def test_endless_mlsd_stops_with_a_clear_error(raw_ftp):
         with pytest.raises(RemoteFileError, match=f"exceeded {MAX_ENTRIES} entries") as err:
             remote.list()
     assert "without end" in err.value.remedy
+
+
+def test_trickled_mlsd_listing_is_dropped_below_the_minimum_rate(raw_ftp):
+    def slow():
+        for n in itertools.count():
+            time.sleep(0.2)  # ~300 bytes/s, never idle for 1 s
+            yield f"type=file;size=1;modify=20261101000000; U1234567.X.{n:09d}.xml.pgp\r\n".encode()
+
+    server = raw_ftp(mlsd=slow)
+    with open_remote(raw_source(server, timeout=1)) as remote:
+        with pytest.raises(TooSlowError, match="during the listing, below the minimum of 1024 bytes/s"):
+            remote.list()
 
 
 def test_trickled_ftp_download_is_dropped_below_the_minimum_rate(raw_ftp, tmp_path):

@@ -56,9 +56,11 @@ def _lines(ftp: ftplib.FTP, cmd: str, guard: Guard, listing: Listing, source: So
     8 KiB fails the whole listing there; here such a line is skipped and named.
     """
     ftp.sendcmd("TYPE A")
+    rate = net.RateGuard(source, "the listing")
     with ftp.transfercmd(cmd) as conn, conn.makefile("rb") as fp:
         while line := fp.readline(MAX_LINE):
             guard.add(len(line), 1)
+            rate.feed(len(line))
             if not line.endswith(b"\n") and len(line) >= MAX_LINE:
                 while (rest := fp.readline(MAX_LINE)) and not rest.endswith(b"\n"):
                     guard.add(len(rest))

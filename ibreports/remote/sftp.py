@@ -118,6 +118,7 @@ def _read_folder(client: paramiko.SFTPClient, folder: str, guard: Guard) -> list
         raise paramiko.SFTPError("Expected handle")
     handle = msg.get_binary()
     entries: list[tuple[str | bytes, paramiko.SFTPAttributes]] = []
+    rate = net.RateGuard(guard.source, "the listing")
     while True:
         try:
             t, msg = client._request(CMD_READDIR, handle)
@@ -127,6 +128,7 @@ def _read_folder(client: paramiko.SFTPClient, folder: str, guard: Guard) -> list
             raise paramiko.SFTPError("Expected name response")
         count = msg.get_int()
         guard.add(len(msg.asbytes()), count)
+        rate.feed(len(msg.asbytes()))
         for _ in range(count):
             raw = msg.get_string()
             msg.get_string()  # longname
