@@ -81,4 +81,4 @@ def _data(source: SourceConfig, remote: FtpRemote, ftp: ftplib.FTP):
     finally:
         del ftp.makepasv
     mode = f"passive to {opened[-1][0]}:{opened[-1][1]}" if opened else "active"
-    return files, f"{mode}, {'MLSD' if remote._mlsd else 'NLST'} received"
+    return files, f"{mode}, {'MLSD' if remote.uses_mlsd else 'NLST'} received"
