@@ -178,3 +178,41 @@ def test_ssh_server_that_stalls_after_its_banner_is_a_handshake_time_out(sftp_cl
             thread.join(5)
             for conn in held:
                 conn.close()
+
+
+def test_fetch_skips_a_bad_listing_line_names_it_and_archives_the_rest(raw_ftp, tmp_path, pgp_key, monkeypatch, caplog):
+    from ibreports.cli import main
+    from tests.fixtures.pgpkeys import encrypt_bytes
+
+    statement = b"<FlexQueryResponse queryName='DailyActivity'>one</FlexQueryResponse>\n"
+    encrypt_bytes(pgp_key.public_file, statement, tmp_path / "good.pgp")
+    payload = (tmp_path / "good.pgp").read_bytes()
+    lines = [
+        b"type=file;size=abc;modify=20261101000000; U1234567.Bad.20261101.20261101.xml.pgp\r\n",
+        f"type=file;size={len(payload)};modify=20261101000000; {GOOD}\r\n".encode(),
+    ]
+    server = raw_ftp(mlsd=lambda: iter(lines), files={GOOD: payload})
+    monkeypatch.setenv("TEST_PGP_PASSPHRASE", pgp_key.passphrase)
+    cfg = tmp_path / "ibreports.toml"
+    cfg.write_text(f"""[[sources]]
+name = "raw-ftp"
+kind = "ftp"
+host = "{server.host}"
+port = {server.port}
+username = "{server.username}"
+password = "{server.password}"
+settle_seconds = 0
+timeout = 5
+
+[pgp]
+secret_key_file = "{pgp_key.secret_file}"
+passphrase = "env:TEST_PGP_PASSPHRASE"
+
+[archive]
+url = "{tmp_path / 'archive'}"
+""")
+    code = main(["--config", str(cfg), "fetch"])
+    assert "raw-ftp: skipped listing entry 'U1234567.Bad.20261101.20261101.xml.pgp': size 'abc' is not a number" \
+        in caplog.text
+    assert [p.read_bytes() for p in (tmp_path / "archive" / "statements").rglob("*.xml")] == [statement]
+    assert code in (0, 1)  # the good file is archived; whether the skipped one counts as failed is the pipeline's
