@@ -203,7 +203,7 @@ def authenticate(source: SourceConfig, transport: paramiko.Transport, key: param
     try:
         _login(source, transport, key, source.settings.disabled_algorithms)
     except AuthenticationError as exc:
-        if not exc.message.startswith("Server refused our key") or not isinstance(key, paramiko.RSAKey) \
+        if not getattr(exc, "key_refused", False) or not isinstance(key, paramiko.RSAKey) \
                 or wants_sha1(source.settings.disabled_algorithms):
             raise
         legacy = _legacy_login(source, key)
@@ -223,11 +223,13 @@ def _login(source: SourceConfig, transport: paramiko.Transport, key: paramiko.PK
             "Check the username and that IBKR enabled key authentication for it.",
         ) from None
     except paramiko.AuthenticationException:
-        raise AuthenticationError(
+        refused = AuthenticationError(
             f"Server refused our key for user {user}.",
             f"The private key {source.settings.key_file} does not match the public key IBKR holds for this username: send "
             f"{Path(str(source.settings.key_file)).name}.pub to IBKR's Reporting Integration team, or check the username.",
-        ) from None
+        )
+        refused.key_refused = True  # the one refusal an ssh-rsa-only server also gives
+        raise refused from None
     except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
         raise ssh_failure(exc, source, "login") from None
     if remaining or not transport.is_authenticated():
