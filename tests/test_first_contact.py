@@ -12,7 +12,7 @@ import pytest
 from ibreports.cli import main
 from tests import configs
 from tests.fixtures.pgpkeys import encrypt_bytes
-from tests.test_doctor import Sha1OnlySshd
+from tests.fixtures.sshd import Sha1OnlySshd
 
 STATEMENT = b"<FlexQueryResponse queryName='DailyActivity'>one</FlexQueryResponse>\n"
 ENCRYPTED = "U1234567.DailyActivity.20261101.20261101.xml.pgp"
