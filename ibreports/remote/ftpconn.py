@@ -162,7 +162,10 @@ def welcome(source: SourceConfig, sock: socket.socket) -> ftplib.FTP:
         ftp.close()
         if isinstance(exc, ftplib.error_temp):
             raise ConnectionFailure(f"{net.where(source)} turned us away ({exc}).", net.TRY_LATER) from None
-        if isinstance(exc, (ftplib.error_proto, ftplib.error_reply, ftplib.error_perm, UnicodeDecodeError)):
+        if isinstance(exc, ftplib.error_perm):  # a 5xx greeting: an FTP server that will not serve us
+            raise ConnectionFailure(f"{net.where(source)} refused the session at its greeting ({str(exc)[:60]}).",
+                                    net.WHITELIST) from None
+        if isinstance(exc, (ftplib.error_proto, ftplib.error_reply, UnicodeDecodeError)):
             raise net.wrong_protocol(source, str(exc)[:60]) from None
         if isinstance(exc, TimeoutError):
             raise net.silent(source, source.timeout) from None
