@@ -99,7 +99,13 @@ def ssh_failure(exc: BaseException, source: SourceConfig, during: str) -> Ibrepo
             f"{at} shares no SSH algorithm with us ({exc}).", "Adjust disabled_algorithms for this source.",
         )
     if isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower():
-        return net.silent(source, source.timeout)  # behind a ProxyCommand paramiko is the one waiting
+        if getattr(source.settings, "proxy_command", None):  # paramiko waited for the banner, not us
+            return ConnectionFailure(
+                f"No SSH banner from {at} came through proxy_command within {source.timeout:g} s.",
+                "Run the proxy_command by hand to see whether it connects; then check host and port "
+                f"({net.server_hint(source)}).",
+            )
+        return net.silent(source, source.timeout)
     if isinstance(exc, TimeoutError):
         return net.idle(source, during)
     if isinstance(exc, (EOFError, ConnectionError)):
