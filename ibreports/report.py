@@ -96,11 +96,14 @@ class RunReport:
             parts.append(f"{deleted} deleted from the server")
         if self.at_risk:
             parts.append(f"{len(self.at_risk)} at risk of purge")
-        misconfigured = len(self.misconfigured)
-        if misconfigured:
-            parts.append(f"{misconfigured} source(s) misconfigured")
-        if len(self.source_errors) > misconfigured:
-            parts.append(f"{len(self.source_errors) - misconfigured} source(s) unreachable")
+        # Each error class names its own kind of failure: "misconfigured", "unreachable",
+        # "login refused", "certificate refused", ... (errors.py, ``summary``).
+        labels: dict[str, int] = {}
+        for source in self.source_errors:
+            label = _summary(self.source_error_types.get(source, ""))
+            labels[label] = labels.get(label, 0) + 1
+        for label in sorted(labels, key=lambda x: (x != "misconfigured", x != "unreachable", x)):
+            parts.append(f"{labels[label]} source(s) {label}")
         return ", ".join(parts)
 
     def to_dict(self) -> dict:
@@ -120,6 +123,12 @@ class RunReport:
     def from_dict(cls, data: dict) -> "RunReport":
         files = [FileOutcome(**f) for f in data.get("files", [])]
         return cls(**{**data, "files": files})
+
+
+def _summary(kind: str) -> str:
+    """How the summary names a source failed with the error class ``kind`` ("login refused", ...)."""
+    cls = error_class(kind)
+    return cls.summary if cls is not None else IbreportsError.summary
 
 
 def _source_exit_code(kind: str) -> int:
