@@ -71,8 +71,11 @@ class PrefectStack:
         self.procs.append(proc)
         return proc
 
-    def start_server(self, timeout: float = 60) -> None:
-        """Start the server and wait until healthy; a port taken since it was probed is retried on another."""
+    def start_server(self, timeout: float = 900) -> None:
+        """Start the server and wait until healthy; a port taken since it was probed is retried on another.
+
+        Its first start creates and migrates the database: minutes on a loaded machine.
+        """
         for _ in range(3):
             try:
                 return self._start_server(timeout)

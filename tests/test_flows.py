@@ -32,6 +32,7 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.backfill import backfill_statements
 from flows.common import RUN_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY, fetch_source
 from flows.keys import backup_keys, generate_keys
+from flows.local_api import startup_timeout
 from flows.retrieve import retrieve_statements
 from ibreports.cli import main
 from tests.configs import ftp_toml
@@ -45,7 +46,8 @@ from tests.waiting import eventually
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_server():
-    with prefect_test_harness(server_startup_timeout=60):
+    # A fresh database is created and migrated on start: give a busy machine the demo's wait, not 20-60 s.
+    with prefect_test_harness(server_startup_timeout=startup_timeout()):
         yield
 
 
