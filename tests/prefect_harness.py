@@ -19,6 +19,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+PYTHON = sys.executable
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -118,6 +119,15 @@ class PrefectStack:
         output = done.stdout + done.stderr
         if check and done.returncode != 0:
             raise AssertionError(f"prefect {' '.join(args)} exited {done.returncode}:\n{output}")
+        return output
+
+    def run(self, *command: str, timeout: float = 180) -> str:
+        """Run any command (e.g. ``PYTHON, "-m", "flows.automations"``) from the repository root, as the CLI."""
+        done = subprocess.run(list(command), cwd=REPO, env=self.env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+        output = done.stdout + done.stderr
+        if done.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} exited {done.returncode}:\n{output}")
         return output
 
     def log(self, name: str) -> str:
