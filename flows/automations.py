@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import re
 import sys
 from pathlib import Path
@@ -91,7 +92,7 @@ def create_all(path: Path, config: str | None, within: dict[str, int], out=sys.s
     if not urls:
         print("No [alerts] urls in the config: crashed runs are still marked Crashed, but nobody is told "
               "and the dead-man's switch is not created.", file=out)
-    wanted = set(_DEPLOYMENT.findall(path.read_text()))
+    wanted = set(_DEPLOYMENT.findall(json.dumps(automations)))  # the comments name none
     created = []
     with get_client(sync_client=True) as client:
         deployments = {}

@@ -19,6 +19,7 @@ from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError  # re
 from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
 from prefect.exceptions import ObjectNotFound
+from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from ibreports import errors
@@ -36,10 +37,6 @@ SLOT_TIMEOUT = 3600.0  # seconds a source run waits for its server's slots befor
 
 class ServerBusy(Exception):
     """No slot of the server's concurrency limit became free in time (never retried)."""
-
-
-class RunFailed(Exception):
-    """The run finished, but files failed or sources were unreachable: the flow run ends Failed."""
 
 
 def resolve_config(config: str | None) -> str:
@@ -137,6 +134,9 @@ def fetch_source(
     logger.info("%s: %s", source, report.summary_line())
     for item in report.failed:
         logger.error("%s: %s %s: %s", source, item.name, item.outcome, item.reason)
+    if report.failed:  # the task ends Failed (no traceback: each file was logged above), never retried
+        return Failed(message=f"{source}: {len(report.failed)} of {len(report.acted_on)} file(s) failed",
+                      data=report.to_dict())
     return report.to_dict()
 
 
@@ -205,8 +205,11 @@ def publish(report: RunReport, title: str) -> None:
     create_markdown_artifact(markdown=_markdown(report, title), key=SUMMARY_ARTIFACT_KEY, description=title)
 
 
-def finish(report: RunReport, config: str) -> dict[str, Any]:
-    """Send alerts, then raise RunFailed when anything failed (after the artifacts exist)."""
+def finish(report: RunReport, config: str) -> State:
+    """Send alerts; the run's final state: Failed when anything failed (after the artifacts exist).
+
+    A state rather than an exception: the reason is logged once, without a traceback.
+    """
     logger = get_run_logger()
     cfg = load_config(config)
     if cfg.alerts.urls and not report.dry_run:
@@ -215,12 +218,15 @@ def finish(report: RunReport, config: str) -> dict[str, Any]:
         logger.warning("%s is not archived and is purged in %d day(s)", item.name, item.days_left)
     failed = len(report.failed)
     if failed or report.source_errors:
-        raise RunFailed(
+        return run_failed(
             f"{failed} of {len(report.acted_on)} file(s) failed and "
             f"{len(report.source_errors)} of {len(report.sources)} source(s) could not be retrieved "
             f"({report.summary_line()}); see the '{RUN_ARTIFACT_KEY}' artifact."
         )
-    return {
+    counts = f"{report.count('archived')} archived, {failed} failed"
+    if report.count("already-archived"):
+        counts += f", {report.count('already-archived')} already archived"
+    return Completed(message=counts, data={
         "files": len(report.acted_on),
         "archived": report.count("archived"),
         "already_archived": report.count("already-archived"),
@@ -228,4 +234,26 @@ def finish(report: RunReport, config: str) -> dict[str, Any]:
         "planned": report.count("planned"),
         "waiting": report.count("waiting"),
         "bytes_archived": report.bytes_archived,
-    }
+    })
+
+
+def run_failed(message: str) -> State:
+    """The Failed final state of a run, its reason logged once (RunFailed: ...), no traceback."""
+    get_run_logger().error("RunFailed: %s", message)
+    return Failed(message=f"RunFailed: {message}")
+
+
+def run_name(kind: str) -> str:
+    """The flow run's name: what it is and when (``daily-2026-12-02``, ``backfill-2026-08-01..2026-08-31``)."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters or {}
+    start = flow_run.scheduled_start_time
+    day = (start.date() if start is not None else datetime.now(timezone.utc).date()).isoformat()
+    if kind == "backfill":
+        return f"backfill-{params.get('start')}..{params.get('end')}"
+    if params.get("since") or params.get("until"):
+        return f"retrieve-{params.get('since') or 'start'}..{params.get('until') or day}"
+    if params.get("sources"):
+        return f"fetch-{'+'.join(params['sources'])}-{day}"
+    return f"daily-{day}"

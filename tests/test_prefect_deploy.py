@@ -115,6 +115,12 @@ def test_every_deployment_of_the_interface_exists(stack):
     schema = stack.get("/deployments/name/backfill-statements/backfill")["parameter_openapi_schema"]
     assert {"start", "end", "sources", "force"} <= set(schema["properties"])
     assert set(schema["required"]) == {"start", "end"}
+    # Every parameter of every deployment is described in the UI.
+    for flow, name in [("backfill-statements", "backfill"), ("retrieve-statements", "daily"),
+                       ("generate-keys", "generate-keys"), ("backup-keys", "backup-keys")]:
+        props = stack.get(f"/deployments/name/{flow}/{name}")["parameter_openapi_schema"]["properties"]
+        assert all(p.get("description") for p in props.values()), (flow, props)
+    assert "inclusive" in schema["properties"]["start"]["description"]
 
 
 def test_the_scheduler_creates_the_daily_runs_at_0630_new_york(stack):
