@@ -122,7 +122,8 @@ def fetch_source(
         # warning on every run. Slots are leased: a crashed holder's come back when the lease expires.
         with (contextlib.nullcontext() if slots is None
               else concurrency(name, occupy=slots, timeout_seconds=slot_timeout, strict=False)):
-            report = fetch(cfg, sources=[source], since=since, until=until, dry_run=dry_run, force=force)
+            report = fetch(cfg, sources=[source], since=since, until=until, dry_run=dry_run, force=force,
+                           origin=run_origin())
     except AcquireConcurrencySlotTimeoutError:
         raise ServerBusy(
             f"{source}: no {slots} slot(s) of concurrency limit '{name}' came free within {slot_timeout:g} s. "
@@ -151,6 +152,20 @@ def _run_id() -> str:
         return "local"
 
 
+def run_origin() -> dict[str, str]:
+    """The flow run, for run records and alerts: its id, name and UI link (PREFECT_UI_URL)."""
+    from prefect.runtime import flow_run
+    from prefect.utilities.urls import url_for
+
+    if not flow_run.id:
+        return {}
+    origin = {"prefect_flow_run_id": str(flow_run.id), "prefect_flow_run_name": str(flow_run.name or "")}
+    link = url_for("flow-run", obj_id=flow_run.id)
+    if link:
+        origin["prefect_flow_run_url"] = link
+    return origin
+
+
 def run_sources(
     config: str,
     sources: list[str],
@@ -160,7 +175,8 @@ def run_sources(
     force: bool,
 ) -> RunReport:
     """Submit one task per source (bounded by the flow's task runner) and merge the reports."""
-    merged = RunReport(run_id=_run_id(), started=_now(), dry_run=dry_run, force=force, sources=list(sources))
+    merged = RunReport(run_id=_run_id(), started=_now(), dry_run=dry_run, force=force, sources=list(sources),
+                       origin=run_origin())
     futures = [
         fetch_source.submit(config, name, since=since, until=until, dry_run=dry_run, force=force)
         for name in sources
@@ -184,6 +200,8 @@ def run_sources(
 def _markdown(report: RunReport, title: str) -> str:
     lines = [f"# {title}", "", f"**{report.summary_line() or 'nothing to do'}**", ""]
     lines.append(f"Sources: {', '.join(report.sources) or 'none'}; run {report.run_id}.")
+    if report.origin.get("prefect_flow_run_url"):
+        lines.append(f"Flow run: [{report.origin.get('prefect_flow_run_name')}]({report.origin['prefect_flow_run_url']})")
     if report.dry_run:
         lines.append("Dry run: nothing was downloaded or archived.")
     for name, error in sorted(report.source_errors.items()):

@@ -277,7 +277,7 @@ def test_a_corrupt_file_fails_the_run_and_the_artifact_lists_it(tmp_path, server
     assert task_run.state.is_failed() and task_run.run_count == 1
     assert task_run.state.message == "ibkr-sftp: 1 of 5 file(s) failed"
     # RunFailed is logged once, with no traceback anywhere in the run's logs.
-    logs = eventually(lambda: run_logs(flow_run_id(state), "Finished in state"), timeout=30, step=0.3)
+    logs = eventually(lambda: run_logs(flow_run_id(state), "Finished in state Failed(\"RunFailed"), timeout=30, step=0.3)
     assert sum(m.startswith("RunFailed: 1 of 5 file(s) failed") for m in logs) == 1, logs
     assert not [m for m in logs if "Traceback" in m], logs
     rows = {r["file"]: r for r in table(flow_run_id(state))}
@@ -703,3 +703,21 @@ def test_backup_keys_defaults_to_the_folder_of_the_configs_key_files(tmp_path, m
     cfg.write_text(cfg.read_text().replace(str(keys / "ibkr_pgp_secret.asc"), str(pgp_key.secret_file)))
     state = backup_keys(return_state=True)
     assert state.is_failed() and "separate folders" in state.message and "dir=" in state.message
+
+
+def test_alerts_artifacts_and_the_run_record_lead_to_the_flow_run(tmp_path, server, sftp_client_key, pgp_key):
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+
+    (server.root / "outgoing" / "U1234567.DailyActivity.20261106.20261106.xml.pgp").write_bytes(b"not pgp at all")
+    receiver = Receiver()
+    with temporary_settings({PREFECT_UI_URL: "http://prefect.example:4200"}):
+        state = retrieve_with_alerts(make_config(tmp_path / "conf", server, sftp_client_key, pgp_key), receiver)
+    run_id = flow_run_id(state)
+    link = f"http://prefect.example:4200/runs/flow-run/{run_id}"
+    assert state.is_failed() and receiver.messages
+    assert all(link in m["message"] for m in receiver.messages), receiver.messages
+    (summary,) = artifacts(run_id, SUMMARY_ARTIFACT_KEY)
+    assert link in summary.data
+    (record,) = (tmp_path / "conf" / "archive" / "runs").rglob("*.json")
+    origin = json.loads(record.read_text())["origin"]
+    assert origin["prefect_flow_run_id"] == str(run_id) and origin["prefect_flow_run_url"] == link
