@@ -40,6 +40,10 @@ class ServerBusy(Exception):
     """No slot of the server's concurrency limit became free in time (never retried)."""
 
 
+class RunFailed(Exception):
+    """A flow that fails by raising (verify-archive); the retrieval flows return run_failed()'s state instead."""
+
+
 def resolve_config(config: str | None) -> str:
     """Absolute config path (argument, else IBREPORTS_CONFIG, else ./ibreports.toml).
 
@@ -206,7 +210,9 @@ def _markdown(report: RunReport, title: str) -> str:
     if report.dry_run:
         lines.append("Dry run: nothing was downloaded or archived.")
     for name, error in sorted(report.source_errors.items()):
-        lines.append(f"- source **{name}** failed: {error}")
+        # The error class says what kind of failure it was ("host key refused", "login refused", ...).
+        label = getattr(errors.error_class(report.source_error_types.get(name, "")), "summary", None) or "failed"
+        lines.append(f"- source **{name}** {label}: {error}")
     for item in report.failed:
         lines.append(f"- `{item.name}` {item.outcome}: {item.reason}")
     for item in report.at_risk:
