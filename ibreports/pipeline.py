@@ -58,8 +58,12 @@ def fetch(
     dry_run: bool = False,
     force: bool = False,
     progress: ProgressHook | None = None,
+    origin: dict[str, str] | None = None,
 ) -> RunReport:
-    """One retrieval run over the selected sources (all by default)."""
+    """One retrieval run over the selected sources (all by default).
+
+    ``origin`` goes into the run record as is (the flows put the Prefect flow run's id and URL there).
+    """
     selected = config.select(sources)
     now = datetime.now(timezone.utc)
     report = RunReport(
@@ -69,6 +73,7 @@ def fetch(
         force=force,
         sources=[s.name for s in selected],
         warn_days=config.retention.warn_days,
+        origin=dict(origin or {}),
     )
     archive = open_archive(config.archive)
     inventory = archive.inventory()

@@ -48,6 +48,7 @@ class RunReport:
     warn_days: int = 14
     record_key: str = ""
     already_archived: int = 0  # in run records, which list only the files a run acted on
+    origin: dict[str, str] = field(default_factory=dict)  # who ran it: e.g. the Prefect flow run's id and URL
 
     def count(self, outcome: str) -> int:
         return sum(1 for f in self.files if f.outcome == outcome)
