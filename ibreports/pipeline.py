@@ -39,10 +39,14 @@ def fetch(
     dry_run: bool = False,
     force: bool = False,
     progress: ProgressHook | None = None,
+    origin: dict[str, str] | None = None,
     *,
     options: RunOptions | None = None,
 ) -> RunReport:
-    """One retrieval run over the selected sources (all by default); ``options`` replaces the flags."""
+    """One retrieval run over the selected sources (all by default); ``options`` replaces the flags.
+
+    ``origin`` goes into the run record as is (the flows put the Prefect flow run's id and URL there).
+    """
     opts = options or RunOptions(tuple(sources) if sources else None, since, until, dry_run, force)
     selected = config.select(list(opts.sources) if opts.sources else None)
     now = datetime.now(timezone.utc)
@@ -53,6 +57,7 @@ def fetch(
         force=opts.force,
         sources=[s.name for s in selected],
         warn_days=config.retention.warn_days,
+        origin=dict(origin or {}),
     )
     archive = open_archive(config.archive)
     inventory = archive.inventory()

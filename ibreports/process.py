@@ -90,6 +90,8 @@ class Worker:
                 return  # a conflict: reported by the branch
             if self.source.delete_after_archive:
                 self.remote.delete(item.entry.name)
+                out.deleted_from_server = True  # shown and recorded: the server's copy is gone
+                log.info("%s: deleted %s from the server (archived and verified)", self.source.name, item.entry.name)
             # "archived" only by the run that wrote the file's last missing object, so two runs at
             # once never both count a file; --force reports what it compared as "verified".
             out.outcome = Outcome.ARCHIVED if wrote else Outcome.VERIFIED if self.force else Outcome.ALREADY_ARCHIVED

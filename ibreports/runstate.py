@@ -17,7 +17,7 @@ from typing import Callable
 from .archive import Archive, ObjectInfo
 from .config import Config
 from .errors import ArchiveError, DecryptionError, IbreportsError
-from .files import claim_workdir, release_workdir, sweep_abandoned
+from .files import claim_workdir, private_base, release_workdir, sweep_abandoned
 from .pgp import Decryptor, sweep_abandoned_homes
 from .report import RunReport
 
@@ -58,8 +58,8 @@ class RunState:
 
     def __enter__(self) -> "RunState":
         base = self.config.run.staging_dir
-        if base is not None:
-            base.mkdir(parents=True, exist_ok=True)
+        if base is not None:  # 0700, tightened if open to others, refused if another user's
+            private_base(base, "staging folder", "[run] staging_dir")
         swept = sweep_abandoned(STAGING_PREFIX, base)
         if swept:
             log.warning("removed %d staging folder(s) left by an interrupted run", swept)
