@@ -172,14 +172,18 @@ def _refuse_plain(entry: Entry, st: Statement, skey: str, rules: Rules, encrypte
 
 
 def _verified_statements(inventory: dict[str, ObjectInfo]) -> set[str]:
-    """Statement keys whose encrypted original is archived (``encrypted/<source>/<YYYY>/<MM>/<name>``)."""
+    """Archived statements that came from an encrypted delivery: the statement key is there and so is an
+    encrypted original of it (``encrypted/<source>/<YYYY>/<MM>/<name>.pgp``). An original alone (it failed
+    to decrypt) proves nothing about the statement."""
     keys = set()
     for key in inventory:
         parts = key.split("/")
         if len(parts) != 5 or parts[0] != "encrypted" or not _encrypted(parts[4]):
             continue
         st = statements.parse(parts[4], 0)
-        keys.add(f"statements/{st.account or statements.UNSORTED}/{parts[2]}/{parts[3]}/{st.decrypted_name}")
+        skey = f"statements/{st.account or statements.UNSORTED}/{parts[2]}/{parts[3]}/{st.decrypted_name}"
+        if skey in inventory:
+            keys.add(skey)
     return keys
 
 

@@ -97,6 +97,11 @@ def test_plain_twin_arriving_after_the_encrypted_one_is_a_shadow(suffix):
     assert (row.outcome, row.code) == (Outcome.REJECTED, Reason.SHADOW) and result.items == []
 
 
+def test_an_encrypted_original_that_never_decrypted_does_not_shadow_a_plain_delivery():
+    keys = inv((f"encrypted/src/2026/11/{NAME}.pgp", 10))  # archived as evidence; no statement from it
+    assert fetched(plan([Entry(NAME, 30, NOW - DAY)], keys, rules(), NOW)) == [NAME]
+
+
 def test_plain_refused_where_allow_plain_is_false():
     result = plan([Entry(NAME, 30, NOW - DAY), Entry("x.csv", 3, NOW - DAY)], {}, rules(allow_plain=False), NOW)
     assert result.items == []
