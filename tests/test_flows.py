@@ -34,12 +34,11 @@ from flows.common import RUN_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY, fetch_source
 from flows.keys import backup_keys, generate_keys
 from flows.retrieve import retrieve_statements
 from ibreports.cli import main
-from tests.configs import ftp_toml
+from tests.configs import ftp_toml, sftp_toml
 from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.fixtures.s3 import s3_test_client
-from tests.test_alerts import Receiver
 from tests.fixtures.sshd import free_port
-from tests.test_fetch import PLAIN, UNENCRYPTED, archived_files, seed, sftp_toml, write_config
+from tests.helpers import PLAIN, UNENCRYPTED, Receiver, archived_files, seed, write_config
 from tests.waiting import eventually
 
 

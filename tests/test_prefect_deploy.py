@@ -14,7 +14,8 @@ import pytest
 
 from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.prefect_harness import REPO, PrefectStack
-from tests.test_fetch import PLAIN, archived_files, seed, sftp_toml, write_config
+from tests.configs import sftp_toml
+from tests.helpers import PLAIN, archived_files, seed, write_config
 from tests.waiting import eventually
 
 
