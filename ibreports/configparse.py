@@ -143,7 +143,7 @@ class Parser:
         kind = get_kind(raw.get("kind"), f"{self.file}: '{where}.kind'")
         fields = {f.name: f for f in dataclasses.fields(kind.settings)}
         elsewhere = {key: other for other, keys in reversed(keys_of.items()) for key in keys}
-        self.known(raw, where, SOURCE_KEYS | set(fields), f"a {kind.name} source", elsewhere)
+        self.known(raw, where, SOURCE_KEYS | set(fields), f"a source of kind {kind.name}", elsewhere)
         hints = typing.get_type_hints(kind.settings)
         values = {key: self.field(raw, where, key, hints[key], spec) for key, spec in fields.items()}
         try:

@@ -247,6 +247,7 @@ def test_a_source_keeps_the_common_keys_and_its_kind_settings(tmp_path):
     assert sftp.settings.known_hosts == tmp_path / "keys/known_hosts"
     assert (sftp.timeout, sftp.connections, sftp.settle_seconds) == (30.0, 4, 120)
     assert not hasattr(sftp.settings, "password") and not hasattr(ftp.settings, "key_file")
+    assert (sftp.allow_plain, ftp.allow_plain) == (True, False)  # the kinds' defaults
 
 
 def test_a_key_of_another_kind_is_named_as_such(tmp_path):

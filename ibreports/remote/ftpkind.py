@@ -67,4 +67,5 @@ FTP = register(SourceKind(
     doctor=_doctor,
     slots=_slots,
     capabilities=Capabilities(listing=True, delete=True, host_keys=False),
+    allow_plain_default=False,  # IBKR requires PGP on FTP: a plain file there may be forged in transit
 ))
