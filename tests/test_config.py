@@ -284,7 +284,7 @@ class ReadOnlySettings:
 # An on-demand kind (listing=False): the remote contract suite, which is for listing kinds, leaves it out.
 READ_ONLY = register(SourceKind(
     name="read-only-toy", settings=ReadOnlySettings, open=lambda source: None, doctor=lambda *args: None,
-    slots=lambda source: [], capabilities=Capabilities(listing=False, delete=False), allow_plain_default=False,
+    slots=lambda source: ["toy"], capabilities=Capabilities(listing=False, delete=False), allow_plain_default=False,
 ))
 
 

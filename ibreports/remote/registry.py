@@ -82,7 +82,7 @@ class SourceKind:
     settings: type
     open: Callable[["SourceConfig"], "Remote"]  # connect + authenticate (imports lazily)
     doctor: DoctorSteps  # the kind's doctor steps (same connect code as open)
-    slots: Callable[["SourceConfig"], list[str]]  # concurrency-limit names, one per connection held at once
+    slots: Callable[["SourceConfig"], list[str]]  # concurrency-limit names, one per connection held at once (>= 1)
     capabilities: Capabilities = Capabilities()
     allow_plain_default: bool = True  # may unencrypted deliveries be archived unless the source says otherwise
 
