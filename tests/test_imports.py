@@ -52,3 +52,14 @@ def test_the_flow_runner_given_to_main_is_the_one_the_demo_runs(tmp_path):
                           cwd=REPO)
     assert f"RUNNER {folder} {folder / 'ibreports.toml'}" in done.stdout, done.stdout + done.stderr
     assert done.returncode == 1  # this runner archived nothing, and the demo says so
+
+
+def test_every_settings_module_imports_first_without_a_cycle():
+    """config -> configparse -> configmodel, secrets, remote.registry: each one importable on its own, first."""
+    for module in ("ibreports.secrets", "ibreports.configmodel", "ibreports.configparse", "ibreports.config",
+                   "ibreports.remote.registry", "ibreports.remote.sftpkind", "ibreports.remote"):
+        code = f"import {module}\nfrom ibreports.remote.registry import known_kinds\nprint(known_kinds())"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert done.returncode == 0 and "'sftp', 'ftp'" in done.stdout, (module, done.stderr)
+    source = (REPO / "ibreports" / "configparse.py").read_text() + (REPO / "ibreports" / "secrets.py").read_text()
+    assert "from .config import" not in source  # the model and the secrets never import the facade back
