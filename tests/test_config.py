@@ -262,6 +262,11 @@ def test_a_kind_registered_by_a_test_needs_no_username_and_may_refuse_delete(tmp
     # READ_ONLY (below) is registered by this test module only; the library knows nothing of it.
     cfg = parse_config("[[sources]]\nname='r'\nkind='read-only-toy'\nfolder='x'\n", tmp_path / "ibreports.toml")
     assert cfg.sources[0].settings == ReadOnlySettings(folder="x")
+    cfg = parse_config("[[sources]]\nname='r'\nkind='read-only-toy'\nfolder='x'\ntags=['a']\naccount='U1'\nkey='k'\n",
+                       tmp_path / "ibreports.toml")
+    assert cfg.sources[0].settings == ReadOnlySettings(folder="x", tags=["a"], account="U1", key=tmp_path / "k")
+    with pytest.raises(ConfigError, match="'sources.r.account' must be an integer or a string \\(got a list\\)"):
+        parse_config("[[sources]]\nname='r'\nkind='read-only-toy'\nfolder='x'\naccount=[1]\n", tmp_path / "x.toml")
     assert cfg.sources[0].allow_plain is False  # the kind's default
     with pytest.raises(ConfigError, match="sources.r.folder"):
         parse_config("[[sources]]\nname='r'\nkind='read-only-toy'\n", tmp_path / "ibreports.toml")
@@ -274,6 +279,9 @@ def test_a_kind_registered_by_a_test_needs_no_username_and_may_refuse_delete(tmp
 @dataclasses.dataclass(frozen=True)
 class ReadOnlySettings:
     folder: str = ""
+    tags: list[str] = dataclasses.field(default_factory=list)
+    account: int | str = 0
+    key: Path | None = None
 
     def checked(self) -> "ReadOnlySettings":
         if not self.folder:
