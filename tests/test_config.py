@@ -344,3 +344,11 @@ def test_type_errors_name_the_key_by_source_name_and_the_type_in_words(tmp_path,
     with pytest.raises(ConfigError) as err:
         parse_config(text, tmp_path / "ibreports.toml")
     assert message in err.value.message
+
+
+def test_a_kind_name_is_registered_once():
+    sftp = get_kind("sftp")
+    assert register(sftp) is sftp  # the same kind again: nothing changes
+    with pytest.raises(ValueError, match="'sftp' is already registered"):
+        register(dataclasses.replace(sftp, capabilities=Capabilities(delete=False)))
+    assert get_kind("sftp") is sftp and known_kinds()[:2] == ["sftp", "ftp"]
