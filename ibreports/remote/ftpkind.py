@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 class FtpSettings:
     """Keys of an ``kind = "ftp"`` source beyond the common ones."""
 
-    ibkr_server: ClassVar[str] = "IBKR\'s FTP server is ftp2.interactivebrokers.com port 21"  # for remedies
+    ibkr_server: ClassVar[str] = "IBKR's FTP server is ftp2.interactivebrokers.com port 21"  # for remedies
+    greeting: ClassVar[str] = "FTP greeting"  # what the server sends first
     host: str = "ftp2.interactivebrokers.com"
     port: int = 21
     username: str = ""
