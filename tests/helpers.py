@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import stat
 import threading
 import time
@@ -75,12 +76,22 @@ passphrase = "env:TEST_PGP_PASSPHRASE"
     return cfg
 
 
+def local_archive(tmp_path: Path) -> tuple[str, Path]:
+    """The [archive] table of a local archive under ``tmp_path``, and its folder."""
+    return f'[archive]\nurl = "{tmp_path / "archive"}"\n', tmp_path / "archive"
+
+
 def archived_files(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in root.rglob("*")
         if p.is_file() and not p.relative_to(root).parts[0] == "runs"
     }
+
+
+def run_id_of(output: str) -> str:
+    """The flow run id that `prefect deployment run` printed."""
+    return re.search(r"UUID: ([0-9a-f-]{36})", output).group(1)
 
 
 # -- an alert receiver -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from ibreports.cli import main
 from tests.configs import ftp_toml, sftp_toml
 from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.helpers import (
-    PLAIN, UNENCRYPTED, UNPARSEABLE, UNPARSEABLE_MTIME, Receiver, archived_files, seed, write_config,
+    PLAIN, UNENCRYPTED, UNPARSEABLE, UNPARSEABLE_MTIME, Receiver, archived_files, local_archive, seed, write_config,
 )
 
 DAY = 86400
@@ -26,25 +26,6 @@ def age(path: Path, days: float) -> None:
     """Back-date a server file: the purge horizon counts from its mtime."""
     then = time.time() - days * DAY
     os.utime(path, (then, then))
-
-
-@pytest.fixture
-def env(monkeypatch, pgp_key, sftp_client_key):
-    monkeypatch.setenv("TEST_PGP_PASSPHRASE", pgp_key.passphrase)
-    monkeypatch.setenv("TEST_SSH_PASSPHRASE", sftp_client_key[2])
-
-
-@pytest.fixture
-def sftp_setup(tmp_path, sshd_factory, sftp_client_key, pgp_key, env):
-    server = sshd_factory([sftp_client_key[1]])
-    known_hosts = tmp_path / "known_hosts"
-    server.write_known_hosts(known_hosts)
-    delivered = seed(server.root / "outgoing", pgp_key.public_file, unparseable=True)
-    return server, known_hosts, delivered
-
-
-def local_archive(tmp_path: Path) -> tuple[str, Path]:
-    return f'[archive]\nurl = "{tmp_path / "archive"}"\n', tmp_path / "archive"
 
 
 def expected_keys(delivered: dict[str, bytes], source: str) -> dict[str, list[str]]:
