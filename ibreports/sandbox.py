@@ -16,6 +16,7 @@ import os
 import socket
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +28,17 @@ MAX_CONNECTIONS = 8  # bounded: each connection costs a transport thread plus on
 LOG_CHANNEL = "ibreports.sandbox.ssh"
 # A client hanging up abruptly is routine for a test server, not an error worth printing.
 logging.getLogger(LOG_CHANNEL).setLevel(logging.CRITICAL)
+
+
+def file_attr(name: str, size: int = 0, mtime: float | None = None) -> SFTPAttributes:
+    """A listing entry for a regular file (for ``listing_override``)."""
+    attr = SFTPAttributes()
+    attr.filename = name
+    attr.st_size = size
+    attr.st_mode = stat.S_IFREG | 0o644
+    attr.st_uid = attr.st_gid = 0
+    attr.st_mtime = attr.st_atime = int(time.time() if mtime is None else mtime)
+    return attr
 
 
 class SandboxServer:

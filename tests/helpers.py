@@ -6,13 +6,10 @@ import dataclasses
 import json
 import os
 import re
-import stat
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-
-from paramiko import SFTPAttributes
 
 from ibreports.config import SourceConfig
 from ibreports.remote.registry import get_kind
@@ -133,16 +130,3 @@ class Receiver:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
-
-
-# -- the sandbox sFTP server's fault hooks ------------------------------------------------------
-
-def file_attr(name: str, size: int = 0, mtime: float | None = None) -> SFTPAttributes:
-    """A listing entry for a regular file (for SandboxServer.listing_override)."""
-    attr = SFTPAttributes()
-    attr.filename = name
-    attr.st_size = size
-    attr.st_mode = stat.S_IFREG | 0o644
-    attr.st_uid = attr.st_gid = 0
-    attr.st_mtime = attr.st_atime = int(time.time() if mtime is None else mtime)
-    return attr

@@ -16,8 +16,7 @@ import paramiko
 import pytest
 
 from ibreports.cli import main
-from ibreports.sandbox import SandboxServer
-from tests.helpers import file_attr
+from ibreports.sandbox import SandboxServer, file_attr
 from tests.reliability import local_archive_toml, local_objects, sftp_toml, snapshot, write_config
 
 LISTED_ONLY = ["../x", "/etc/passwd", "a/b", "../../../../tmp/evil.xml", "..", ".", "", "a\x00b.xml",

@@ -19,9 +19,9 @@ from ibreports.config import Secret, SourceConfig
 from ibreports.errors import ConnectionFailure, RemoteFileError, TooSlowError
 from ibreports.remote import open_remote
 from ibreports.remote.listing import MAX_ENTRIES
-from ibreports.sandbox import SandboxServer
+from ibreports.sandbox import SandboxServer, file_attr
 from tests.fixtures.rawftp import RawFtpServer
-from tests.helpers import file_attr, source_config
+from tests.helpers import source_config
 
 GOOD = "U1234567.DailyActivity.20261101.20261101.xml.pgp"
 

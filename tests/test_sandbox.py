@@ -12,10 +12,10 @@ import paramiko
 import pytest
 
 from ibreports.config import Secret, SourceConfig
-from tests.helpers import file_attr, source_config
+from tests.helpers import source_config
 from ibreports.errors import ConnectionFailure, RemoteFileError
 from ibreports.remote import open_remote
-from ibreports.sandbox import SandboxServer
+from ibreports.sandbox import SandboxServer, file_attr
 from tests.waiting import eventually
 
 HOSTILE = ["../x", "/etc/passwd", "a/b", "..\\x", "a\x00b.xml", "a\r\nb.xml", "x" * 4000]

@@ -14,11 +14,10 @@ import pytest
 from ibreports.cli import main
 from ibreports.config import load_config
 from ibreports.pipeline import fetch
-from ibreports.sandbox import SandboxServer
+from ibreports.sandbox import SandboxServer, file_attr
 from ibreports.status import collect_status
 from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.fixtures.sshd import free_port
-from tests.helpers import file_attr
 
 DAY = 86400
 ROW_KEYS = {"source", "name", "account", "statement_date", "age_days", "days_left", "archived", "at_risk",
