@@ -2,8 +2,9 @@
 
 - "ondemand": no listing; produces statements into staging (as the Flex Web Service kind does);
   planned without settle/purge rules, stored like plain deliveries, conflicts detected;
-- "exploding": its listing raises an exception no library code expects: recorded for that source,
-  the other sources go on and the run record is written.
+- "exploding": produces nothing but an exception no library code expects: recorded for that source,
+  the other sources go on and the run record is written. (On demand, so the remote contract suite,
+  which wants a server for every listing kind, leaves it alone.)
 
 Real gpg is not needed (plain statements); the archive is a real local folder.
 """
@@ -45,8 +46,8 @@ class Exploding:
     def __init__(self, source) -> None:
         pass
 
-    def list(self):
-        raise RuntimeError("the listing parser met something nobody expected")
+    def produce(self, since, until, staging):
+        raise RuntimeError("the parser met something nobody expected")
 
     def close(self) -> None:
         pass
@@ -64,7 +65,8 @@ def _no_doctor(source, checklist, stack: ExitStack, staging: Path):
 
 register(SourceKind(name="ondemand", settings=ToySettings, open=lambda s: OnDemandRemote(MADE[s.settings.store]),
                     doctor=_no_doctor, slots=lambda s: [], capabilities=Capabilities(listing=False)))
-register(SourceKind(name="exploding", settings=ToySettings, open=Exploding, doctor=_no_doctor, slots=lambda s: []))
+register(SourceKind(name="exploding", settings=ToySettings, open=Exploding, doctor=_no_doctor, slots=lambda s: [],
+                    capabilities=Capabilities(listing=False)))
 
 
 def config(tmp_path: Path, *sources: tuple[str, str, str]) -> Path:
@@ -123,7 +125,7 @@ def test_an_unexpected_exception_stays_inside_its_source(tmp_path, store, capsys
         SERVERS.pop(store, None)
     out = capsys.readouterr()
     assert code == 1  # a bug: neither a configuration (2) nor a connection (3) problem
-    assert "source broken: unexpected RuntimeError: the listing parser met something nobody expected" in out.out
+    assert "source broken: unexpected RuntimeError: the parser met something nobody expected" in out.out
     assert "Traceback" not in out.out + out.err  # only with --debug
     [record] = (tmp_path / "archive" / "runs").rglob("*.json")
     data = json.loads(record.read_text())
