@@ -11,6 +11,8 @@ from .config import (
     AlertsConfig,
     ArchiveConfig,
     Config,
+    CoverageConfig,
+    ObjectLock,
     PgpConfig,
     RetentionConfig,
     RunConfig,
@@ -68,7 +70,7 @@ class Parser:
         return Secret(value, f"{where}.{key}", self.base) if value else None
 
     def config(self, data: dict[str, Any]) -> Config:
-        top = {"sources", "pgp", "archive", "retention", "alerts", "run"}
+        top = {"sources", "pgp", "archive", "retention", "alerts", "run", "coverage"}
         unknown = sorted(set(data) - top)
         if unknown:
             raise ConfigError(
@@ -99,6 +101,7 @@ class Parser:
             retention=self.retention(data),
             alerts=self.alerts(data),
             run=self.run(data),
+            coverage=self.coverage(data),
         )
 
     def source(self, index: int, raw: dict[str, Any]) -> SourceConfig:
@@ -175,7 +178,7 @@ class Parser:
     def archive(self, data: dict[str, Any]) -> ArchiveConfig:
         raw = self.table(
             data, "archive",
-            {"url", "endpoint_url", "region", "server_side_encryption", "kms_key_id", "keep_encrypted"},
+            {"url", "endpoint_url", "region", "server_side_encryption", "kms_key_id", "keep_encrypted", "object_lock"},
         )
         url = self.get(raw, "archive", "url", str, "archive")
         if not url:
@@ -200,7 +203,28 @@ class Parser:
             server_side_encryption="" if sse == "none" else sse,
             kms_key_id=kms,
             keep_encrypted=self.get(raw, "archive", "keep_encrypted", bool, True),
+            object_lock=self.object_lock(raw),
         )
+
+    def object_lock(self, raw: dict[str, Any]) -> ObjectLock | None:
+        if "object_lock" not in raw:
+            return None
+        lock = self.table(raw, "object_lock", {"mode", "days"})
+        mode = self.get(lock, "archive.object_lock", "mode", str, "")
+        if mode not in ("COMPLIANCE", "GOVERNANCE"):
+            raise self.fail("archive.object_lock.mode", "'COMPLIANCE' or 'GOVERNANCE'")
+        if "days" not in lock:
+            raise self.fail("archive.object_lock.days", "set: the retention in days, e.g. 2190 for six years")
+        return ObjectLock(mode=mode, days=self.nonneg(lock, "archive.object_lock", "days", 0, low=1))
+
+    def coverage(self, data: dict[str, Any]) -> CoverageConfig:
+        raw = self.table(data, "coverage", {"grace_days", "calendar"})
+        calendar = self.get(raw, "coverage", "calendar", str, "NYSE")
+        from .calendars import known_calendars  # lazy: only configs that get here pay the import
+
+        if calendar not in known_calendars():
+            raise self.fail("coverage.calendar", f"one of {', '.join(known_calendars())}")
+        return CoverageConfig(grace_days=self.nonneg(raw, "coverage", "grace_days", 3), calendar=calendar)
 
     def retention(self, data: dict[str, Any]) -> RetentionConfig:
         raw = self.table(data, "retention", {"purge_days", "warn_days"})

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..config import ArchiveConfig
-from ..errors import ArchiveError
+from ..errors import ArchiveError, ConfigError
 
 MAX_KEY_BYTES = 1024  # S3's limit; also keeps local paths within PATH_MAX
 
@@ -22,6 +22,7 @@ class Archive(Protocol):
     """Keys are '/'-separated relative paths, e.g. ``statements/U1234567/2026/11/x.xml``."""
 
     description: str  # e.g. "/srv/archive" or "s3://bucket/prefix" (no credentials)
+    features: frozenset[str]  # declared capabilities, e.g. "object_lock" (S3 Object Lock retention)
 
     def inventory(self, folder: str = "") -> dict[str, ObjectInfo]:
         """Every object under the archive (or under ``folder``, e.g. ``runs/``), listed once
@@ -73,12 +74,23 @@ def validate_key(key: str) -> str:
     return key
 
 
+def archive_class(config: ArchiveConfig) -> type:
+    """The archive class for ``config.url``, once the features the configuration asks for are
+    known to be declared by it (ConfigError, exit 2, otherwise)."""
+    if config.is_s3:
+        from .s3 import S3Archive as cls
+    else:
+        from .local import LocalArchive as cls
+    if config.object_lock is not None and "object_lock" not in cls.features:
+        raise ConfigError(
+            f"archive.object_lock is unsupported by the archive {config.url}: only S3 Object Lock "
+            "gives write-once retention.",
+            "Remove object_lock from [archive], or archive to an s3:// bucket with Object Lock enabled "
+            "(a local folder: see the chattr +i recipe in docs/coverage.md).",
+        )
+    return cls
+
+
 def open_archive(config: ArchiveConfig) -> Archive:
     """The archive for ``config.url``: a local folder or ``s3://bucket/prefix``."""
-    if config.is_s3:
-        from .s3 import S3Archive
-
-        return S3Archive(config)
-    from .local import LocalArchive
-
-    return LocalArchive(config)
+    return archive_class(config)(config)

@@ -24,12 +24,17 @@ from ..errors import ArchiveError
 from ..files import CHUNK, create_private, fsync_dir, sha256_file
 from . import ObjectInfo, validate_key
 
+SHA256_XATTR = "user.ibreports.sha256"  # the content's SHA-256 (hex), recorded when the object is written
+STATEMENT_MODE = 0o400  # plaintext statements: read-only, owner only
+ORIGINAL_MODE = 0o440  # encrypted originals: read-only
 TMP_PREFIX = ".tmp-"  # reserved in the root only: keys always start with a folder (statements/, runs/, ...)
 DIR_MODE = 0o750  # the root itself is 0700; sub-folders follow whatever the root allows
 
 
 class LocalArchive:
     """Archive objects as files under ``Path(config.url)``."""
+
+    features: frozenset[str] = frozenset()  # no write-once retention: see docs (chattr +i)
 
     def __init__(self, config: ArchiveConfig) -> None:
         self.root = Path(config.url)
@@ -68,20 +73,25 @@ class LocalArchive:
         return found
 
     def put(self, key: str, path: Path, sha256: str | None, metadata: dict[str, str], private: bool = False) -> bool:
-        """Create ``key`` from ``path`` unless it exists; metadata is not kept locally."""
+        """Create ``key`` from ``path`` unless it exists, read-only, with its SHA-256 as an extended
+        attribute (other metadata is not kept locally)."""
         final = self._path(key)
         tmp, fd = None, -1
         try:
-            tmp, fd, copy = self._temp(path, 0o600 if private else 0o640)
+            tmp, fd, copy = self._temp(path, 0o600)
             if copy:
                 with open(path, "rb") as src:
                     while chunk := src.read(CHUNK):
                         _write_all(fd, chunk)
-            if sha256 is not None and sha256_file(tmp) != sha256.lower():  # what is in the archive
+            actual = sha256_file(tmp)  # what is in the archive
+            if sha256 is not None and actual != sha256.lower():
                 raise ArchiveError(
                     f"Refused to archive {key}: its SHA-256 does not match the verified download.",
                     "The staged file changed or was corrupted; run fetch again.",
                 )
+            record_sha256(fd, actual)
+            # Read-only from birth: nothing rewrites an archived object (--force compares, never writes).
+            os.fchmod(fd, STATEMENT_MODE if private else ORIGINAL_MODE)
             os.fsync(fd)
             self._make_parent(final, key)  # only now: a refused put leaves no empty folders
             try:
@@ -198,6 +208,27 @@ class LocalArchive:
                 f"Refused archive key {key!r}: it leads outside the archive folder {self.root}.",
                 "Remove the symbolic link inside the archive folder that points elsewhere.",
             )
+
+
+def record_sha256(fd: int, sha256: str) -> None:
+    """Keep the SHA-256 with the file (an extended attribute: no sidecar, so listing stays one walk).
+
+    File systems without user extended attributes keep none; ``verify`` then reports the
+    object as unrecorded instead of checked.
+    """
+    try:
+        os.setxattr(fd, SHA256_XATTR, sha256.encode("ascii"))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES):
+            raise
+
+
+def recorded_sha256(path: Path | str) -> str | None:
+    """The SHA-256 recorded when ``path`` was archived, or None."""
+    try:
+        return os.getxattr(path, SHA256_XATTR).decode("ascii", "replace")
+    except OSError:
+        return None
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -14,7 +14,7 @@ from importlib import import_module
 from .. import __version__
 from ..errors import IbreportsError
 
-COMMAND_MODULES = ("keys", "fetch", "ops", "diagnose")
+COMMAND_MODULES = ("keys", "fetch", "ops", "diagnose", "ledger")
 
 
 def build_parser() -> argparse.ArgumentParser:
