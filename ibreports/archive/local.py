@@ -108,7 +108,7 @@ class LocalArchive:
         finally:
             _release(tmp, fd)
 
-    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None, retain: bool = True) -> None:
         """Write ``data`` to ``key`` atomically, replacing any existing object."""
         final = self._path(key)
         tmp, fd = None, -1

@@ -46,13 +46,14 @@ def lock_state(archive) -> LockState:
     return LockState(conf.get("ObjectLockEnabled") == "Enabled", versioning, retention.get("Mode", ""), days)
 
 
-def check_lock(archive) -> str:
-    """The bucket's lock settings as one line; ConfigError when they do not carry ``[archive] object_lock``."""
+def check_lock(archive) -> tuple[LockState, str]:
+    """The bucket's lock settings and a line describing them; ConfigError when they do not carry
+    ``[archive] object_lock`` (lock or versioning off, or a stricter default retention)."""
     state = lock_state(archive)
     lock = archive.config.object_lock
     where = f"bucket {archive.bucket}"
     if lock is None:
-        return state.describe() + "; [archive] object_lock not set: ibreports adds no retention of its own"
+        return state, state.describe() + "; [archive] object_lock not set: ibreports adds no retention of its own"
     if not state.enabled:
         raise ConfigError(
             f"archive.object_lock is set but {where} does not have Object Lock enabled.",
@@ -70,4 +71,4 @@ def check_lock(archive) -> str:
             f"({state.default_mode}, {state.default_days} days), and ibreports' own retention would replace it.",
             "Set [archive] object_lock to at least the bucket's default mode and days.",
         )
-    return f"{state.describe()}; ibreports writes {lock.mode} {lock.days} days"
+    return state, f"{state.describe()}; ibreports writes {lock.mode} {lock.days} days"

@@ -139,7 +139,9 @@ class S3Archive:
         if lock is not None and retain:
             # With ChecksumAlgorithm on every write, as S3 requires for Object Lock (instead of Content-MD5).
             args["ObjectLockMode"] = lock.mode
-            args["ObjectLockRetainUntilDate"] = datetime.now(timezone.utc) + timedelta(days=lock.days)
+            # Whole seconds on the wire: rounded up, so the retention is never shorter than configured.
+            until = datetime.now(timezone.utc) + timedelta(days=lock.days, seconds=1)
+            args["ObjectLockRetainUntilDate"] = until.replace(microsecond=0)
         sse = self.config.server_side_encryption
         if sse:
             args["ServerSideEncryption"] = sse
