@@ -8,7 +8,8 @@ cadence read from its names:
   ``[coverage] calendar`` exchange's holidays) without one, up to today;
 - ``monthly``: every statement covers one calendar month; a gap is a month without one;
 - ``ranges``: anything else (weekly, custom periods); a gap is a business day between the first
-  and the last statement that no statement covers (nothing is assumed after the last one).
+  and the last statement that no statement covers (nothing is assumed after the last one);
+- ``single``: one period so far: no cadence to check yet, so no gaps.
 
 A day or month is a gap only once it is more than ``grace_days`` old (its statement may still
 be on its way). Each gap is checked against the servers' listings: still there ("on-server":
@@ -19,7 +20,7 @@ JSON (``ibreports coverage --json``), stable::
 
     {"generated": "2026-11-22T06:30:00+00:00", "calendar": "NYSE", "grace_days": 3,
      "since": "YYYY-MM-DD" | null, "until": "YYYY-MM-DD" | null,
-     "kinds": [{"account": str, "query": str, "cadence": "daily" | "monthly" | "ranges",
+     "kinds": [{"account": str, "query": str, "cadence": "daily" | "monthly" | "ranges" | "single",
                 "first": "YYYY-MM-DD", "last": "YYYY-MM-DD", "count": int,
                 "gaps": [{"from": "YYYY-MM-DD", "to": "YYYY-MM-DD", "business_days": int,
                           "status": "on-server" | "purged" | "unknown", "files": ["source/name"]}]}],
@@ -144,6 +145,8 @@ def _month_end(day: date) -> date:
 
 
 def cadence(held: list[_Held]) -> str:
+    if len({(h.start, h.end) for h in held}) < 2:
+        return "single"  # one period says nothing about how often the next ones come
     if all(h.start == h.end for h in held):
         return "daily"
     if all(h.start.day == 1 and h.end == _month_end(h.start) for h in held):
@@ -173,14 +176,17 @@ def compute(
         if accounts and account not in accounts:
             continue
         first_ever = min(h.start for h in held)  # days after it and after --since are expected
+        every = cadence(held)  # from every statement of the kind, whatever the range
         held = [h for h in held if not (since and h.end < since) and not (until and h.start > until)]
         if not held:
             continue
-        kind = Kind(account, query, cadence(held), min(h.start for h in held), max(h.end for h in held), len(held))
+        kind = Kind(account, query, every, min(h.start for h in held), max(h.end for h in held), len(held))
         # The newest day that can be a gap: older than the grace period, within --until.
         horizon = min(today - timedelta(days=grace_days + 1), until or today)
         lo = max(first_ever, since) if since else first_ever
-        if kind.cadence == "monthly":
+        if kind.cadence == "single":
+            units = []
+        elif kind.cadence == "monthly":
             units = _missing_months(held, lo, horizon)
         else:
             hi = horizon if kind.cadence == "daily" else min(kind.last, horizon)

@@ -46,12 +46,17 @@ def test_daily_gaps_skip_weekends_and_nyse_holidays():
 
 
 def test_trailing_days_are_gaps_only_after_the_grace_period():
-    keys = [key(daily("U1234567", date(2026, 11, 30)))]
+    keys = [key(daily("U1234567", date(2026, 11, 27))), key(daily("U1234567", date(2026, 11, 30)))]
     # Dec 1-4 (Tue-Fri) have no statement; on Dec 7 with grace 3 only Dec 1-3 are old enough.
     report = compute(keys, {}, {"s": "ok"}, today=date(2026, 12, 7), grace_days=3)
     assert [(g.start, g.end, g.business_days) for g in report.kinds[0].gaps] == [(date(2026, 12, 1), date(2026, 12, 3), 3)]
     relaxed = compute(keys, {}, {"s": "ok"}, today=date(2026, 12, 7), grace_days=10)
     assert relaxed.gaps == [] and relaxed.exit_code == 0
+
+
+def test_a_single_period_has_no_cadence_yet_so_no_gaps():
+    report = compute([key(daily("U1234567", date(2026, 10, 1)))], {}, {"s": "ok"}, today=date(2026, 12, 7))
+    assert [(k.cadence, k.count, k.gaps) for k in report.kinds] == [("single", 1, [])] and report.exit_code == 0
 
 
 def test_calendar_is_configurable():

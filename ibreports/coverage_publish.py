@@ -1,0 +1,62 @@
+"""The daily run's coverage summary (a Markdown artifact) and the alert for gaps that are new since the last run."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from .alerts import MAX_LINES, Alert, send_alerts
+from .archive import open_archive
+from .config import Config
+from .coverage import STATUS_TEXT, CoverageReport, Gap, Kind, collect_coverage, new_gaps, previous_run
+from .errors import IbreportsError
+
+log = logging.getLogger("ibreports.coverage")
+
+
+def daily_coverage(config: Config, run_started: str) -> str:
+    """Coverage after a run: returns the Markdown summary and alerts on gaps new since the previous run.
+
+    Never raises for an archive or server problem: coverage must not turn a retrieval run into a failure.
+    """
+    try:
+        inventory = open_archive(config.archive).inventory()
+        report = collect_coverage(config, keys=[k for k in inventory if k.startswith("statements/")])
+        started = datetime.fromisoformat(run_started).timestamp() if run_started else None
+        fresh = new_gaps(report, previous_run([k for k in inventory if k.startswith("runs/")], started))
+    except IbreportsError as exc:
+        log.warning("coverage could not be computed: %s", exc)
+        return f"# Statement coverage\n\nNot computed: {exc}\n"
+    if fresh:
+        send_alerts(config, extra=[gap_alert(report, fresh)])
+    return markdown(report, fresh)
+
+
+def _line(kind: Kind, gap: Gap) -> str:
+    span = str(gap.start) if gap.start == gap.end else f"{gap.start}..{gap.end}"
+    return f"{kind.account} {kind.query}: {span} ({gap.business_days} business day(s)) {STATUS_TEXT[gap.status]}"
+
+
+def gap_alert(report: CoverageReport, fresh: list[tuple[Kind, Gap]]) -> Alert:
+    lines = [_line(k, g) for k, g in fresh]
+    shown = lines[:MAX_LINES] + ([f"... and {len(lines) - MAX_LINES} more"] if len(lines) > MAX_LINES else [])
+    head = (f"Statements missing from the archive for more than {report.grace_days} day(s) "
+            f"({report.calendar} business days); see `ibreports coverage`.")
+    return Alert("coverage", f"ibreports: {len(fresh)} new coverage gap(s)", "\n".join([head, ""] + [f"- {x}" for x in shown]))
+
+
+def markdown(report: CoverageReport, fresh: list[tuple[Kind, Gap]]) -> str:
+    gaps = report.gaps
+    lines = ["# Statement coverage", "",
+             f"**{len(report.kinds)} kind(s), {sum(k.count for k in report.kinds)} statement(s), {len(gaps)} gap(s)"
+             f" ({len(fresh)} new)**", "",
+             "| account | query | cadence | first | last | count | gaps |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {k.account} | {k.query} | {k.cadence} | {k.first} | {k.last} | {k.count} | {len(k.gaps)} |"
+              for k in report.kinds]
+    if gaps:
+        lines += ["", "Gaps (older than the grace period):", ""]
+        lines += [f"- {_line(k, g)}" + (" **(new)**" if (k, g) in fresh else "") for k, g in gaps[:200]]
+    for source, state in sorted(report.sources.items()):
+        if state != "ok":
+            lines.append(f"- source **{source}**: {state}")
+    return "\n".join(lines) + "\n"
