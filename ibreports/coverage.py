@@ -45,6 +45,7 @@ STATUS_TEXT = {
     "on-server": "on the server, not archived: run `ibreports fetch`",
     "purged": "purged: ask IBKR to regenerate it (or use a Flex Web Service backfill)",
     "unknown": "unknown: not on the servers that were listed, and a source was not (see below)",
+    "unchecked": "not checked against the servers",
 }
 RemoteRange = tuple[date, date, str]  # period start, end, "source/name"
 
@@ -281,6 +282,7 @@ def previous_run(run_keys: Iterable[str], before: float | None = None) -> float 
 
 def format_table(report: CoverageReport) -> str:
     """A readable table: one line per kind, then its gaps, then the sources and a summary line."""
+    listed_any = any(state == "ok" for state in report.sources.values())
     lines = [f"  {'account':<10} {'query':<24} {'cadence':<8} {'first':<10} {'last':<10} {'count':>6} {'gaps':>5}"]
     for kind in report.kinds:
         mark = "!" if kind.gaps else " "
@@ -289,7 +291,8 @@ def format_table(report: CoverageReport) -> str:
         for gap in kind.gaps:
             span = str(gap.start) if gap.start == gap.end else f"{gap.start}..{gap.end}"
             files = f" ({', '.join(gap.files[:3])}{', ...' if len(gap.files) > 3 else ''})" if gap.files else ""
-            lines.append(f"      missing {span} ({gap.business_days} business day(s)): {STATUS_TEXT[gap.status]}{files}")
+            text = STATUS_TEXT["unchecked" if gap.status == "unknown" and not listed_any else gap.status]
+            lines.append(f"      missing {span} ({gap.business_days} business day(s)): {text}{files}")
     if not report.kinds:
         lines.append("  (no statements in the archive" + (" for this selection)" if report.since or report.until else ")"))
     if report.unsorted:
