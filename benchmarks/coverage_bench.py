@@ -9,6 +9,7 @@ which counts archive calls: coverage must list the archive once and read no obje
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -52,12 +53,15 @@ def populate(archive: Path, remote: Path) -> tuple[int, int]:
 def timed(b: Bench, config: Path, *args: str) -> dict:
     out = b.work / "timed-coverage.json"
     out.unlink(missing_ok=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = quiet_start()
     proc = subprocess.run([sys.executable, str(HERE / "timed_fetch.py"), str(out), "--config", str(config), *args],
                           env=b.env, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = json.loads(out.read_text())
-    result.update(wall_s=wall, stdout=proc.stdout)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result.update(wall_s=wall, cpu_s=cpu, stdout=proc.stdout)
     return result
 
 
@@ -75,6 +79,7 @@ def coverage_workload(b: Bench, runs: int, log) -> dict:
         assert all(g["status"] == "on-server" for k in doc["kinds"] for g in k["gaps"])
         res["coverage"].append(out["wall_s"])
         res["coverage_own"].append(out["ibreports_s"])
+        res.setdefault("coverage_cpu", []).append(round(out["cpu_s"], 3))
         res["coverage_calls"] = out["calls"]
         log(f"coverage run {i + 1}/{runs}: ibreports verify --json")
         out = timed(b, config, "verify", "--json")
@@ -82,12 +87,13 @@ def coverage_workload(b: Bench, runs: int, log) -> dict:
         assert out["rc"] == 0 and doc["ok"] == statements, doc["ok"]
         res["verify"].append(out["wall_s"])
         res["verify_own"].append(out["ibreports_s"])
+        res.setdefault("verify_cpu", []).append(round(out["cpu_s"], 3))
         res["verify_peak_rss_mb"] = round(out["peak_rss_mb"], 1)
     return res
 
 
 def summarize(r: dict, med, targets: list) -> None:
-    for key in ("coverage", "coverage_own", "verify", "verify_own"):
+    for key in ("coverage", "coverage_own", "coverage_cpu", "verify", "verify_own", "verify_cpu"):
         r[f"{key}_median"] = med(r[key])
     own = r["coverage_own_median"]
     targets.append({"target": f"coverage over {r['statements']} statements: ibreports time <= 3 s (no interpreter start-up)",
@@ -100,9 +106,12 @@ def summarize(r: dict, med, targets: list) -> None:
 
 def lines(r: dict) -> list[str]:
     return [f"## Coverage and verify over {r['statements']} statements", "",
-            "| command | whole subprocess | ibreports time (no interpreter start-up) |", "|---|---|---|",
-            f"| `ibreports coverage --json` (archive + sshd listing) | {r['coverage_median']:.2f} s | {r['coverage_own_median']:.2f} s |",
-            f"| `ibreports verify --json` (re-reads every object) | {r['verify_median']:.2f} s | {r['verify_own_median']:.2f} s |",
+            "| command | whole subprocess | ibreports time (no interpreter start-up) | CPU (user + system) |",
+            "|---|---|---|---|",
+            f"| `ibreports coverage --json` (archive + sshd listing) | {r['coverage_median']:.2f} s | "
+            f"{r['coverage_own_median']:.2f} s | {r['coverage_cpu_median']:.2f} s |",
+            f"| `ibreports verify --json` (re-reads every object) | {r['verify_median']:.2f} s | "
+            f"{r['verify_own_median']:.2f} s | {r['verify_cpu_median']:.2f} s |",
             "", f"{ACCOUNTS} accounts x {DAYS} NYSE business days of DailyActivity, {r['gaps']} days missing (their files "
             f"still on the server: every gap found and marked on-server). Archive calls of one coverage run: "
             f"{r['coverage_calls']}. verify peak RSS {r['verify_peak_rss_mb']:.0f} MB.", ""]

@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import date, timedelta
 from functools import lru_cache
 
+from .errors import ConfigError
+
 WEEKDAYS_ONLY = "none"
 
 
@@ -29,7 +31,11 @@ class BusinessDays:
         if calendar != WEEKDAYS_ONLY:
             import holidays
 
-            self._holidays = holidays.financial_holidays(calendar)
+            try:
+                self._holidays = holidays.financial_holidays(calendar)
+            except NotImplementedError:
+                raise ConfigError(f"coverage.calendar {calendar!r} is not a calendar the holidays package knows.",
+                                  f"Use one of {', '.join(known_calendars())}.") from None
 
     def is_business_day(self, day: date) -> bool:
         return day.weekday() < 5 and (self._holidays is None or day not in self._holidays)

@@ -282,7 +282,7 @@ def previous_run(run_keys: Iterable[str], before: float | None = None) -> float 
 
 def format_table(report: CoverageReport) -> str:
     """A readable table: one line per kind, then its gaps, then the sources and a summary line."""
-    listed_any = any(state == "ok" for state in report.sources.values())
+    attempted = any(state != "not checked" for state in report.sources.values())  # else none or --offline
     lines = [f"  {'account':<10} {'query':<24} {'cadence':<8} {'first':<10} {'last':<10} {'count':>6} {'gaps':>5}"]
     for kind in report.kinds:
         mark = "!" if kind.gaps else " "
@@ -291,7 +291,7 @@ def format_table(report: CoverageReport) -> str:
         for gap in kind.gaps:
             span = str(gap.start) if gap.start == gap.end else f"{gap.start}..{gap.end}"
             files = f" ({', '.join(gap.files[:3])}{', ...' if len(gap.files) > 3 else ''})" if gap.files else ""
-            text = STATUS_TEXT["unchecked" if gap.status == "unknown" and not listed_any else gap.status]
+            text = STATUS_TEXT["unchecked" if gap.status == "unknown" and not attempted else gap.status]
             lines.append(f"      missing {span} ({gap.business_days} business day(s)): {text}{files}")
     if not report.kinds:
         lines.append("  (no statements in the archive" + (" for this selection)" if report.since or report.until else ")"))
