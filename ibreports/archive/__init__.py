@@ -35,13 +35,17 @@ class Archive(Protocol):
         reader never sees a partial object. ``sha256`` (hex) is verified by the store; None when
         the caller has no independent hash (a file it just produced): S3 then computes one for
         ``ChecksumSHA256``, a local archive writes it as it is.
-        ``private`` marks plaintext statements (local: 0600). The archive may take ``path``
+        ``private`` marks plaintext statements (local: 0400; other objects 0440: read-only from birth).
+        The content's SHA-256 is recorded with the object (S3 metadata ``sha256``, local extended
+        attribute ``user.ibreports.sha256``) for ``ibreports verify``; with ``[archive] object_lock``
+        an S3 object is written under that retention. The archive may take ``path``
         over (a local archive on the same file system hard-links it): the caller must not
         modify the file afterwards, only delete it.
         """
 
-    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
-        """Write a small object (run records, probes), replacing any existing one."""
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None, retain: bool = True) -> None:
+        """Write a small object (run records, probes), replacing any existing one. ``retain=False``
+        leaves out ``[archive] object_lock`` retention (doctor's probe)."""
 
     def get(self, key: str, dest: Path) -> None:
         """Stream ``key`` into ``dest`` (created 0600); ArchiveError if missing."""
