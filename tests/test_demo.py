@@ -89,7 +89,7 @@ def test_demo_archives_and_decrypts_every_seeded_statement(tmp_path, capfd, pref
         st = statements.parse(item.name, item.mtime)
         plain = archive / statements.statement_key(st)
         assert plain.read_bytes() == item.plaintext, item.name
-        assert stat.S_IMODE(plain.stat().st_mode) == 0o600
+        assert stat.S_IMODE(plain.stat().st_mode) == 0o400
         original = archive / statements.original_key(SOURCE, st)
         if item.encrypted:
             assert is_openpgp(original) and original.read_bytes() != item.plaintext
