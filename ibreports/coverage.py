@@ -234,7 +234,12 @@ def list_sources(config: Config, names: list[str] | None = None) -> tuple[list[t
 
     files: list[tuple[str, str]] = []
     state: dict[str, str] = {}
+    from .remote.registry import kind_of
+
     for source in config.select(names):
+        if not kind_of(source).capabilities.listing:  # on-demand (Flex Web Service): nothing to list
+            state[source.name] = "not checked: an on-demand source has no listing"
+            continue
         try:
             with open_remote(source) as remote:
                 files += [(source.name, rf.name) for rf in remote.list()]
@@ -282,7 +287,7 @@ def previous_run(run_keys: Iterable[str], before: float | None = None) -> float 
 
 def format_table(report: CoverageReport) -> str:
     """A readable table: one line per kind, then its gaps, then the sources and a summary line."""
-    attempted = any(state != "not checked" for state in report.sources.values())  # else none or --offline
+    attempted = any(not state.startswith("not checked") for state in report.sources.values())  # else none or --offline
     lines = [f"  {'account':<10} {'query':<24} {'cadence':<8} {'first':<10} {'last':<10} {'count':>6} {'gaps':>5}"]
     for kind in report.kinds:
         mark = "!" if kind.gaps else " "

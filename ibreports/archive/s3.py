@@ -43,7 +43,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 class S3Archive:
     """Archive objects under ``s3://bucket/prefix``."""
 
-    features: frozenset[str] = frozenset({"object_lock"})
+    features: frozenset[str] = frozenset({"object_lock"})  # S3 Object Lock retention ([archive] object_lock)
     single_put_limit = 16 * MiB  # above this, multipart: memory stays bounded by one part
     part_size = 16 * MiB
     page_size = 1000  # list_objects_v2's maximum
