@@ -284,30 +284,3 @@ def previous_run(run_keys: Iterable[str], before: float | None = None) -> float 
             best = stamp
     return best
 
-
-def format_table(report: CoverageReport) -> str:
-    """A readable table: one line per kind, then its gaps, then the sources and a summary line."""
-    attempted = any(not state.startswith("not checked") for state in report.sources.values())  # else none or --offline
-    lines = [f"  {'account':<10} {'query':<24} {'cadence':<8} {'first':<10} {'last':<10} {'count':>6} {'gaps':>5}"]
-    for kind in report.kinds:
-        mark = "!" if kind.gaps else " "
-        lines.append(f"{mark} {kind.account:<10} {kind.query[:24]:<24} {kind.cadence:<8} {kind.first} {kind.last} "
-                     f"{kind.count:>6} {len(kind.gaps):>5}")
-        for gap in kind.gaps:
-            span = str(gap.start) if gap.start == gap.end else f"{gap.start}..{gap.end}"
-            files = f" ({', '.join(gap.files[:3])}{', ...' if len(gap.files) > 3 else ''})" if gap.files else ""
-            text = STATUS_TEXT["unchecked" if gap.status == "unknown" and not attempted else gap.status]
-            lines.append(f"      missing {span} ({gap.business_days} business day(s)): {text}{files}")
-    if not report.kinds:
-        lines.append("  (no statements in the archive" + (" for this selection)" if report.since or report.until else ")"))
-    if report.unsorted:
-        lines.append(f"  {report.unsorted} statement(s) without account and period in their names (not checked)")
-    for source, state in sorted(report.sources.items()):
-        if state != "ok":
-            lines.append(f"source {source}: {state}")
-    gaps = report.gaps
-    days = sum(g.business_days for _, g in gaps)
-    lines.append(f"{len(report.kinds)} kind(s), {sum(k.count for k in report.kinds)} statement(s); "
-                 + (f"{len(gaps)} gap(s) ({days} business day(s)) older than {report.grace_days} day(s)."
-                    if gaps else f"no gap older than {report.grace_days} day(s) ({report.calendar} calendar)."))
-    return "\n".join(lines)

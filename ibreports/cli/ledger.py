@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def coverage(args: argparse.Namespace) -> int:
-    from ..coverage import collect_coverage, format_table
+    from ..coverage import collect_coverage
+    from ..coverage_publish import format_table
 
     if args.since and args.until and args.since > args.until:
         raise ConfigError(f"--since {args.since} is after --until {args.until}.", "Swap them.")
