@@ -229,7 +229,10 @@ class Parser:
     def object_lock(self, raw: dict[str, Any]) -> ObjectLock | None:
         if "object_lock" not in raw:
             return None
-        lock = self.table(raw, "object_lock", {"mode", "days"})
+        lock = raw["object_lock"]
+        if not isinstance(lock, dict):
+            raise self.fail("archive.object_lock", '{ mode = "COMPLIANCE" | "GOVERNANCE", days = N }', lock)
+        self.known(lock, "archive.object_lock", {"mode", "days"}, "archive.object_lock")
         mode = self.get(lock, "archive.object_lock", "mode", str, "")
         if mode not in ("COMPLIANCE", "GOVERNANCE"):
             raise self.fail("archive.object_lock.mode", "'COMPLIANCE' or 'GOVERNANCE'")

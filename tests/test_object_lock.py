@@ -198,3 +198,22 @@ url = "{url}"
         return server, config
 
     return make
+
+
+@pytest.mark.parametrize("value, message", [
+    ('"COMPLIANCE"', "'archive.object_lock' must be"),
+    ('{ mode = "compliance", days = 7 }', "'archive.object_lock.mode' must be 'COMPLIANCE' or 'GOVERNANCE'"),
+    ('{ mode = "GOVERNANCE" }', "'archive.object_lock.days' must be set"),
+    ('{ mode = "GOVERNANCE", days = 0 }', "'archive.object_lock.days' must be an integer >= 1"),
+    ('{ mode = "GOVERNANCE", days = 7, years = 1 }', "unknown key 'archive.object_lock.years'"),
+])
+def test_object_lock_settings_are_validated(tmp_path, value, message):
+    from ibreports.config import parse_config
+    from ibreports.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(f'[archive]\nurl = "s3://b/p"\nobject_lock = {value}\n', tmp_path / "ibreports.toml")
+    assert message in err.value.message
+    lock = parse_config('[archive]\nurl = "s3://b/p"\nobject_lock = { mode = "COMPLIANCE", days = 2190 }\n',
+                        tmp_path / "ibreports.toml").archive.object_lock
+    assert (lock.mode, lock.days) == ("COMPLIANCE", 2190)
