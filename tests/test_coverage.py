@@ -216,3 +216,32 @@ def test_bad_calendar_is_a_configuration_error(setup, capsys):
     config = write_config(tmp_path, server, ssh_key, extra="[coverage]\ncalendar = \"MOON\"\n")
     assert main(["--config", str(config), "coverage"]) == 2
     assert "coverage.calendar" in capsys.readouterr().err
+
+
+def test_coverage_of_an_s3_archive_with_one_listing(s3_server, s3_bucket, tmp_path, capsys, monkeypatch):
+    from ibreports.archive.s3 import S3Archive
+    from tests.fixtures.s3 import s3_archive_config
+
+    archive = S3Archive(s3_archive_config(s3_server, s3_bucket))
+    for day in (date(2026, 11, 2), date(2026, 11, 3), date(2026, 11, 5)):
+        name = daily("U1234567", day)
+        (tmp_path / name).write_bytes(b"<x/>")
+        archive.put(statement_key(parse(name, 0)), tmp_path / name, None, {}, private=True)
+    config = tmp_path / "ibreports.toml"
+    config.write_text(f'[archive]\nurl = "s3://{s3_bucket}/ib"\nendpoint_url = "{s3_server}"\nregion = "us-east-1"\n')
+    requests: list[str] = []
+    from ibreports.archive import s3client
+
+    original = s3client.make_s3_client
+
+    def counting(*args, **kwargs):  # observe the wire: which S3 operations the command sends
+        client = original(*args, **kwargs)
+        client.meta.events.register("before-call.s3.*", lambda model, **_: requests.append(model.name))
+        return client
+
+    monkeypatch.setattr("ibreports.archive.s3.make_s3_client", counting)  # the same client, only observed
+    rc = main(["--config", str(config), "coverage", "--offline", "--json", "--until", "2026-11-05"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 1 and doc["sources"] == {}
+    assert [(g["from"], g["status"]) for g in doc["kinds"][0]["gaps"]] == [("2026-11-04", "unknown")]
+    assert requests == ["ListObjectsV2"]  # one page: no request per object
