@@ -119,6 +119,10 @@ def test_fetch_with_delete_after_archive_and_force_on_a_locked_bucket(s3_server,
     assert "1 verified" in capsys.readouterr().out
     versions = client.list_object_versions(Bucket=bucket, Prefix="ib/statements/")["Versions"]
     assert len(versions) == 1
+    capsys.readouterr()
+    assert main(["--config", str(config), "verify", "--json"]) == 0  # the locked objects read back intact
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["checked"], doc["ok"], doc["missing"]) == (2, 2, [])
 
 
 def test_doctor_reports_the_lock_and_keeps_its_probe(s3_server, tmp_path, sftp_env, capsys):
