@@ -59,7 +59,7 @@ def retrieve_statements(
     report = run_sources(path, names, since, until, dry_run, force=False)
     publish(report, "Statement retrieval")
     if not dry_run and sources is None:  # the whole run: what the archive now covers, and alerts on new gaps
-        summary = daily_coverage(load_config(path), report.started)
+        summary = daily_coverage(load_config(path), report)
         create_markdown_artifact(markdown=summary, key=COVERAGE_ARTIFACT_KEY, description="Statement coverage")
     return finish(report, path)
 

@@ -251,13 +251,17 @@ def list_sources(config: Config, names: list[str] | None = None) -> tuple[list[t
 
 
 def collect_coverage(config: Config, accounts: list[str] | None = None, since: date | None = None,
-                     until: date | None = None, servers: bool = True, keys: Iterable[str] | None = None) -> CoverageReport:
-    """The coverage report: one archive listing (unless ``keys`` are given), one listing per source."""
+                     until: date | None = None, servers: bool = True, keys: Iterable[str] | None = None,
+                     listing: tuple[list[tuple[str, str]], dict[str, str]] | None = None) -> CoverageReport:
+    """The coverage report: one archive listing (unless ``keys`` are given), one listing per source
+    (unless ``listing``, the (source, name) pairs and per-source states a run already has, is given)."""
     from .archive import open_archive
 
     if keys is None:
         keys = open_archive(config.archive).inventory("statements/").keys()
-    files, state = list_sources(config) if servers else ([], {s.name: "not checked" for s in config.sources})
+    if listing is None:
+        listing = list_sources(config) if servers else ([], {s.name: "not checked" for s in config.sources})
+    files, state = listing
     return compute(keys, remote_ranges(files), state, config.coverage.calendar, config.coverage.grace_days,
                    accounts, since, until)
 

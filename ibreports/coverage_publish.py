@@ -10,19 +10,25 @@ from .archive import open_archive
 from .config import Config
 from .coverage import STATUS_TEXT, CoverageReport, Gap, Kind, collect_coverage, new_gaps, previous_run
 from .errors import IbreportsError
+from .report import RunReport
 
 log = logging.getLogger("ibreports.coverage")
 
 
-def daily_coverage(config: Config, run_started: str) -> str:
+def daily_coverage(config: Config, run: RunReport) -> str:
     """Coverage after a run: returns the Markdown summary and alerts on gaps new since the previous run.
 
-    Never raises for an archive or server problem: coverage must not turn a retrieval run into a failure.
+    The servers are not listed again: the run's report holds every file each source listed (and the
+    error of each source that could not be listed). Never raises for an archive problem: coverage
+    must not turn a retrieval run into a failure.
     """
+    files = [(f.source, f.name) for f in run.files]
+    state = {s: f"could not be listed: {run.source_errors[s]}" if s in run.source_errors else "ok" for s in run.sources}
     try:
         inventory = open_archive(config.archive).inventory()
-        report = collect_coverage(config, keys=[k for k in inventory if k.startswith("statements/")])
-        started = datetime.fromisoformat(run_started).timestamp() if run_started else None
+        report = collect_coverage(config, keys=[k for k in inventory if k.startswith("statements/")],
+                                  listing=(files, state))
+        started = datetime.fromisoformat(run.started).timestamp() if run.started else None
         fresh = new_gaps(report, previous_run([k for k in inventory if k.startswith("runs/")], started))
     except IbreportsError as exc:
         log.warning("coverage could not be computed: %s", exc)
