@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -136,18 +137,27 @@ def _safely(check, archive, key: str) -> tuple[str, int, str]:
 
 
 def _check_local(archive, key: str) -> tuple[str, int, str]:
-    from .archive.local import recorded_sha256
+    from .archive.local import SHA256_XATTR
 
-    path = archive._path(key)
-    expected = recorded_sha256(path)
-    digest, size = hashlib.sha256(), 0
     try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
+        parent, name = archive._parent(key, create=False)  # through real folders of ours, never a link
     except FileNotFoundError:
         return "missing", 0, ""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except FileNotFoundError:
+        return "missing", 0, ""
+    finally:
+        os.close(parent)
+    digest, size = hashlib.sha256(), 0
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            expected = os.getxattr(fh.fileno(), SHA256_XATTR).decode("ascii", "replace")
+        except OSError:
+            expected = None
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
     if expected is None:
         return "unrecorded", size, ""
     return ("ok" if digest.hexdigest() == expected.lower() else "mismatch"), size, ""

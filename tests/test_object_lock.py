@@ -168,7 +168,7 @@ def test_local_statements_are_read_only_with_their_sha256_recorded(tmp_path, sft
     path, sha = staged(tmp_path, STATEMENT)
     assert archive.put("statements/U1/2026/11/a.xml", path, None, {}, private=True)
     assert archive.put("encrypted/s/2026/11/a.xml.pgp", path, sha, {})
-    for key, mode in (("statements/U1/2026/11/a.xml", 0o400), ("encrypted/s/2026/11/a.xml.pgp", 0o440)):
+    for key, mode in (("statements/U1/2026/11/a.xml", 0o400), ("encrypted/s/2026/11/a.xml.pgp", 0o400)):
         file = tmp_path / "archive" / key
         assert stat.S_IMODE(file.stat().st_mode) == mode
         assert recorded_sha256(file) == sha

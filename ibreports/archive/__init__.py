@@ -42,7 +42,7 @@ class Archive(Protocol):
         reader never sees a partial object. ``sha256`` (hex) is verified by the store; None when
         the caller has no independent hash (a file it just produced): S3 then computes one for
         ``ChecksumSHA256``, a local archive writes it as it is.
-        ``private`` marks plaintext statements (local: 0400; other objects 0440: read-only from birth).
+        ``private`` marks plaintext statements (local: every put object is 0400, read-only from birth).
         The content's SHA-256 is recorded with the object (S3 metadata ``sha256``, local extended
         attribute ``user.ibreports.sha256``) for ``ibreports verify``; with ``[archive] object_lock``
         an S3 object is written under that retention. The archive may take ``path``
