@@ -102,6 +102,9 @@ def archive_class(config: ArchiveConfig) -> type:
     return cls
 
 
-def open_archive(config: ArchiveConfig) -> Archive:
-    """The archive for ``config.url``: a local folder or ``s3://bucket/prefix``."""
-    return archive_class(config)(config)
+def open_archive(config: ArchiveConfig, quick: bool = False) -> Archive:
+    """The archive for ``config.url``: a local folder or ``s3://bucket/prefix``.
+
+    ``quick``: give up early on a store that does not answer (doctor), instead of retrying."""
+    cls = archive_class(config)
+    return cls(config, quick=quick) if config.is_s3 else cls(config)

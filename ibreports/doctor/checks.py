@@ -6,7 +6,7 @@ import secrets
 from contextlib import ExitStack
 from pathlib import Path
 
-from ..archive import Archive, archive_class
+from ..archive import Archive, open_archive
 from ..config import ArchiveConfig, Config
 from ..errors import ArchiveError, ConfigError, DecryptionError
 from ..pgp import Decryptor, recipients
@@ -100,16 +100,7 @@ def _lock(archive):
 
 
 def _open(config: ArchiveConfig) -> tuple[Archive, str]:
-    archive_class(config)  # a feature the archive does not declare (object_lock on a folder): configuration error
-    if config.is_s3:
-        from ..archive.s3 import S3Archive, make_s3_client
-
-        # One attempt and short time-outs: doctor reports a dead endpoint in seconds, not minutes.
-        archive: Archive = S3Archive(config, client=make_s3_client(config, max_attempts=1, connect_timeout=3, read_timeout=10))
-    else:
-        from ..archive.local import LocalArchive
-
-        archive = LocalArchive(config)
+    archive = open_archive(config, quick=True)
     return archive, archive.description
 
 
