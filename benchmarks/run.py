@@ -1,9 +1,9 @@
-"""ibreports benchmarks (issue 7): ``python benchmarks/run.py [--quick] [--only small,bulk,rerun,memory,s3,flow]``.
+"""ibreports benchmarks (issue 7): ``python benchmarks/run.py [--quick] [--only small,bulk,rerun,memory,s3,flow,coverage]``.
 
 Builds the workload on a real OpenSSH sshd (keys made on the spot by ``ibreports keygen``),
 measures OpenSSH sftp (a), the hand-written script (b), ibreports to a local archive (c) and
-to S3 over HTTP (d), a re-run over 10,000 archived files (e) and peak RSS on a 1 GB file (f),
-then prints medians, ratios and PASS/FAIL and writes benchmarks/results/results.{json,md}.
+to S3 over HTTP (d), a re-run over 10,000 archived files (e), peak RSS on a 1 GB file (f) and
+``coverage``/``verify`` over 10,000 archived statements (coverage_bench.py), then prints medians, ratios and PASS/FAIL and writes benchmarks/results/results.{json,md}.
 """
 
 from __future__ import annotations
