@@ -17,6 +17,10 @@ from .errors import ConfigError
 DEFAULT_CONFIG = "ibreports.toml"
 SFTP_DEFAULTS = {"host": "xfer.interactivebrokers.com", "port": 32}
 FTP_DEFAULTS = {"host": "ftp2.interactivebrokers.com", "port": 21}
+# Decompression bombs: plaintext bytes allowed per encrypted byte, at least OUTPUT_FLOOR, at most max_output.
+DEFAULT_MAX_EXPANSION = 100.0  # compressed Flex XML expands ~5-30x
+DEFAULT_MAX_OUTPUT = 4 << 30
+OUTPUT_FLOOR = 64 << 20
 
 
 class Secret:
@@ -29,6 +33,11 @@ class Secret:
         self._value: str | None = None
 
     @property
+    def where(self) -> str:
+        """The config key that holds it (``pgp.passphrase``), for messages."""
+        return self._where
+
+    @property
     def reference(self) -> str:
         """The reference kind for messages (``env:NAME`` etc.), or ``inline``."""
         kind, _, rest = self._raw.partition(":")
@@ -37,6 +46,7 @@ class Secret:
     def get(self) -> str:
         """Resolve the secret; raises ConfigError naming the config key on failure."""
         if self._value is None:
+            _no_core_dumps()  # a secret in memory from here on
             self._value = _resolve_secret(self._raw, self._where, self._base)
         return self._value
 
@@ -44,6 +54,15 @@ class Secret:
         return f"Secret({self.reference if self.reference != 'inline' else '********'})"
 
     __str__ = __repr__
+
+
+def _no_core_dumps() -> None:
+    import resource
+
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    except (ValueError, OSError):
+        pass
 
 
 def _resolve_secret(raw: str, where: str, base: Path) -> str:
@@ -116,9 +135,26 @@ class SourceConfig:
 
 
 @dataclass
+class PgpKeyEntry:
+    """One ``[pgp] secret_key_file`` entry: a path, or ``{ file = ..., passphrase = ... }``."""
+
+    file: Path
+    passphrase: Secret | None = None  # its own; None: [pgp] passphrase applies
+
+
+@dataclass
 class PgpConfig:
     secret_key_files: list[Path] = field(default_factory=list)
     passphrase: Secret | None = None
+    key_entries: list[PgpKeyEntry] = field(default_factory=list)  # same order as secret_key_files
+    signer_keys: list[Path] = field(default_factory=list)  # public key files; set: a good signature is required
+    max_expansion: float = DEFAULT_MAX_EXPANSION
+    max_output: int = DEFAULT_MAX_OUTPUT
+
+    def passphrase_for(self, index: int) -> Secret | None:
+        """The passphrase that applies to secret key file ``index``: its own, else [pgp] passphrase."""
+        own = self.key_entries[index].passphrase if index < len(self.key_entries) else None
+        return own or self.passphrase
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import secrets
 import threading
 import time
@@ -25,7 +24,7 @@ from .archive import Archive, ObjectInfo, open_archive
 from .config import Config, SourceConfig
 from .errors import ConnectionFailure, DecryptionError, FileChangedError, IbreportsError, RemoteFileError
 from .files import claim_workdir, release_workdir, sha256_file, sweep_abandoned
-from .pgp import Decryptor, is_openpgp, sweep_abandoned_homes
+from .pgp import Decryptor, decryptor_for, is_openpgp, sweep_abandoned_homes
 from .remote import Remote, RemoteFile, open_remote
 from .report import OUT_OF_RANGE, FileOutcome, RunReport
 
@@ -160,8 +159,10 @@ class _Run:
                 "The file is PGP-encrypted but no PGP secret key is configured.",
                 "Set [pgp] secret_key_file (ibreports keygen writes keys/ibkr_pgp_secret.asc).",
             )
-        passphrase = pgp.passphrase.get() if pgp.passphrase else None
-        return Decryptor(pgp.secret_key_files, passphrase, homes=min(2, os.cpu_count() or 1))
+        decryptor = decryptor_for(pgp)
+        for problem in decryptor.problems:  # once per run; only the files encrypted to that key fail
+            log.error("PGP key in %s cannot be used: %s", problem.file, problem.error)
+        return decryptor
 
     # -- planning -------------------------------------------------------------------------
 
@@ -251,7 +252,9 @@ class _Run:
                     else:
                         wrote_original = self.store(*args)
                 try:
-                    meta["pgp-key"] = self.decryptor().decrypt(encrypted, plain)
+                    decrypted = self.decryptor().decrypt(encrypted, plain)
+                    meta["pgp-key"], meta["pgp-signature"] = decrypted.key, decrypted.signature
+                    out.signature = decrypted.signature
                 finally:
                     if original is not None:
                         wrote_original = original.result()  # an archive failure outranks a decryption failure

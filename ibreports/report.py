@@ -29,6 +29,7 @@ class FileOutcome:
     sha256: str = ""
     archive_keys: list[str] = field(default_factory=list)
     days_left: int = 0
+    signature: str = ""  # PGP deliveries: "unsigned" or "<signing key ID> verified|unverified"
 
 
 @dataclass
@@ -136,6 +137,7 @@ def table_rows(report: RunReport) -> list[dict[str, str]]:
             "outcome": f.outcome,
             "reason": f.reason,
             "archive keys": " ".join(f.archive_keys),
+            "signature": f.signature,
         }
         for f in report.files
     ]

@@ -46,7 +46,7 @@ def test_round_trip(decryptor: Decryptor, pgp_key: PgpKey, tmp_path: Path, armor
     assert is_openpgp(src)
     old_umask = os.umask(0)  # 0600 must come from the code, not from a friendly umask
     try:
-        assert decryptor.decrypt(src, dest) == pgp_key.fingerprint
+        assert decryptor.decrypt(src, dest).key == pgp_key.fingerprint
     finally:
         os.umask(old_umask)
     assert dest.read_bytes() == XML
@@ -208,8 +208,8 @@ def test_rotation_old_key_still_decrypts(pgp_key: PgpKey, other_pgp_key: PgpKey,
     encrypt_bytes(pgp_key.public_file, b"new statement", new)
     with Decryptor([pgp_key.secret_file, other_pgp_key.secret_file], pgp_key.passphrase, homes=1) as d:
         assert sorted(d.fingerprints) == sorted([pgp_key.fingerprint, other_pgp_key.fingerprint])
-        assert d.decrypt(old, tmp_path / "old.xml") == other_pgp_key.fingerprint
-        assert d.decrypt(new, tmp_path / "new.xml") == pgp_key.fingerprint
+        assert d.decrypt(old, tmp_path / "old.xml").key == other_pgp_key.fingerprint
+        assert d.decrypt(new, tmp_path / "new.xml").key == pgp_key.fingerprint
     assert (tmp_path / "old.xml").read_bytes() == b"old statement"
     assert (tmp_path / "new.xml").read_bytes() == b"new statement"
 
@@ -221,7 +221,7 @@ def test_parallel_decrypt(decryptor: Decryptor, pgp_key: PgpKey, tmp_path: Path)
         encrypt_bytes(pgp_key.public_file, XML + str(i).encode(), src)
         sources.append(src)
     with ThreadPoolExecutor(4) as pool:
-        used = list(pool.map(lambda s: decryptor.decrypt(s, s.with_suffix(".xml")), sources))
+        used = list(pool.map(lambda s: decryptor.decrypt(s, s.with_suffix(".xml")).key, sources))
     assert used == [pgp_key.fingerprint] * 24
     for i, src in enumerate(sources):
         assert src.with_suffix(".xml").read_bytes() == XML + str(i).encode()

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # paramiko logs tracebacks at ERROR for failures we report ourselves, with a remedy.
     logging.getLogger("paramiko").setLevel(logging.WARNING if args.debug else logging.CRITICAL)
+    _clean_start()
     try:
         return int(args.handler(args) or 0)
     except IbreportsError as exc:
@@ -75,6 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unexpected {type(exc).__name__}; nothing was deleted on the server.", file=sys.stderr)
         print("  remedy: run again with --debug and report the traceback.", file=sys.stderr)
         return 1
+
+
+def _clean_start() -> None:
+    """Every command: no core dumps (secrets may be read), and the GnuPG homes and key folders
+    a killed command left behind are stopped and removed."""
+    from ..pgp import disable_core_dumps, sweep_abandoned_homes
+
+    disable_core_dumps()
+    if removed := sweep_abandoned_homes():
+        logging.getLogger("ibreports").warning(
+            "removed %d temporary GnuPG home(s) or key folder(s) left by an interrupted command", removed)
 
 
 def run() -> None:
