@@ -122,7 +122,23 @@ def test_a_key_with_a_wrong_passphrase_fails_only_its_own_files(pgp_key, ecc_key
         err = _refused(d, rsa_file, "locked")
         assert str(pgp_key.secret_file) in err.message and pgp_key.subkey_id in err.message
         assert "OLD_KEY_PASSPHRASE" in err.remedy
+        # gpg stops at the first key it cannot unlock: the locked key must not hide the usable one.
+        both = _encrypt_to_both(pgp_key, ecc_key, b"both", tmp_path / "both.pgp")
+        assert d.decrypt(both, tmp_path / "both.xml").key == ecc_key.fingerprint
     assert "not the passphrase" not in str(problem.error)
+
+
+def _encrypt_to_both(first: PgpKey, second: PgpKey, data: bytes, dest: Path) -> Path:
+    home = tempfile.mkdtemp(prefix="ibr-t-")
+    gpg = ["gpg", "--homedir", home, "--batch", "--quiet", "--no-autostart", "--trust-model", "always"]
+    try:
+        subprocess.run([*gpg, "--import", str(first.public_file), str(second.public_file)], check=True,
+                       capture_output=True)
+        subprocess.run([*gpg, "-r", first.fingerprint, "-r", second.fingerprint, "-o", str(dest), "-e"],
+                       input=data, check=True, capture_output=True)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return dest
 
 
 def _primary_only(key: PgpKey, dest: Path) -> Path:
@@ -208,3 +224,47 @@ def test_config_errors_name_the_key(tmp_path, text, words):
     with pytest.raises(ConfigError) as info:
         parse_config(f"[pgp]\n{text}\n", tmp_path / "ibreports.toml")
     assert words in info.value.message
+
+
+# -- doctor, the run record's table ---------------------------------------------------------------
+
+def test_doctor_checks_each_key_on_its_own_and_each_signer_file(tmp_path, ftp_factory, pgp_key, other_pgp_key,
+                                                                 signers, capsys, monkeypatch):
+    from tests.test_doctor import ENCRYPTED, doctor, ftp_toml
+
+    ftp = ftp_factory()
+    signers["ibkr"].sign_encrypt(pgp_key.public_file, XML, ftp.root / "outgoing" / ENCRYPTED)
+    monkeypatch.setenv("OLD_KEY_PASSPHRASE", "not the old passphrase")
+    cfg = tmp_path / "ibreports.toml"
+    cfg.write_text(ftp_toml(ftp) + f"""
+[pgp]
+passphrase = "{pgp_key.passphrase}"
+secret_key_file = ["{pgp_key.secret_file}", {{ file = "{other_pgp_key.secret_file}", passphrase = "env:OLD_KEY_PASSPHRASE" }}]
+signer_keys = ["{signers['ibkr'].public_file}", "keys/missing_signing_public.asc"]
+
+[archive]
+url = "{tmp_path / 'archive'}"
+""")
+    code, report = doctor(cfg, capsys)
+    pgp = report["pgp"]
+    assert code == 2
+    assert pgp["signatures"]["status"] == "ok" and "is required" in pgp["signatures"]["detail"]
+    assert pgp[f"signer {signers['ibkr'].public_file.name}"]["status"] == "ok"
+    missing = pgp["signer missing_signing_public.asc"]
+    assert missing["status"] == "FAIL" and "does not exist" in missing["cause"]
+    assert pgp[f"key {pgp_key.secret_file.name}"]["status"] == "ok"
+    old = pgp[f"key {other_pgp_key.secret_file.name}"]
+    assert old["status"] == "FAIL" and "does not unlock" in old["cause"]
+    assert "OLD_KEY_PASSPHRASE" in old["fix"] and "IBREPORTS_KEY_PASSPHRASE" not in old["fix"]
+    sample = pgp["sample ibkr-ftp"]
+    assert sample["status"] == "ok" and f"signature: {signers['ibkr'].key_id}" in sample["detail"]
+
+
+def test_signature_is_a_column_of_the_artifact_table():
+    from ibreports.report import FileOutcome, RunReport, table_rows
+
+    row = FileOutcome("s", "U1.A.20261101.20261101.xml.pgp", 1, 0.0, "U1", "2026-11-01", "archived",
+                      signature="0123456789ABCDEF unverified")
+    assert table_rows(RunReport(run_id="r", started="t", files=[row]))[0]["signature"] == "0123456789ABCDEF unverified"
+    record = RunReport(run_id="r", started="t", files=[row]).to_record()
+    assert RunReport.from_dict(__import__("json").loads(record)).files[0].signature == "0123456789ABCDEF unverified"

@@ -163,6 +163,10 @@ def prepare_home(home: Path, keys: list[Key], signer_files: list[Path]) -> dict[
             if problem is not None:
                 problems[key.fingerprint] = problem
                 break
+    for fpr in problems:
+        # gpg stops at the first key it cannot unlock: a locked key must not hide a usable one
+        # of a message encrypted to both. Its key IDs stay known for the messages that need it.
+        gpg(home, "--yes", "--delete-secret-keys", fpr)
     return problems
 
 
