@@ -73,6 +73,16 @@ def test_bomb_is_refused_with_bounded_output(pgp_key, bomb, tmp_path, limits, bo
         assert not _gpg_processes(d.homes[0], "--decrypt")  # the child was stopped, not left running
 
 
+def test_a_decryption_that_runs_too_long_is_stopped(pgp_key, bomb, tmp_path):
+    limits = Limits(max_output=1 << 40, timeout_base=0.1, timeout_rate=1 << 40)  # 0.1 s for 256 MiB of output
+    with Decryptor([pgp_key.secret_file], pgp_key.passphrase, homes=1, limits=limits) as d:
+        with pytest.raises(DecryptionError) as info:
+            d.decrypt(bomb, tmp_path / "out.xml")
+        assert info.value.reason == "timeout" and "did not finish within" in info.value.message
+        assert not (tmp_path / "out.xml").exists()
+        assert not _gpg_processes(d.homes[0], "--decrypt")
+
+
 def test_compressed_flex_xml_passes_the_default_bound(pgp_key, tmp_path):
     rng = random.Random(7)
     rows = "".join(

@@ -113,7 +113,7 @@ def test_a_key_with_a_wrong_passphrase_fails_only_its_own_files(pgp_key, ecc_key
     encrypt_bytes(ecc_key.public_file, b"ecc statement", ecc_file)
     wrong = _Ref("not the passphrase", "env:OLD_KEY_PASSPHRASE", "pgp.secret_key_file[0].passphrase")
     specs = [KeySpec(pgp_key.secret_file, wrong), KeySpec(ecc_key.secret_file, ecc_key.passphrase)]
-    with Decryptor(specs, homes=2) as d:
+    with Decryptor(specs, homes=2, strict=False) as d:
         [problem] = d.problems
         assert problem.file == pgp_key.secret_file and problem.reason == "locked"
         assert "env:OLD_KEY_PASSPHRASE" in problem.error.message
@@ -164,7 +164,7 @@ def test_sign_only_and_public_keys_beside_a_working_key(pgp_key, other_pgp_key, 
     encrypt_bytes(other_pgp_key.public_file, XML, to_sign_only)
     specs = [KeySpec(sign_only, other_pgp_key.passphrase), KeySpec(pgp_key.public_file, None),
              KeySpec(ecc_key.secret_file, ecc_key.passphrase)]
-    with Decryptor(specs, homes=1) as d:
+    with Decryptor(specs, homes=1, strict=False) as d:
         problems = {p.file: p for p in d.problems}
         assert set(problems) == {sign_only, pgp_key.public_file}
         remedy = problems[sign_only].error.remedy
@@ -173,6 +173,22 @@ def test_sign_only_and_public_keys_beside_a_working_key(pgp_key, other_pgp_key, 
         assert d.decrypt(good, tmp_path / "good.xml").key == ecc_key.fingerprint
         # The sign-only export does not even hold the encryption subkey: that file needs a key we lack.
         assert other_pgp_key.subkey_id in _refused(d, to_sign_only, "no-key").message
+
+
+def test_every_broken_key_fails_only_its_own_files(pgp_key, ecc_key, tmp_path):
+    """No usable key at all: each file still names the key it needs and that key's own problem."""
+    rsa_file, ecc_file = tmp_path / "rsa.pgp", tmp_path / "ecc.pgp"
+    encrypt_bytes(pgp_key.public_file, b"rsa", rsa_file)
+    encrypt_bytes(ecc_key.public_file, b"ecc", ecc_file)
+    specs = [KeySpec(pgp_key.secret_file, _Ref("wrong", "env:RSA_PASS", "pgp.passphrase")),
+             KeySpec(ecc_key.secret_file, _Ref("wrong", "file:/run/ecc-pass", "pgp.secret_key_file[1].passphrase"))]
+    with pytest.raises(ConfigError, match="RSA_PASS"):  # strict (doctor): the first problem
+        Decryptor(specs, homes=1)
+    with Decryptor(specs, homes=1, strict=False) as d:
+        assert len(d.problems) == 2
+        assert "RSA_PASS" in _refused(d, rsa_file, "locked").remedy
+        err = _refused(d, ecc_file, "locked")
+        assert "/run/ecc-pass" in err.remedy and str(ecc_key.secret_file) in err.message
 
 
 def test_config_entries_with_their_own_passphrases(pgp_key, ecc_key, tmp_path, monkeypatch):

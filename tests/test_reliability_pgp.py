@@ -123,3 +123,37 @@ def test_signer_keys_refuse_unsigned_and_foreign_signatures(tmp_path, sshd_facto
         assert b"Stranger" in result.stdout and b"Unsigned" in result.stdout  # each named
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def test_a_key_with_a_wrong_passphrase_fails_only_its_files_and_is_reported_once(
+        tmp_path, sshd_factory, sftp_client_key, pgp_key, other_pgp_key):
+    server = sshd_factory([sftp_client_key[1]])
+    out_dir = server.root / "outgoing"
+    for day in (1, 2):
+        encrypt_bytes(pgp_key.public_file, BODY, out_dir / f"U4444444.Current.2026110{day}.2026110{day}.xml.pgp")
+        encrypt_bytes(other_pgp_key.public_file, BODY, out_dir / f"U4444444.Retired.2026110{day}.2026110{day}.xml.pgp")
+    tmpdir = Path(tempfile.mkdtemp(prefix="ibr-pgp-", dir="/tmp"))
+    staging, archive = tmp_path / "staging", tmp_path / "archive"
+    source = sftp_toml("ibkr-sftp", server.port, server, sftp_client_key, server.write_known_hosts(tmp_path / "kh"))
+    cfg = write_config(tmp_path, source, pgp_key, local_archive_toml(archive), staging)
+    cfg.write_text(cfg.read_text().replace(
+        f'secret_key_file = "{pgp_key.secret_file}"',
+        f'secret_key_file = ["{pgp_key.secret_file}", '
+        f'{{ file = "{other_pgp_key.secret_file}", passphrase = "env:OLD_KEY_PASSPHRASE" }}]'))
+    try:
+        env = cli_env(pgp_key, sftp_client_key, tmpdir, OLD_KEY_PASSPHRASE="not the retired key's passphrase")
+        result = run_cli(cfg, env, "fetch")
+        assert result.returncode == 1, result.stderr.decode()[-3000:]
+        record = json.loads(next((archive / "runs").rglob("*.json")).read_text())
+        for row in record["files"]:
+            if ".Current." in row["name"]:
+                assert row["outcome"] == "archived", row
+            else:
+                assert row["outcome"] == "failed" and "(locked)" in row["reason"], row
+                assert "OLD_KEY_PASSPHRASE" in row["reason"] and "IBREPORTS_KEY_PASSPHRASE" not in row["reason"]
+                assert str(other_pgp_key.secret_file) in row["reason"]
+        # The key's problem once, at start; each of its files then fails naming it.
+        assert result.stderr.decode().count(f"PGP key in {other_pgp_key.secret_file} cannot be used") == 1
+        assert b"not the retired key's passphrase" not in result.stdout + result.stderr
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

@@ -26,8 +26,9 @@ def key_specs(pgp: PgpConfig) -> list[KeySpec]:
 
 
 def decryptor_for(pgp: PgpConfig, homes: int | None = None) -> Decryptor:
-    """A Decryptor for ``[pgp]``: its keys, signer policy and output bounds."""
+    """A Decryptor for ``[pgp]``: its keys, signer policy and output bounds. A key that cannot be
+    used does not stop it: it is in ``problems`` and fails only the files encrypted to it."""
     return Decryptor(
         key_specs(pgp), homes=homes or min(2, os.cpu_count() or 1), signer_keys=pgp.signer_keys,
-        limits=Limits(pgp.max_expansion, pgp.max_output),
+        limits=Limits(pgp.max_expansion, pgp.max_output), strict=False,
     )

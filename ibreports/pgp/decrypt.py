@@ -29,8 +29,6 @@ from .keyring import KeyProblem, KeySpec, init_home, inspect, prepare_home
 
 GPG_ERR_BAD_PASSPHRASE = 11  # libgpg-error code (the low 16 bits of a status error value)
 REDELIVER = "The encrypted original is kept; download it again or ask IBKR to redeliver it."
-TIMEOUT_BASE = 60.0  # seconds, plus one per TIMEOUT_RATE bytes of the encrypted file
-TIMEOUT_RATE = 256 << 10
 FAILURE_WORDS = {"BADMDC", "DECRYPTION_FAILED", "ERROR", "FAILURE", "NODATA"}
 
 
@@ -49,9 +47,14 @@ class Limits:
 
     max_expansion: float = DEFAULT_MAX_EXPANSION
     max_output: int = DEFAULT_MAX_OUTPUT
+    timeout_base: float = 60.0  # seconds for any file, plus one per timeout_rate bytes of it
+    timeout_rate: int = 256 << 10
 
     def bound(self, size: int) -> int:
         return min(self.max_output, max(OUTPUT_FLOOR, int(size * self.max_expansion)))
+
+    def timeout(self, size: int) -> float:
+        return self.timeout_base + size / self.timeout_rate
 
 
 class Decryptor:
@@ -59,11 +62,11 @@ class Decryptor:
 
     ``key_files``: paths (unlocked with ``passphrase``) or KeySpecs (each with its own).
     Keys that cannot be used are listed in ``problems`` and fail only the files encrypted
-    to them; when no key is usable at all, the first problem is raised (ConfigError).
+    to them; with ``strict`` (doctor, direct use) the first problem is raised instead.
     """
 
     def __init__(self, key_files: list[Path | KeySpec], passphrase: str | None = None, homes: int = 2,
-                 signer_keys: list[Path] | tuple = (), limits: Limits = Limits()) -> None:
+                 signer_keys: list[Path] | tuple = (), limits: Limits = Limits(), strict: bool = True) -> None:
         disable_core_dumps()  # passphrases and agents holding unlocked keys from here on
         specs = [f if isinstance(f, KeySpec) else KeySpec(Path(f), passphrase) for f in key_files]
         if not specs:
@@ -93,7 +96,7 @@ class Decryptor:
             by_fpr = {fpr: p for result in found_problems for fpr, p in result.items()}
             problems += list(by_fpr.values())
             usable = [k for k in keys if k.fingerprint not in by_fpr]
-            if not usable:
+            if problems and strict:
                 raise problems[0].error
         except BaseException:
             self.close()
@@ -139,7 +142,7 @@ class Decryptor:
         home = self._pool.get()
         try:
             limit = self.limits.bound(size)
-            timeout = TIMEOUT_BASE + size / TIMEOUT_RATE
+            timeout = self.limits.timeout(size)
             rc, out, err, stopped = decrypt_bounded(home, src, dest, limit, timeout)
             if stopped == "oversized":
                 raise _refuse("oversized", f"its plaintext exceeds {limit} bytes ({_mib(limit)}; the bound for a "
