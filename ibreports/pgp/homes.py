@@ -39,8 +39,18 @@ for line in sys.stdin.buffer:
         homes.add(path)
     elif op == b"-":
         homes.discard(path)
+def stop_processes(path):
+    # gpg children working in a home (normally already killed by their parent-death signal)
+    want = os.fsencode(path)
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and want in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0"):
+                os.kill(int(pid), 9)
+        except OSError:
+            pass
 for path in homes:
     if os.path.isdir(path):
+        stop_processes(path)
         try:
             subprocess.run(["gpgconf", "--homedir", path, "--kill", "gpg-agent"], stdin=subprocess.DEVNULL,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
