@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from ..config import PgpConfig
+from ..configmodel import PgpConfig
 from .decrypt import Decrypted, Decryptor, Limits
 from .info import armor_fingerprints, is_openpgp, recipients
 from .gpgrun import disable_core_dumps, minimal_env

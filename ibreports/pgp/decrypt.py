@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DEFAULT_MAX_EXPANSION, DEFAULT_MAX_OUTPUT, OUTPUT_FLOOR
+from ..configmodel import DEFAULT_MAX_EXPANSION, DEFAULT_MAX_OUTPUT, OUTPUT_FLOOR
 from ..errors import ConfigError, DecryptionError
 from . import signatures
 from .gpgrun import decrypt_bounded, disable_core_dumps, status
@@ -233,6 +233,4 @@ def _mib(n: int) -> str:
 
 
 def _refuse(reason: str, what: str, remedy: str = REDELIVER) -> DecryptionError:
-    err = DecryptionError(f"Decryption refused ({reason}): {what}.", remedy)
-    err.reason = reason  # type: ignore[attr-defined]
-    return err
+    return DecryptionError(f"Decryption refused ({reason}): {what}.", remedy, reason=reason)
