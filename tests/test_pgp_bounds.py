@@ -232,3 +232,16 @@ def test_sweep_function_takes_abandoned_homes_only(tmp_path, monkeypatch):
         assert sweep_abandoned_homes() == 1 and not abandoned.exists()
     finally:
         tempfile.tempdir = None
+
+
+def test_keygen_homes_start_gpg_with_a_minimal_environment(monkeypatch, pgp_key):
+    from ibreports.keyfiles import gnupg_home, open_gpg
+
+    monkeypatch.setenv("IBREPORTS_KEY_PASSPHRASE", "keygen passphrase marker 91")
+    with gnupg_home() as home:
+        assert home.name.startswith("ibreports-gpg-")  # a kind the sweep knows
+        open_gpg(home).import_keys_file(str(pgp_key.secret_file))  # starts the home's gpg-agent
+        [agent] = eventually(lambda: _gpg_processes(home, "--daemon"))
+        environ = Path(f"/proc/{agent}/environ").read_bytes()
+    assert b"keygen passphrase marker 91" not in environ and b"IBREPORTS_KEY_PASSPHRASE" not in environ
+    assert eventually(lambda: not _gpg_processes(home)) and not home.exists()
