@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Interactive Brokers statements, off IBKR's servers and into storage you own.",
     )
     parser.add_argument("--version", action="version", version=f"ibreports {__version__}")
-    parser.add_argument("--config", help=CONFIG_HELP)
+    parser.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
