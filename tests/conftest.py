@@ -13,4 +13,5 @@ pytest_plugins = [
     "tests.fixtures.ftp",
     "tests.fixtures.s3",
     "tests.fixtures.pgpkeys",
+    "tests.fixtures.flexweb",
 ]

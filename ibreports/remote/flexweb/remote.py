@@ -1,0 +1,168 @@
+"""A flexweb source: statements made on demand by IBKR's Flex Web Service, one query at a time.
+
+It has no listing: ``produce(since, until, staging)`` asks each query for its statements
+and yields them, already in staging, for the pipeline to archive like a downloaded plain
+delivery. Without dates each query runs with its own period (as set in Client Portal);
+with dates each query is asked per its ``dates`` setting (see settings.py) using the
+Flex Web Service's date override (``fd``/``td``, yyyymmdd, at most 365 days).
+
+A refused query does not stop the others: its error is raised once every other query
+was produced. A refused token (expired, invalid, wrong IP) or an unreachable service
+stops at once: every further request would fail the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Iterator
+
+from ...config import SourceConfig
+from ...errors import AuthenticationError, ConfigError, ConnectionFailure, IbreportsError
+from ...files import sha256_file
+from .client import FlexClient
+from .pacing import pacer_for
+from .settings import FlexQuery, FlexSettings
+from .split import Piece, keep_csv, looks_like_xml, split_xml
+
+log = logging.getLogger(__name__)
+
+MAX_WINDOW = 365  # days: the longest date override IBKR accepts
+
+
+@dataclass(frozen=True)
+class Produced:
+    """One statement a source made on demand, already in staging (0600)."""
+
+    name: str
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Window:
+    start: date | None
+    end: date | None
+
+    @property
+    def label(self) -> str:
+        if self.start is None:
+            return "its own period"
+        return f"{self.start:%Y-%m-%d}" if self.start == self.end else f"{self.start:%Y-%m-%d}..{self.end:%Y-%m-%d}"
+
+
+def windows(query: FlexQuery, since: date | None, until: date | None, today: date) -> list[Window]:
+    """The date windows to ask ``query`` for; ConfigError when it cannot take a date range."""
+    if since is None and until is None:
+        return [Window(None, None)]
+    until = until or today - timedelta(days=1)
+    since = since or until
+    if since > until:
+        raise ConfigError(f"The date range {since}..{until} is empty (--since is after --until).",
+                          "Swap the dates.")
+    if query.dates == "fixed":
+        raise ConfigError(
+            f"Flex query {query.name} ({query.id}) has a fixed period (dates = 'fixed'): it cannot be asked for "
+            f"{since}..{until}, and was not.",
+            "Run this source without --since/--until, or set the query's dates to 'daily', 'monthly' or 'range' "
+            "(IBKR's date override, at most 365 days per request).",
+        )
+    if query.dates == "daily":
+        days = (since + timedelta(days=i) for i in range((until - since).days + 1))
+        return [Window(d, d) for d in days if d.weekday() < 5]
+    if query.dates == "monthly":
+        out, first = [], since.replace(day=1)
+        while first <= until:
+            nxt = (first + timedelta(days=32)).replace(day=1)
+            last = nxt - timedelta(days=1)
+            if last < today:  # a month is a statement once it is over
+                out.append(Window(first, last))
+            first = nxt
+        return out
+    out, start = [], since
+    while start <= until:
+        end = min(until, start + timedelta(days=MAX_WINDOW - 1))
+        out.append(Window(start, end))
+        start = end + timedelta(days=1)
+    return out
+
+
+class FlexRemote:
+    """One flexweb source, open: its client and queries."""
+
+    def __init__(self, source: SourceConfig, settings: FlexSettings) -> None:
+        self.source = source
+        self.settings = settings
+        token = settings.token.get()
+        self.client = FlexClient(
+            token, settings.url, timeout=source.timeout,
+            pacer=pacer_for(token, settings.min_interval, settings.requests_per_minute),
+            poll_interval=settings.poll_interval, poll_timeout=settings.poll_timeout,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "FlexRemote":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def produce(self, since: date | None, until: date | None, staging: Path,
+                today: date | None = None) -> Iterator[Produced]:
+        """Every statement of every query for the dates asked (each query's own period without dates)."""
+        today = today or date.today()
+        failures: list[IbreportsError] = []
+        made: dict[str, str] = {}
+        for query in self.settings.queries:
+            try:
+                for window in windows(query, since, until, today):
+                    for piece in self._ask(query, window, staging, today):
+                        produced = _produced(piece)
+                        if made.setdefault(produced.name, produced.sha256) != produced.sha256:
+                            failures.append(ConfigError(
+                                f"Flex Web Service: two answers in this run hold different statements named "
+                                f"{produced.name}.", "Give each query its own name in the source's queries."))
+                            continue
+                        yield produced
+            except (AuthenticationError, ConnectionFailure):
+                raise
+            except IbreportsError as exc:
+                failures.append(exc)
+        if failures:
+            first = failures[0]
+            if len(failures) > 1:
+                for other in failures[1:]:
+                    log.error("%s", other)
+                first.message += f" ({len(failures) - 1} more Flex Web Service error(s) logged above.)"
+            raise first
+
+    def _ask(self, query: FlexQuery, window: Window, staging: Path, today: date) -> Iterator[Piece]:
+        what = f"query {query.name} ({query.id}) for {window.label}"
+        fd = f"{window.start:%Y%m%d}" if window.start else None
+        td = f"{window.end:%Y%m%d}" if window.end else None
+        part = staging / f".flexweb-{query.id}-{fd or 'own'}-{td or 'own'}.part"
+        try:
+            try:
+                self.client.fetch(query.id, what, part, fd, td)
+            except IbreportsError as exc:
+                if window.start is not None and getattr(exc, "flex_code", None) == 1003:
+                    log.info("Flex Web Service: no statement for %s (IBKR: not available); nothing to archive", what)
+                    return
+                raise
+            if looks_like_xml(part):
+                yield from split_xml(part, query.name, what, staging)
+            else:
+                yield keep_csv(part, query.name, what, window.start or today, window.end or today, staging)
+        finally:
+            part.unlink(missing_ok=True)
+
+
+def _produced(piece: Piece) -> Produced:
+    size = piece.path.stat().st_size
+    log.info("Flex Web Service: %s (%d bytes)", piece.name, size)
+    return Produced(piece.name, piece.path, size, sha256_file(piece.path))
