@@ -40,7 +40,7 @@ def test_the_emulator_does_refuse_a_client_that_ignores_the_limits(flexweb, tmp_
         c.fetch(query.id, "Q", tmp_path / "q")
     answers = flexweb.answers(token)
     assert "1018" in answers and answers[-1] == "ok"  # then it backed off and got the statement
-    assert answers.count("1018") <= 12  # backing off doubles the wait: no hammering
+    assert answers.count("1018") <= 4  # it backs off at least a second: no hammering
 
 
 def test_persistent_1018_ends_as_a_connection_failure_naming_the_limit(flexweb, tmp_path):

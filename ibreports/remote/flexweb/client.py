@@ -34,6 +34,7 @@ USER_AGENT = f"ibreports/{__version__} Python/{sys.version_info.major}.{sys.vers
 STATEMENT_MAX = 2 * 1024**3  # bytes: far above any Flex statement; bounds what a server can make us store
 TRANSPORT_ATTEMPTS = 3
 POLL_MAX = 30.0  # seconds: the longest wait between two polls
+PACE_MIN = 1.0  # seconds: the first back-off after a 1018 (IBKR allows one request per second)
 PACE_MAX = 60.0  # seconds: IBKR's window is a minute
 
 
@@ -240,7 +241,8 @@ class FlexClient:
                 if entry.retry is None:
                     raise flex_error(entry, what, refused.message) from None
                 if entry.retry == PACE:
-                    wait = min(PACE_MAX, max(self.pacer.min_interval, 60.0 / self.pacer.per_minute) * 2**paced)
+                    base = max(PACE_MIN, self.pacer.min_interval, 60.0 / self.pacer.per_minute)
+                    wait = min(PACE_MAX, base * 2**paced)
                     paced += 1
                 else:
                     paced = 0  # IBKR let a request through: the token's minute has room again
