@@ -42,7 +42,7 @@ demo: install
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq gnupg; }
 	$(VENV)/bin/ibreports demo
 
-# Deploy the Prefect flows of prefect.yaml (needs PREFECT_API_URL; see README).
+# Deploy the Prefect flows of prefect.yaml (needs PREFECT_API_URL; see docs/prefect.md).
 deploy: install
 	IBREPORTS_HOME=$(CURDIR) $(VENV)/bin/prefect deploy --all --no-prompt
 

@@ -189,7 +189,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except FileNotFoundError:
         raise ConfigError(
             f"Configuration file {file} does not exist.",
-            "Create it (see README, 'Configure') or pass --config PATH / set IBREPORTS_CONFIG.",
+            "Create it (see docs/configuration.md) or pass --config PATH / set IBREPORTS_CONFIG.",
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"Configuration file {file} cannot be read ({exc}).", "") from None

@@ -277,9 +277,9 @@ For real use:
   2. email keys/ibkr_sftp_rsa.pub to IBKR's Reporting Integration team (reportingintegration@interactivebrokers.com)
      with your username; upload keys/ibkr_pgp_public.asc in Client Portal for encrypted delivery
   3. ibreports keys backup --to s3://your-bucket/ibreports-keys.bundle
-  4. write ibreports.toml (README, 'Configure'); export IBREPORTS_KEY_PASSPHRASE
+  4. write ibreports.toml (docs/configuration.md); export IBREPORTS_KEY_PASSPHRASE
   5. ibreports trust-host --source ibkr-sftp # check the fingerprint with IBKR, then pin it
   6. ibreports doctor                       # every step checked, with the fix for each failure
   7. ibreports fetch                        # then: ibreports status
-  8. prefect deploy --all                   # the daily run (README, 'Running on a schedule with Prefect')
-  9. [alerts] urls = ["..."] in ibreports.toml # a message on a failed run, files at risk, a server down (README, 'Alerts')"""
+  8. prefect deploy --all                   # the daily run (docs/prefect.md)
+  9. [alerts] urls = ["..."] in ibreports.toml # a message on a failed run, files at risk, a server down (docs/alerts.md)"""

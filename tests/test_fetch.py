@@ -96,7 +96,7 @@ def archived_files(root: Path) -> dict[str, bytes]:
 
 
 def expected_keys(delivered: dict[str, bytes], source: str) -> dict[str, list[str]]:
-    """Remote name -> the archive keys it must land under (README, "Archive layout")."""
+    """Remote name -> the archive keys it must land under (docs/fetch-and-archive.md, "Archive layout")."""
     keys = {}
     for name in delivered:
         if name == UNPARSEABLE[0]:

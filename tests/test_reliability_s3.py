@@ -85,7 +85,7 @@ def test_failed_multipart_upload_is_aborted(tmp_path, proxy, s3_server, s3_bucke
     """Parts are billed until aborted: a part the store refuses ends the upload, nothing left behind.
 
     A process killed with -9 cannot abort; for that, a bucket lifecycle rule
-    (AbortIncompleteMultipartUpload) is the remedy (README, Reliability and security).
+    (AbortIncompleteMultipartUpload) is the remedy (docs/reliability.md).
     """
     route = proxy.route(int(s3_server.rsplit(":", 1)[1]))
     refuse = HttpFault(status=403, code="AccessDenied", path_contains=b"partNumber=2", times=None)

@@ -15,7 +15,7 @@ from ..config import load_config
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="every remote file, its days left before the purge, and whether it is archived")
     p.add_argument("--source", action="append", dest="sources", metavar="NAME", help="only this source (repeatable)")
-    p.add_argument("--json", action="store_true", help="machine-readable output (schema in the README)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (schema in docs/fetch-and-archive.md)")
     p.add_argument("--alert", action="store_true", help="also send an alert (see [alerts]) for files at risk")
     p.set_defaults(handler=status)
 
