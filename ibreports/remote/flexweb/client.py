@@ -53,8 +53,11 @@ def tls_context() -> ssl.SSLContext:
     return ctx
 
 
-class _Refused(Exception):
+class Refused(Exception):
+    """IBKR answered with an error code (``entry``) and its own ``message`` (bounded, token masked)."""
+
     def __init__(self, entry: FlexCode, message: str) -> None:
+        super().__init__(entry.code)
         self.entry, self.message = entry, message
 
 
@@ -65,6 +68,14 @@ def _verify_failure(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _tls_failure(host: str) -> ConnectionFailure:
+    return ConnectionFailure(
+        f"The TLS certificate of {host} did not verify against this machine's CAs.",
+        "Install the system CA certificates (ca-certificates), or point SSL_CERT_FILE at a bundle holding the "
+        "issuing CA; verification is never turned off. A proxy that intercepts TLS needs its CA added the same way.",
+    )
 
 
 def _same_domain(a: str, b: str) -> bool:
@@ -115,12 +126,7 @@ class FlexClient:
                     return self._read(resp, host, dest)
             except httpx.TransportError as exc:
                 if _verify_failure(exc):
-                    raise ConnectionFailure(
-                        f"The TLS certificate of {host} did not verify against this machine's CAs.",
-                        "Install the system CA certificates (ca-certificates), or point SSL_CERT_FILE at a bundle "
-                        "holding the issuing CA; verification is never turned off. A proxy that intercepts TLS "
-                        "needs its CA added the same way.",
-                    ) from None
+                    raise _tls_failure(host) from None
                 failure = ConnectionFailure(
                     f"Cannot reach the Flex Web Service at {host} ({type(exc).__name__}).",
                     "Check this machine's network, DNS and proxy settings and that outgoing HTTPS (443) is open; "
@@ -184,8 +190,25 @@ class FlexClient:
     def _status(self, body: bytes, url: str) -> Status:
         status = parse_status(body, f"The Flex Web Service at {urlsplit(url).netloc}")
         if status.code is not None or status.status.lower() in ("fail", "warn"):
-            raise _Refused(lookup(status.code), status.message)
+            raise Refused(lookup(status.code), status.message)
         return status
+
+    def probe(self) -> Status:
+        """The service answers over verified TLS (a request without the token: IBKR refuses it, and says so)."""
+        where = f"The Flex Web Service at {self.host}"
+        try:
+            resp = self._http.get(self.url, params={"v": "3"})
+        except httpx.TransportError as exc:
+            if _verify_failure(exc):
+                raise _tls_failure(self.host) from None
+            raise ConnectionFailure(
+                f"Cannot reach {where[4:]} ({type(exc).__name__}).",
+                "Check this machine's network, DNS and proxy settings and that outgoing HTTPS (443) is open.",
+            ) from None
+        if resp.status_code != 200:
+            raise ConnectionFailure(f"{where} answered HTTP {resp.status_code}.",
+                                    "Check the source's url (leave it out for IBKR's) and any proxy.")
+        return parse_status(resp.content[:STATUS_MAX], where)
 
     def send_request(self, query_id: str, fd: str | None = None, td: str | None = None) -> tuple[str, str]:
         """Step 1: ask IBKR to generate the statement; returns (reference code, GetStatement URL)."""
@@ -210,7 +233,7 @@ class FlexClient:
         return status.reference, status.url
 
     def get_statement(self, url: str, reference: str, dest: Path) -> None:
-        """Step 2, once: the statement into ``dest``; raises _Refused while IBKR is not done."""
+        """Step 2, once: the statement into ``dest``; raises Refused while IBKR is not done."""
         self._get(url, {"q": reference}, dest)
         with open(dest, "rb") as fh:
             head = fh.read(STATUS_MAX + 1)
@@ -236,7 +259,7 @@ class FlexClient:
                     time.sleep(min(self.poll_interval, self.poll_timeout))
                 self.get_statement(url, reference, dest)
                 return
-            except _Refused as refused:
+            except Refused as refused:
                 entry = refused.entry
                 if entry.retry is None:
                     raise flex_error(entry, what, refused.message) from None
