@@ -6,9 +6,11 @@ delivery. Without dates each query runs with its own period (as set in Client Po
 with dates each query is asked per its ``dates`` setting (see settings.py) using the
 Flex Web Service's date override (``fd``/``td``, yyyymmdd, at most 365 days).
 
-A refused query does not stop the others: its error is raised once every other query
-was produced. A refused token (expired, invalid, wrong IP) or an unreachable service
-stops at once: every further request would fail the same way.
+A refused query does not stop the others: its error is kept and raised by ``close()``
+(so by leaving ``with remote:``), once the caller has handled what the other queries
+produced; a caller that lists ``produce()`` whole loses nothing. A refused token
+(expired, invalid, wrong IP) or an unreachable service stops ``produce()`` at once:
+every further request would fail the same way.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class FlexRemote:
     def __init__(self, source: SourceConfig, settings: FlexSettings) -> None:
         self.source = source
         self.settings = settings
+        self._failures: list[IbreportsError] = []
         token = settings.token.get()
         self.client = FlexClient(
             token, settings.url, timeout=source.timeout,
@@ -104,19 +107,30 @@ class FlexRemote:
         )
 
     def close(self) -> None:
+        """Close the client, then raise the first error a query met (each was logged when met)."""
         self.client.close()
+        failures, self._failures = self._failures, []
+        if failures:
+            first = failures[0]
+            if len(failures) > 1:
+                first.message += f" ({len(failures) - 1} more Flex Web Service error(s) logged.)"
+            raise first
 
     def __enter__(self) -> "FlexRemote":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        self._failures = []  # an error is already on its way; these were logged when met
+        self.client.close()
 
     def produce(self, since: date | None, until: date | None, staging: Path,
                 today: date | None = None) -> Iterator[Produced]:
         """Every statement of every query for the dates asked (each query's own period without dates)."""
         today = today or date.today()
-        failures: list[IbreportsError] = []
+        failures = self._failures
         made: dict[str, str] = {}
         for query in self.settings.queries:
             try:
@@ -132,14 +146,8 @@ class FlexRemote:
             except (AuthenticationError, ConnectionFailure):
                 raise
             except IbreportsError as exc:
+                log.error("%s", exc)
                 failures.append(exc)
-        if failures:
-            first = failures[0]
-            if len(failures) > 1:
-                for other in failures[1:]:
-                    log.error("%s", other)
-                first.message += f" ({len(failures) - 1} more Flex Web Service error(s) logged above.)"
-            raise first
 
     def _ask(self, query: FlexQuery, window: Window, staging: Path, today: date) -> Iterator[Piece]:
         what = f"query {query.name} ({query.id}) for {window.label}"
