@@ -162,3 +162,21 @@ def test_a_multi_account_csv_cannot_be_filed_and_says_why(flexweb, tmp_path):
     with pytest.raises(RemoteFileError) as caught:
         run(flexweb, token, [query], tmp_path / "s")
     assert "2 accounts" in caught.value.message and "XML" in caught.value.remedy
+
+
+def test_dates_every_account_already_has_are_not_asked_again(flexweb, tmp_path):
+    flexweb.today = date(2026, 11, 20)
+    token = flexweb.add_token().value
+    query = flexweb.add_query("DailyActivity", ["U1234567", "U7654321"])
+    archived = {
+        "U1234567.DailyActivity.20261109.20261109.xml", "U7654321.DailyActivity.20261109.20261109.xml",
+        "U1234567.DailyActivity.20261110.20261110.xml",  # the other account's 10th is missing
+        "U1234567.Other.20261111.20261111.xml",
+    }
+    staging = tmp_path / "s"
+    staging.mkdir()
+    with flex_remote(flexweb, token, [query]) as remote:
+        made = list(remote.produce(date(2026, 11, 9), date(2026, 11, 11), staging, archived=archived))
+    sent = [h.params["fd"] for h in flexweb.hits if h.path.endswith("SendRequest")]
+    assert sent == ["20261110", "20261111"]  # the 9th is complete: IBKR's requests go to the gaps
+    assert len(made) == 4

@@ -19,11 +19,12 @@ import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 
 from ...config import SourceConfig
 from ...errors import AuthenticationError, ConfigError, ConnectionFailure, IbreportsError
 from ...files import sha256_file
+from ...statements import parse
 from .client import FlexClient
 from .pacing import pacer_for
 from .settings import FlexQuery, FlexSettings
@@ -126,15 +127,24 @@ class FlexRemote:
         self._failures = []  # an error is already on its way; these were logged when met
         self.client.close()
 
-    def produce(self, since: date | None, until: date | None, staging: Path,
-                today: date | None = None) -> Iterator[Produced]:
-        """Every statement of every query for the dates asked (each query's own period without dates)."""
+    def produce(self, since: date | None, until: date | None, staging: Path, today: date | None = None, *,
+                archived: Collection[str] = ()) -> Iterator[Produced]:
+        """Every statement of every query for the dates asked (each query's own period without dates).
+
+        ``archived``: statement names the archive holds; a dated window every known account of
+        the query already has is not asked again (a backfill spends IBKR's requests on gaps)."""
         today = today or date.today()
         failures = self._failures
         made: dict[str, str] = {}
+        have = _Archived(archived)
         for query in self.settings.queries:
             try:
-                for window in windows(query, since, until, today):
+                asked = windows(query, since, until, today)
+                todo = [w for w in asked if not have.covers(query.name, w)]
+                if len(todo) < len(asked):
+                    log.info("Flex Web Service: query %s: %d of %d date window(s) already archived for every "
+                             "account; not asked again", query.name, len(asked) - len(todo), len(asked))
+                for window in todo:
                     for piece in self._ask(query, window, staging, today):
                         produced = _produced(piece)
                         if made.setdefault(produced.name, produced.sha256) != produced.sha256:
@@ -168,6 +178,25 @@ class FlexRemote:
                 yield keep_csv(part, query.name, what, window.start or today, window.end or today, staging)
         finally:
             part.unlink(missing_ok=True)
+
+
+class _Archived:
+    """Which accounts each query name has statements for, and which statement names exist."""
+
+    def __init__(self, names: Collection[str]) -> None:
+        self.names = set(names)
+        self.accounts: dict[str, set[str]] = {}
+        for name in self.names:
+            st = parse(name, 0)
+            if st.parsed and st.account and st.query:
+                self.accounts.setdefault(st.query, set()).add(st.account)
+
+    def covers(self, query: str, window: Window) -> bool:
+        accounts = self.accounts.get(query)
+        if window.start is None or window.end is None or not accounts:
+            return False
+        stem = f"{query}.{window.start:%Y%m%d}.{window.end:%Y%m%d}"
+        return all(f"{a}.{stem}.xml" in self.names or f"{a}.{stem}.csv" in self.names for a in accounts)
 
 
 def _produced(piece: Piece) -> Produced:
