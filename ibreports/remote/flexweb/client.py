@@ -202,7 +202,7 @@ class FlexClient:
             if _verify_failure(exc):
                 raise _tls_failure(self.host) from None
             raise ConnectionFailure(
-                f"Cannot reach {where[4:]} ({type(exc).__name__}).",
+                f"Cannot reach the Flex Web Service at {self.host} ({type(exc).__name__}).",
                 "Check this machine's network, DNS and proxy settings and that outgoing HTTPS (443) is open.",
             ) from None
         if resp.status_code != 200:
