@@ -26,6 +26,7 @@ from ibreports.alerts import send_alerts
 from ibreports.config import Config, SourceConfig, config_path, load_config
 from ibreports.errors import ConnectionFailure, IbreportsError, is_transient
 from ibreports.pipeline import fetch
+from ibreports.remote.registry import kind_of
 from ibreports.report import RunReport, table_rows
 
 RUN_ARTIFACT_KEY = "ibreports-run"
@@ -51,17 +52,18 @@ def resolve_config(config: str | None) -> str:
 
 
 def server_limit_name(source: SourceConfig) -> str:
-    """Global concurrency limit shared by every run that talks to one IBKR server."""
-    return f"ibkr-{source.host}"
+    """Global concurrency limit shared by every run that talks to one IBKR server (the kind names it)."""
+    return kind_of(source).slots(source)[0]
 
 
 def server_slots(cfg: Config, source: SourceConfig) -> int:
     """Connections one run of ``source`` can hold open at once, i.e. the slots it occupies.
 
-    sFTP multiplexes its channels over one SSH transport (one login); FTP opens one
-    logged-in connection per parallel download, up to ``connections`` and ``[run] workers``.
+    The kind lists one slot per connection it may hold (sFTP: one login multiplexing its channels;
+    FTP: one logged-in connection per parallel download, up to ``connections``); a run never holds
+    more than ``[run] workers``.
     """
-    return max(1, min(cfg.run.workers, source.connections)) if source.kind == "ftp" else 1
+    return max(1, min(cfg.run.workers, len(kind_of(source).slots(source))))
 
 
 def _fit_to_limit(source: SourceConfig, slots: int) -> int | None:
@@ -90,9 +92,8 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 def _source_error(report: RunReport, source: str) -> IbreportsError:
     """Rebuild the source-level error the pipeline recorded, keeping its class."""
     cls = errors.error_class(report.source_error_types.get(source, "")) or ConnectionFailure
-    exc = cls(report.source_errors[source])
-    exc.report = report.to_dict()  # keeps outcomes of files handled before the failure
-    return exc
+    # The report keeps the outcomes of files handled before the failure.
+    return cls(report.source_errors[source], report=report.to_dict())
 
 
 @task(
@@ -168,7 +169,7 @@ def run_sources(
     for name, future in zip(sources, futures):
         value = future.result(raise_on_failure=False)
         if isinstance(value, BaseException):
-            partial = getattr(value, "report", None)
+            partial = value.report if isinstance(value, IbreportsError) else None
             if partial:
                 merged.files.extend(RunReport.from_dict(partial).files)
             merged.source_errors[name] = str(value) or type(value).__name__

@@ -110,7 +110,7 @@ def build_alerts(config: Config, report: RunReport | None = None, status_rows: I
 
 def _transient(kind: str) -> bool:
     cls = errors.error_class(kind)
-    return cls is not None and errors.is_transient(cls("x"))
+    return cls is not None and cls.retryable
 
 
 def _failed(report: RunReport) -> Alert | None:
@@ -211,7 +211,7 @@ def _known_secrets(config: Config) -> list[str]:
     """Secret values to blank out of any message: defence in depth behind secret-free errors."""
     found: list[Secret | None] = [config.pgp.passphrase, *config.alerts.urls]
     for source in config.sources:
-        found += [source.key_passphrase, source.password]
+        found += [value for value in vars(source.settings).values() if isinstance(value, Secret)]
     values = []
     for secret in found:
         if secret is None or secret.reference.startswith("prefect:"):

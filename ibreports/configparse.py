@@ -1,24 +1,43 @@
-"""Validation of a parsed ibreports.toml: every error names the file, the key and what is expected."""
+"""Validation of a parsed ibreports.toml: every error names the file, the key and what is expected.
+
+Keys are named one way in every message: ``archive.url``, ``sources.NAME.remote_dir`` (by the
+source's name; ``sources[INDEX]`` only while the name itself is wrong). A source's common keys
+are parsed here; its kind's own keys go to the kind's settings dataclass (see
+ibreports/remote/registry.py), parsed by the types it declares.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
 from pathlib import Path
 from typing import Any
 
-from .config import (
-    FTP_DEFAULTS,
-    SFTP_DEFAULTS,
+from .configmodel import (
     AlertsConfig,
     ArchiveConfig,
     Config,
     PgpConfig,
     RetentionConfig,
     RunConfig,
-    Secret,
     SourceConfig,
-    _resolve_path,
 )
 from .errors import ConfigError
+from .remote.registry import SettingError, get_kind, known_kinds
+from .secrets import Secret, resolve_path
+
+# Keys every [[sources]] table may hold, whatever its kind.
+SOURCE_KEYS = {"name", "kind", "timeout", "connections", "settle_seconds", "delete_after_archive", "allow_plain"}
+TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a table",
+              list: "a list"}
+
+
+def _type_name(value: Any) -> str:
+    for kind in (bool, int, float, str, dict, list):  # bool first: True is an int too
+        if isinstance(value, kind):
+            return TYPE_NAMES[kind]
+    return f"a {type(value).__name__}"
 
 
 class Parser:
@@ -27,19 +46,34 @@ class Parser:
         self.base = file.parent
 
     def fail(self, key: str, expected: str, got: Any = None) -> ConfigError:
-        shown = "" if got is None else f" (got {type(got).__name__})"
+        shown = "" if got is None else f" (got {_type_name(got)})"
         return ConfigError(f"{self.file}: '{key}' must be {expected}{shown}.", "Fix it and run again.")
+
+    def known(self, table: dict[str, Any], where: str, allowed: set[str], what: str,
+              elsewhere: dict[str, str] | None = None) -> None:
+        """Refuse an unknown key, suggesting the allowed key it is most likely a typo of.
+
+        ``elsewhere`` maps keys that belong to other source kinds to the kind's name."""
+        unknown = sorted(set(table) - allowed)
+        if not unknown:
+            return
+        key = unknown[0]
+        path = f"{where}.{key}" if where else key
+        if elsewhere and key in elsewhere:
+            hint = f"'{key}' is a key of {elsewhere[key]} sources. "
+        else:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+            hint = f"Did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(
+            f"{self.file}: unknown key '{path}'.",
+            f"{hint}Allowed keys in {what}: {', '.join(sorted(allowed))}.",
+        )
 
     def table(self, data: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
         value = data.get(key, {})
         if not isinstance(value, dict):
             raise self.fail(key, "a table", value)
-        unknown = sorted(set(value) - allowed)
-        if unknown:
-            raise ConfigError(
-                f"{self.file}: unknown key '{key}.{unknown[0]}'.",
-                f"Allowed keys in [{key}]: {', '.join(sorted(allowed))}.",
-            )
+        self.known(value, key, allowed, f"[{key}]")
         return value
 
     def get(self, table: dict[str, Any], where: str, key: str, kind: type, default: Any) -> Any:
@@ -50,7 +84,7 @@ class Parser:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
         if not ok:
-            raise self.fail(f"{where}.{key}", f"a {kind.__name__}", value)
+            raise self.fail(f"{where}.{key}", TYPE_NAMES.get(kind, f"a {kind.__name__}"), value)
         return value
 
     def nonneg(self, table: dict[str, Any], where: str, key: str, default: int, low: int = 0) -> int:
@@ -61,7 +95,7 @@ class Parser:
 
     def path(self, table: dict[str, Any], where: str, key: str) -> Path | None:
         value = self.get(table, where, key, str, None)
-        return _resolve_path(value, self.base) if value else None
+        return resolve_path(value, self.base) if value else None
 
     def secret(self, table: dict[str, Any], where: str, key: str) -> Secret | None:
         value = self.get(table, where, key, str, None)
@@ -69,11 +103,7 @@ class Parser:
 
     def config(self, data: dict[str, Any]) -> Config:
         top = {"sources", "pgp", "archive", "retention", "alerts", "run"}
-        unknown = sorted(set(data) - top)
-        if unknown:
-            raise ConfigError(
-                f"{self.file}: unknown key '{unknown[0]}'.", f"Allowed top-level keys: {', '.join(sorted(top))}."
-            )
+        self.known(data, "", top, "the top level")
         raw_sources = data.get("sources", [])
         if not isinstance(raw_sources, list) or not all(isinstance(s, dict) for s in raw_sources):
             raise self.fail("sources", "an array of tables ([[sources]])", raw_sources)
@@ -81,7 +111,7 @@ class Parser:
         names = [s.name for s in sources]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise self.fail("sources.name", f"unique (duplicate: {sorted(dup)[0]})")
+            raise self.fail(f"sources.{sorted(dup)[0]}.name", "unique: another source has the same name")
         archive = self.archive(data)
         deleting = [s.name for s in sources if s.delete_after_archive]
         if deleting and not archive.keep_encrypted:
@@ -102,63 +132,53 @@ class Parser:
         )
 
     def source(self, index: int, raw: dict[str, Any]) -> SourceConfig:
-        where = f"sources[{index}]"
-        allowed = {
-            "name", "kind", "host", "port", "username", "remote_dir", "key_file", "key_passphrase",
-            "known_hosts", "password", "passive", "tls", "ca_file", "disabled_algorithms",
-            "proxy_command", "timeout", "connections", "settle_seconds", "delete_after_archive",
-        }
-        self.table({where: raw}, where, allowed)
-        kind = self.get(raw, where, "kind", str, None)
-        if kind not in ("sftp", "ftp"):
-            raise self.fail(f"{where}.kind", "'sftp' or 'ftp'", kind if kind is not None else None)
-        name = self.get(raw, where, "name", str, None)
+        """The common keys here; the kind's own keys go to its settings dataclass."""
+        keys_of = {k: {f.name for f in dataclasses.fields(get_kind(k).settings)} for k in known_kinds()}
+        if "name" not in raw or "kind" not in raw:  # a typo of one of them is likelier than a missing key
+            self.known(raw, f"sources[{index}]", SOURCE_KEYS.union(*keys_of.values()), "[[sources]]")
+        name = self.get(raw, f"sources[{index}]", "name", str, None)
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise self.fail(f"{where}.name", "a non-empty name of letters, digits, '-', '_' or '.'")
+            raise self.fail(f"sources[{index}].name", "a non-empty name of letters, digits, '-', '_' or '.'")
         where = f"sources.{name}"
-        defaults = SFTP_DEFAULTS if kind == "sftp" else FTP_DEFAULTS
-        username = self.get(raw, where, "username", str, "")
-        if not username:
-            raise self.fail(f"{where}.username", "a non-empty string")
-        port = self.get(raw, where, "port", int, defaults["port"])
-        if not 0 < port < 65536:
-            raise self.fail(f"{where}.port", "a TCP port between 1 and 65535")
-        algos = self.get(raw, where, "disabled_algorithms", dict, None)
-        if algos is not None and not all(
-            isinstance(v, list) and all(isinstance(x, str) for x in v) for v in algos.values()
-        ):
-            raise self.fail(f"{where}.disabled_algorithms", "a table of string lists")
+        kind = get_kind(raw.get("kind"), f"{self.file}: '{where}.kind'")
+        fields = {f.name: f for f in dataclasses.fields(kind.settings)}
+        elsewhere = {key: other for other, keys in reversed(keys_of.items()) for key in keys}
+        self.known(raw, where, SOURCE_KEYS | set(fields), f"a {kind.name} source", elsewhere)
+        hints = typing.get_type_hints(kind.settings)
+        values = {key: self.field(raw, where, key, hints[key], spec) for key, spec in fields.items()}
+        try:
+            settings = kind.settings(**values)
+            checked = getattr(settings, "checked", None)
+            settings = checked() if checked else settings
+        except SettingError as exc:
+            raise self.fail(f"{where}.{exc.key}", exc.expected) from None
         src = SourceConfig(
             name=name,
-            kind=kind,
-            host=self.get(raw, where, "host", str, defaults["host"]),
-            port=port,
-            username=username,
-            remote_dir=self.get(raw, where, "remote_dir", str, "outgoing"),
-            key_file=self.path(raw, where, "key_file"),
-            key_passphrase=self.secret(raw, where, "key_passphrase"),
-            known_hosts=self.path(raw, where, "known_hosts"),
-            password=self.secret(raw, where, "password"),
-            passive=self.get(raw, where, "passive", bool, True),
-            tls=self.get(raw, where, "tls", bool, False),
-            ca_file=self.path(raw, where, "ca_file"),
-            disabled_algorithms=algos,
-            proxy_command=self.get(raw, where, "proxy_command", str, None),
+            kind=kind.name,
+            settings=settings,
             timeout=self.get(raw, where, "timeout", float, 30.0),
             connections=self.nonneg(raw, where, "connections", 4, low=1),
             settle_seconds=self.nonneg(raw, where, "settle_seconds", 120),
             delete_after_archive=self.get(raw, where, "delete_after_archive", bool, False),
+            allow_plain=self.get(raw, where, "allow_plain", bool, kind.allow_plain_default),
         )
         if src.timeout <= 0:
             raise self.fail(f"{where}.timeout", "a positive number of seconds")
-        if kind == "sftp":
-            if src.key_file is None:
-                raise self.fail(f"{where}.key_file", "the path of the sFTP private key (ibreports keygen writes keys/ibkr_sftp_rsa)")
-            if src.known_hosts is None:
-                src.known_hosts = src.key_file.parent / "known_hosts"
-        elif src.password is None:
-            raise self.fail(f"{where}.password", "the FTP password or a reference such as env:IBREPORTS_FTP_PASSWORD")
+        if src.delete_after_archive and not kind.capabilities.delete:
+            raise self.fail(f"{where}.delete_after_archive", f"false: a {kind.name} source cannot delete files")
         return src
+
+    def field(self, raw: dict[str, Any], where: str, key: str, wanted: Any, spec: dataclasses.Field) -> Any:
+        """One key of a kind's settings, parsed by the type its dataclass declares."""
+        default = spec.default if spec.default is not dataclasses.MISSING else None
+        args = [a for a in typing.get_args(wanted) if a is not type(None)]
+        base = args[0] if typing.get_args(wanted) and len(args) == 1 else wanted
+        base = typing.get_origin(base) or base
+        if base is Path:
+            return self.path(raw, where, key) if key in raw else default
+        if base is Secret:
+            return self.secret(raw, where, key) if key in raw else default
+        return self.get(raw, where, key, base, default)
 
     def pgp(self, data: dict[str, Any]) -> PgpConfig:
         raw = self.table(data, "pgp", {"secret_key_file", "passphrase"})
@@ -168,7 +188,7 @@ class Parser:
         if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
             raise self.fail("pgp.secret_key_file", "a path or a list of paths", files)
         return PgpConfig(
-            secret_key_files=[_resolve_path(f, self.base) for f in files],
+            secret_key_files=[resolve_path(f, self.base) for f in files],
             passphrase=self.secret(raw, "pgp", "passphrase"),
         )
 
@@ -186,7 +206,7 @@ class Parser:
         elif "://" in url:
             raise self.fail("archive.url", "a local folder or an s3:// URL")
         else:
-            url = str(_resolve_path(url, self.base))
+            url = str(resolve_path(url, self.base))
         sse = self.get(raw, "archive", "server_side_encryption", str, "AES256")
         if sse not in ("AES256", "aws:kms", "none", ""):
             raise self.fail("archive.server_side_encryption", "'AES256', 'aws:kms' or 'none'")

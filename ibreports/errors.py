@@ -1,21 +1,29 @@
-"""One exception family; each error carries the remedy the user should apply.
+"""One exception family; each error carries the remedy the user should apply, and its policy.
 
-Exit codes (INTERFACE.md): 1 files failed or at risk, 2 usage or configuration,
-3 connection, authentication or host key.
+The policy is a class attribute, so it can be asked of a class as well (run reports record
+error class names): ``exit_code`` (INTERFACE.md: 1 files failed or at risk, 2 usage or
+configuration, 3 connection, authentication or host key), ``source_exit_code`` (the exit code
+when a whole source failed with it) and ``retryable`` (worth retrying: a broken connection,
+never a refused key or credential).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class IbreportsError(Exception):
     """Base error: a one-sentence cause plus a remedy. Never holds a secret."""
 
-    exit_code = 1
+    exit_code: ClassVar[int] = 1
+    source_exit_code: ClassVar[int] = 3  # a source that cannot be read is as good as unreachable
+    retryable: ClassVar[bool] = False
 
-    def __init__(self, message: str, remedy: str = "") -> None:
+    def __init__(self, message: str, remedy: str = "", *, report: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.remedy = remedy
+        self.report = report  # a run report (as a dict) of the files handled before a source failed
 
     def __str__(self) -> str:
         return f"{self.message} {self.remedy}".strip()
@@ -25,6 +33,7 @@ class ConfigError(IbreportsError):
     """Bad configuration, bad arguments or bad user input (exit 2)."""
 
     exit_code = 2
+    source_exit_code = 2
 
 
 class KeyMaterialError(ConfigError):
@@ -35,14 +44,19 @@ class ConnectionFailure(IbreportsError):
     """The server could not be reached or the connection broke (exit 3). Transient."""
 
     exit_code = 3
+    retryable = True
 
 
 class HostKeyError(ConnectionFailure):
     """Unknown or changed host key (exit 3). Never retried."""
 
+    retryable = False
+
 
 class AuthenticationError(ConnectionFailure):
     """The server refused our credentials (exit 3). Never retried."""
+
+    retryable = False
 
 
 class RemoteFileError(IbreportsError):
@@ -54,7 +68,14 @@ class FileChangedError(RemoteFileError):
 
 
 class DecryptionError(IbreportsError):
-    """A file failed strict decryption; its output was deleted."""
+    """A file failed strict decryption; its output was deleted.
+
+    ``reason`` is the short word shown for the refused file: ``integrity``, ``no-key``, ``no-mdc``,
+    ``locked``, ``malformed``, ``empty``, ``signature``, ``failed``, ... ("" when not a refusal)."""
+
+    def __init__(self, message: str, remedy: str = "", *, reason: str = "", report: dict | None = None) -> None:
+        super().__init__(message, remedy, report=report)
+        self.reason = reason
 
 
 class ArchiveError(IbreportsError):
@@ -68,7 +89,7 @@ def error_class(name: str) -> type[IbreportsError] | None:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors worth retrying: broken connections, not refused credentials or keys."""
-    if isinstance(exc, (HostKeyError, AuthenticationError)):
-        return False
-    return isinstance(exc, (ConnectionFailure, TimeoutError, ConnectionError, EOFError))
+    """True for errors worth retrying: ours that say so, and the OS's broken connections."""
+    if isinstance(exc, IbreportsError):
+        return exc.retryable
+    return isinstance(exc, (TimeoutError, ConnectionError, EOFError))

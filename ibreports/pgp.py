@@ -224,7 +224,7 @@ class Decryptor:
     def decrypt(self, src: Path, dest: Path) -> str:
         """Decrypt ``src`` into ``dest`` (0600); return the primary fingerprint of the key used.
 
-        Raises DecryptionError (with a ``reason`` attribute) and leaves no ``dest`` on failure.
+        Raises DecryptionError (with its ``reason``) and leaves no ``dest`` on failure.
         """
         src, dest = Path(src), Path(dest)
         if not self._finalizer.alive:
@@ -313,9 +313,7 @@ class Decryptor:
 
 
 def _refuse(reason: str, what: str, remedy: str = REDELIVER) -> DecryptionError:
-    err = DecryptionError(f"Decryption refused: {what}.", remedy)
-    err.reason = reason  # type: ignore[attr-defined]
-    return err
+    return DecryptionError(f"Decryption refused: {what}.", remedy, reason=reason)
 
 
 def _raise(reason: str, what: str, remedy: str = REDELIVER) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from .errors import ConfigError, error_class
+from .errors import ConfigError, IbreportsError, error_class
 
 DONE = ("archived", "already-archived", "verified")  # "verified": --force compared it, rewrote nothing
 FAILED = ("failed", "rejected")
@@ -75,7 +75,7 @@ class RunReport:
         """INTERFACE.md: 3 when a source was unreachable (or refused us), 2 when every failing
         source was misconfigured, 1 when files failed or are at risk, else 0."""
         if self.source_errors:
-            return 2 if len(self.misconfigured) == len(self.source_errors) else 3
+            return max(_source_exit_code(self.source_error_types.get(s, "")) for s in self.source_errors)
         return 1 if self.failed or self.at_risk else 0
 
     @property
@@ -116,6 +116,12 @@ class RunReport:
     def from_dict(cls, data: dict) -> "RunReport":
         files = [FileOutcome(**f) for f in data.get("files", [])]
         return cls(**{**data, "files": files})
+
+
+def _source_exit_code(kind: str) -> int:
+    """The exit code of a source failed with the error class ``kind`` (3 for one we do not know)."""
+    cls = error_class(kind)
+    return cls.source_exit_code if cls is not None else IbreportsError.source_exit_code
 
 
 def _is_config_error(kind: str) -> bool:

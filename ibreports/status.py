@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from . import statements
 from .archive import open_archive
 from .config import Config, SourceConfig
-from .errors import ConfigError, IbreportsError
+from .errors import IbreportsError
 from .remote import RemoteFile, open_remote
 
 
@@ -88,7 +88,7 @@ def collect_status(config: Config, sources: list[str] | None = None, now: float 
             listing = _list(source)
         except IbreportsError as exc:
             report.errors[source.name] = str(exc)
-            report.error_codes[source.name] = 2 if isinstance(exc, ConfigError) else 3
+            report.error_codes[source.name] = exc.source_exit_code
             continue
         for rf in listing:
             report.files.append(_row(config, source.name, rf, inventory, now))

@@ -16,6 +16,7 @@ import paramiko
 
 from .config import SourceConfig
 from .errors import ConfigError, ConnectionFailure, HostKeyError
+from .remote.registry import kind_of
 from .remote.hostkeys import fingerprint, host_id, key_line, known_keys, preferred_algorithms
 from .remote.ssh import open_socket
 
@@ -46,13 +47,13 @@ class ScannedKey:
 
 def scan(source: SourceConfig) -> ScannedKey:
     """Connect, negotiate, read the host key and close: no authentication is attempted."""
-    if source.kind != "sftp":
+    if not kind_of(source).capabilities.host_keys:
         raise ConfigError(
-            f"Source {source.name} is an FTP source: trust-host is for sFTP host keys.",
+            f"Source {source.name} is an {source.kind} source: trust-host is for SSH host keys (sFTP sources).",
             "FTPS servers prove who they are with TLS certificates: set tls = true (and ca_file if the CA is private).",
         )
     known = known_keys(source)
-    transport = paramiko.Transport(open_socket(source), disabled_algorithms=source.disabled_algorithms)
+    transport = paramiko.Transport(open_socket(source), disabled_algorithms=source.settings.disabled_algorithms)
     transport.banner_timeout = transport.handshake_timeout = source.timeout
     options = transport.get_security_options()
     # Ask for the recorded key type first, so "already recorded" is not mistaken for a change.
@@ -62,13 +63,13 @@ def scan(source: SourceConfig) -> ScannedKey:
         key = transport.get_remote_server_key()
     except (paramiko.SSHException, EOFError, OSError) as exc:
         raise ConnectionFailure(
-            f"SSH negotiation with {source.host}:{source.port} failed ({type(exc).__name__}: {exc}).",
+            f"SSH negotiation with {source.settings.host}:{source.settings.port} failed ({type(exc).__name__}: {exc}).",
             "Check host and port (IBKR's sFTP server: xfer.interactivebrokers.com port 32).",
         ) from None
     finally:
         transport.close()
     recorded = tuple(f"{k.get_name()} {fingerprint(k)}" for k in known.values())
-    return ScannedKey(host_id(source.host, source.port), key, recorded)
+    return ScannedKey(host_id(source.settings.host, source.settings.port), key, recorded)
 
 
 def normalize_fingerprint(text: str) -> str:
@@ -90,10 +91,10 @@ def normalize_fingerprint(text: str) -> str:
 
 def record(source: SourceConfig, key: paramiko.PKey, replace: bool = False) -> Path:
     """Write ``key`` for this source into its known_hosts atomically; ``replace`` drops older keys for the host."""
-    path = Path(source.known_hosts) if source.known_hosts else None
+    path = Path(source.settings.known_hosts) if source.settings.known_hosts else None
     if path is None:
         raise ConfigError(f"Source {source.name} has no known_hosts file.", "Set known_hosts in its [[sources]] table.")
-    name = host_id(source.host, source.port)
+    name = host_id(source.settings.host, source.settings.port)
     try:
         lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     except (OSError, UnicodeDecodeError) as exc:
@@ -145,7 +146,7 @@ def changed_error(scanned: ScannedKey, source: SourceConfig) -> HostKeyError:
     """The refusal for a key that differs from the recorded one."""
     return HostKeyError(
         f"The host key of {scanned.host_id} has CHANGED: the server shows {scanned.key_type} {scanned.fingerprint} "
-        f"but {source.known_hosts} records {', '.join(scanned.recorded)}; a changed key can mean someone is "
+        f"but {source.settings.known_hosts} records {', '.join(scanned.recorded)}; a changed key can mean someone is "
         "intercepting the connection.",
         "Do not trust it until IBKR confirms the new fingerprint; then run: ibreports trust-host --source "
         f"{source.name} --replace --fingerprint {scanned.fingerprint}",
@@ -165,7 +166,7 @@ def declined_error(scanned: ScannedKey, source: SourceConfig) -> HostKeyError:
     """The answer "no" at the prompt: the key stays untrusted, so connections keep being refused."""
     return HostKeyError(
         f"Host key {scanned.key_type} {scanned.fingerprint} of {scanned.host_id} not trusted: nothing was recorded "
-        f"in {source.known_hosts}.",
+        f"in {source.settings.known_hosts}.",
         "Compare the fingerprint with the one IBKR gives you (Reporting Integration team), then run: "
         f"ibreports trust-host --source {source.name} --fingerprint SHA256:...",
     )

@@ -12,7 +12,7 @@ from typing import Callable
 
 import pytest
 
-from ibreports.archive import Archive, ObjectInfo, open_archive
+from ibreports.archive import FEATURES, Archive, ObjectInfo, open_archive
 from ibreports.archive.local import LocalArchive
 from ibreports.archive.s3 import S3Archive
 from ibreports.config import ArchiveConfig
@@ -70,6 +70,15 @@ def backend(request, tmp_path) -> Backend:
     if request.param == "local":
         return _local(tmp_path)
     return _s3(request.getfixturevalue("s3_server"), request.getfixturevalue("s3_versioned_bucket"))
+
+
+# What each archive declares; a feature's tests run on the archives that declare it.
+DECLARED = {"local": frozenset(), "s3": frozenset()}
+
+
+def test_each_archive_declares_its_features(backend):
+    assert backend.archive.features == DECLARED[backend.kind]
+    assert backend.archive.features <= set(FEATURES)
 
 
 def _file(tmp_path: Path, name: str, data: bytes) -> tuple[Path, str]:

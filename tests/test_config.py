@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from ibreports.cli import main
 from ibreports.config import Config, Secret, load_config, parse_config
 from ibreports.errors import ConfigError
+from ibreports.remote.registry import Capabilities, SettingError, SourceKind, get_kind, known_kinds, register
 
 FULL = """
 [[sources]]
@@ -47,7 +49,7 @@ warn_days = 10
 
 def test_full_example_with_defaults_and_relative_paths(tmp_path):
     cfg = parse_config(FULL, tmp_path / "ibreports.toml")
-    sftp, ftp = cfg.sources
+    sftp, ftp = (s.settings for s in cfg.sources)
     assert (sftp.host, sftp.port) == ("xfer.interactivebrokers.com", 32)
     assert (ftp.host, ftp.port, ftp.passive, ftp.tls) == ("ftp2.interactivebrokers.com", 21, True, True)
     assert sftp.key_file == tmp_path / "keys/ibkr_sftp_rsa"
@@ -65,9 +67,9 @@ def test_secret_references_resolve_lazily_and_never_print(tmp_path, monkeypatch)
     (tmp_path / "ftp_password").write_text("hunter2-from-file\n")
     monkeypatch.setenv("IBREPORTS_KEY_PASSPHRASE", "correct horse battery")
     cfg = parse_config(FULL, tmp_path / "ibreports.toml")
-    assert cfg.sources[1].password.get() == "hunter2-from-file"
+    assert cfg.sources[1].settings.password.get() == "hunter2-from-file"
     assert cfg.pgp.passphrase.get() == "correct horse battery"
-    text = repr(cfg) + str(cfg.sources[1].password)
+    text = repr(cfg) + str(cfg.sources[1].settings.password)
     assert "hunter2" not in text and "correct horse" not in text
     assert "********" in repr(Secret("inline-secret", "x", tmp_path))
 
@@ -82,7 +84,7 @@ def test_missing_env_secret_names_key_and_variable(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "text, fragment",
     [
-        ("[[sources]]\nname='a'\nkind='scp'\nusername='u'\n", "sources[0].kind"),
+        ("[[sources]]\nname='a'\nkind='scp'\nusername='u'\n", "sources.a.kind"),
         ("[[sources]]\nname='a'\nkind='sftp'\nusername='u'\n", "sources.a.key_file"),
         ("[[sources]]\nname='a'\nkind='ftp'\nusername='u'\n", "sources.a.password"),
         ("[[sources]]\nname='a'\nkind='ftp'\nusername='u'\npassword='p'\nport='21'\n", "sources.a.port"),
@@ -226,3 +228,110 @@ def test_an_unexpected_error_is_one_line_without_traceback(tmp_path, capsys, mon
     assert main(["fetch"]) == 1
     err = capsys.readouterr().err
     assert "unexpected RuntimeError" in err and "--debug" in err and "Traceback" not in err and "internal detail" not in err
+
+
+# -- source kinds come from the registry ------------------------------------------------------
+
+def test_an_unknown_kind_fails_once_listing_every_known_kind(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        parse_config("[[sources]]\nname='a'\nkind='scp'\n", tmp_path / "ibreports.toml")
+    text = str(err.value)
+    assert "'sources.a.kind'" in text and "'scp'" in text
+    assert all(f"'{kind}'" in text for kind in known_kinds())
+
+
+def test_a_source_keeps_the_common_keys_and_its_kind_settings(tmp_path):
+    cfg = parse_config(FULL, tmp_path / "ibreports.toml")
+    sftp, ftp = cfg.sources
+    assert isinstance(sftp.settings, get_kind("sftp").settings) and isinstance(ftp.settings, get_kind("ftp").settings)
+    assert sftp.settings.known_hosts == tmp_path / "keys/known_hosts"
+    assert (sftp.timeout, sftp.connections, sftp.settle_seconds) == (30.0, 4, 120)
+    assert not hasattr(sftp.settings, "password") and not hasattr(ftp.settings, "key_file")
+
+
+def test_a_key_of_another_kind_is_named_as_such(tmp_path):
+    text = "[[sources]]\nname='a'\nkind='sftp'\nusername='u'\nkey_file='k'\npassword='p'\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, tmp_path / "ibreports.toml")
+    assert "unknown key 'sources.a.password'" in err.value.message
+    assert "'password' is a key of ftp sources" in err.value.remedy
+
+
+def test_a_kind_registered_by_a_test_needs_no_username_and_may_refuse_delete(tmp_path):
+    # READ_ONLY (below) is registered by this test module only; the library knows nothing of it.
+    cfg = parse_config("[[sources]]\nname='r'\nkind='read-only-toy'\nfolder='x'\n", tmp_path / "ibreports.toml")
+    assert cfg.sources[0].settings == ReadOnlySettings(folder="x")
+    assert cfg.sources[0].allow_plain is False  # the kind's default
+    with pytest.raises(ConfigError, match="sources.r.folder"):
+        parse_config("[[sources]]\nname='r'\nkind='read-only-toy'\n", tmp_path / "ibreports.toml")
+    with pytest.raises(ConfigError) as err:
+        parse_config("[[sources]]\nname='r'\nkind='read-only-toy'\nfolder='x'\ndelete_after_archive=true\n",
+                     tmp_path / "ibreports.toml")
+    assert "sources.r.delete_after_archive" in str(err.value) and "cannot delete" in str(err.value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOnlySettings:
+    folder: str = ""
+
+    def checked(self) -> "ReadOnlySettings":
+        if not self.folder:
+            raise SettingError("folder", "a folder name")
+        return self
+
+
+# An on-demand kind (listing=False): the remote contract suite, which is for listing kinds, leaves it out.
+READ_ONLY = register(SourceKind(
+    name="read-only-toy", settings=ReadOnlySettings, open=lambda source: None, doctor=lambda *args: None,
+    slots=lambda source: [], capabilities=Capabilities(listing=False, delete=False), allow_plain_default=False,
+))
+
+
+# -- messages: one key path per key, "did you mean", plain type names ---------------------------
+
+@pytest.mark.parametrize(
+    "text, key, suggestion",
+    [
+        ("[[sources]]\nname='ibkr-sftp'\nkind='sftp'\nusername='u'\nkey_file='k'\nremote_dri='x'\n",
+         "sources.ibkr-sftp.remote_dri", "remote_dir"),
+        ("[[sources]]\nname='f'\nkind='ftp'\nusername='u'\npassword='p'\npasive=false\n", "sources.f.pasive", "passive"),
+        ("[[sources]]\nnmae='a'\nkind='ftp'\n", "sources[0].nmae", "name"),
+        ("[archive]\nkeep_encryted=true\n", "archive.keep_encryted", "keep_encrypted"),
+        ("[retention]\npurge_day=3\n", "retention.purge_day", "purge_days"),
+        ("[archiv]\nurl='x'\n", "archiv", "archive"),
+    ],
+)
+def test_an_unknown_key_gets_did_you_mean(tmp_path, text, key, suggestion):
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, tmp_path / "ibreports.toml")
+    assert f"unknown key '{key}'" in err.value.message
+    assert err.value.remedy.startswith(f"Did you mean '{suggestion}'?")
+
+
+def test_an_unknown_key_like_nothing_gets_no_guess(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        parse_config("[retention]\nzzz=1\n", tmp_path / "ibreports.toml")
+    assert "Did you mean" not in err.value.remedy and "purge_days" in err.value.remedy
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[[sources]]\nname='a'\nkind='ftp'\nusername='u'\npassword='p'\nport='21'\n",
+         "'sources.a.port' must be an integer (got a string)"),
+        ("[[sources]]\nname='a'\nkind='ftp'\nusername='u'\npassword='p'\ntls='yes'\n",
+         "'sources.a.tls' must be true or false (got a string)"),
+        ("[[sources]]\nname='a'\nkind='ftp'\nusername='u'\npassword='p'\ntimeout=true\n",
+         "'sources.a.timeout' must be a number (got true or false)"),
+        ("[[sources]]\nname='a'\nkind='sftp'\nusername='u'\nkey_file='k'\ndisabled_algorithms=[1]\n",
+         "'sources.a.disabled_algorithms' must be a table (got a list)"),
+        ("[archive]\nurl=5\n", "'archive.url' must be a string (got an integer)"),
+        ("[run]\nworkers=1.5\n", "'run.workers' must be an integer (got a number)"),
+        ("[[sources]]\nname='a'\nkind='ftp'\nusername='u'\npassword='p'\n[[sources]]\nname='a'\nkind='ftp'\n"
+         "username='u'\npassword='p'\n", "'sources.a.name' must be unique"),
+    ],
+)
+def test_type_errors_name_the_key_by_source_name_and_the_type_in_words(tmp_path, text, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, tmp_path / "ibreports.toml")
+    assert message in err.value.message

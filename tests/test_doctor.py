@@ -313,3 +313,21 @@ def test_sha1_opt_in_also_lets_fetch_log_in(tmp_path, sftp_client_key, pgp_key):
             assert [f.name for f in remote.list()] == ["U1234567.Activity.20261101.20261101.xml"]
     finally:
         server.stop()
+
+
+def test_doctor_runs_the_steps_a_registered_kind_brings(tmp_path, pgp_key, capsys):
+    """A kind registered by a test (tests/memory_remote.py) is diagnosed by its own steps, like sftp and ftp."""
+    from tests import memory_remote
+
+    memory_remote.SERVERS["doctor-toy"] = server = memory_remote.MemoryServer()
+    server.files["U1234567.A.20261101.20261101.xml.pgp"] = memory_remote.Stored(bytearray(b"x"), 0.0)
+    try:
+        cfg = write_config(tmp_path, ['[[sources]]\nname = "toy"\nkind = "memory"\nstore = "doctor-toy"\n',
+                                      '[[sources]]\nname = "gone"\nkind = "memory"\nstore = "nowhere"\n'], pgp_key)
+        code, sections = doctor(cfg, capsys)
+    finally:
+        del memory_remote.SERVERS["doctor-toy"]
+    assert statuses(sections["toy"]) == {"open": "ok", "list": "ok"}
+    assert "1 file(s), 1 encrypted" in sections["toy"]["list"]["detail"]
+    assert statuses(sections["gone"]) == {"open": "FAIL", "list": "skip"}
+    assert code == 2 and "nowhere" in sections["gone"]["open"]["cause"]

@@ -1,6 +1,10 @@
-"""One contract for every remote kind (rclone-style): sFTP, FTP (MLSD), FTP (no MLSD), FTPS.
+"""One contract for every registered remote kind (rclone-style fstests).
 
-Every test runs against a real server on loopback: OpenSSH sshd or pyftpdlib.
+The suite iterates over the registry: every kind that lists files (``Capabilities.listing``)
+runs every test here, against each server variant in ``SERVERS`` (real OpenSSH sshd and
+pyftpdlib on loopback; the toy in-memory kind that tests/memory_remote.py registers). A kind
+registered without a server here fails ``test_every_listing_kind_has_a_server``. Tests of an
+optional capability (``delete``) run where the kind declares it.
 """
 
 from __future__ import annotations
@@ -9,42 +13,131 @@ import hashlib
 
 import calendar
 import os
+import secrets
 import threading
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import pytest
 
 from ibreports.errors import RemoteFileError
 from ibreports.remote import Remote, open_remote
+from ibreports.remote.registry import SourceKind, get_kind, known_kinds
+from tests import memory_remote  # registers the toy kind "memory": a test's own kind joins by registering
 from tests.fixtures.ftp import ftp_source
 from tests.fixtures.sshd import sftp_source
+from tests.helpers import source_config
 
-KINDS = ["sftp", "ftp", "ftp-nomlsd", "ftps"]
 MTIME = calendar.timegm((2026, 11, 2, 3, 4, 5))  # an old, exact second
+
+
+class Folder(Protocol):
+    """The served folder, as the test puts files there (on disk or in memory)."""
+
+    def put(self, name: str, data: bytes, mtime: float = MTIME) -> None: ...
+    def append(self, name: str, data: bytes) -> None: ...
+    def exists(self, name: str) -> bool: ...
+    def add_folder_and_link(self, name: str, link: str) -> None: ...
+
+
+class DiskFolder:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def put(self, name: str, data: bytes, mtime: float = MTIME) -> None:
+        (self.path / name).write_bytes(data)
+        os.utime(self.path / name, (mtime, mtime))
+
+    def append(self, name: str, data: bytes) -> None:
+        with open(self.path / name, "ab") as fh:
+            fh.write(data)
+
+    def exists(self, name: str) -> bool:
+        return (self.path / name).exists()
+
+    def add_folder_and_link(self, name: str, link: str) -> None:
+        (self.path / name).mkdir()
+        (self.path / name / "inner.xml").write_bytes(b"x")
+        os.symlink(self.path / name, self.path / link)
+
+
+class MemoryFolder:
+    def __init__(self, server: memory_remote.MemoryServer) -> None:
+        self.server = server
+
+    def put(self, name: str, data: bytes, mtime: float = MTIME) -> None:
+        self.server.files[name] = memory_remote.Stored(bytearray(data), mtime)
+
+    def append(self, name: str, data: bytes) -> None:
+        self.server.files[name].data.extend(data)
+
+    def exists(self, name: str) -> bool:
+        return name in self.server.files
+
+    def add_folder_and_link(self, name: str, link: str) -> None:
+        self.server.others.update((name, link))
 
 
 @dataclass
 class Served:
     """A running server, the folder it serves and a way to log in to it."""
 
-    outgoing: Path
+    kind: SourceKind
+    folder: Folder
     connect: Callable[[], Remote]
 
 
-@pytest.fixture(params=KINDS)
-def served(request, sshd_factory, sftp_client_key, ftp_factory) -> Served:
-    kind = request.param
-    if kind == "sftp":
-        server = sshd_factory([sftp_client_key[1]])
-        source = sftp_source(server, sftp_client_key)
-    else:
-        server = ftp_factory(tls=kind == "ftps", mlsd=kind != "ftp-nomlsd")
+def _sftp(request) -> Served:
+    key = request.getfixturevalue("sftp_client_key")
+    server = request.getfixturevalue("sshd_factory")([key[1]])
+    source = sftp_source(server, key)
+    return Served(get_kind("sftp"), DiskFolder(server.root / "outgoing"), lambda: open_remote(source))
+
+
+def _ftp(tls: bool, mlsd: bool) -> Callable:
+    def start(request) -> Served:
+        server = request.getfixturevalue("ftp_factory")(tls=tls, mlsd=mlsd)
         source = ftp_source(server)
-    return Served(server.root / "outgoing", lambda: open_remote(source))
+        return Served(get_kind("ftp"), DiskFolder(server.root / "outgoing"), lambda: open_remote(source))
+    return start
+
+
+def _memory(request) -> Served:
+    store = secrets.token_hex(4)
+    memory_remote.SERVERS[store] = server = memory_remote.MemoryServer()
+    request.addfinalizer(lambda: memory_remote.SERVERS.pop(store))
+    source = source_config("memory", name="toy", store=store, settle_seconds=0)
+    return Served(get_kind("memory"), MemoryFolder(server), lambda: open_remote(source))
+
+
+# Server variants per kind: a new kind adds its entry here (and registers itself, in the library or a test).
+SERVERS: dict[str, dict[str, Callable]] = {
+    "sftp": {"sftp": _sftp},
+    "ftp": {"ftp": _ftp(False, True), "ftp-nomlsd": _ftp(False, False), "ftps": _ftp(True, True)},
+    "memory": {"memory": _memory},
+}
+LISTING = [k for k in known_kinds() if get_kind(k).capabilities.listing]
+VARIANTS = [(kind, variant) for kind in LISTING for variant in SERVERS.get(kind, {})]
+
+
+def test_every_listing_kind_has_a_server():
+    assert LISTING and set(LISTING) <= set(SERVERS), f"no contract server for {sorted(set(LISTING) - set(SERVERS))}"
+
+
+@pytest.fixture(params=VARIANTS, ids=[v for _, v in VARIANTS])
+def served(request) -> Served:
+    kind, variant = request.param
+    return SERVERS[kind][variant](request)
+
+
+@pytest.fixture(params=[v for v in VARIANTS if get_kind(v[0]).capabilities.delete],
+                ids=[v for k, v in VARIANTS if get_kind(k).capabilities.delete])
+def deletable(request) -> Served:
+    kind, variant = request.param
+    return SERVERS[kind][variant](request)
 
 
 @pytest.fixture(scope="module")
@@ -56,19 +149,10 @@ def payloads() -> dict[str, bytes]:
     }
 
 
-def put(folder: Path, name: str, data: bytes, mtime: float = MTIME) -> Path:
-    path = folder / name
-    path.write_bytes(data)
-    os.utime(path, (mtime, mtime))
-    return path
-
-
 def test_list_shows_regular_files_with_size_and_mtime(served, payloads):
     for name, data in payloads.items():
-        put(served.outgoing, name, data)
-    (served.outgoing / "subfolder").mkdir()
-    (served.outgoing / "subfolder" / "inner.xml").write_bytes(b"x")
-    os.symlink(served.outgoing / "subfolder", served.outgoing / "link-to-folder")
+        served.folder.put(name, data)
+    served.folder.add_folder_and_link("subfolder", "link-to-folder")
     with served.connect() as remote:
         listing = {f.name: f for f in remote.list()}
     assert set(listing) == set(payloads)
@@ -84,7 +168,7 @@ def test_list_of_empty_folder_is_empty(served):
 
 def test_download_is_byte_exact_and_private(served, payloads, tmp_path):
     for name, data in payloads.items():
-        put(served.outgoing, name, data)
+        served.folder.put(name, data)
     old_umask = os.umask(0)  # 0600 must come from the code, not from a friendly umask
     try:
         with served.connect() as remote:
@@ -104,7 +188,7 @@ def test_download_is_byte_exact_and_private(served, payloads, tmp_path):
 def test_parallel_downloads_from_four_threads(served, tmp_path):
     files = {f"U{7000000 + i}.Daily.20261101.20261101.xml.pgp": os.urandom(300_000 + i * 1000) for i in range(8)}
     for name, data in files.items():
-        put(served.outgoing, name, data)
+        served.folder.put(name, data)
     together = threading.Barrier(4, timeout=20)  # four transfers really in flight at once
 
     def fetch(item: tuple[int, str]) -> bytes:
@@ -125,14 +209,14 @@ def test_missing_file_raises_remote_file_error_and_leaves_nothing(served, tmp_pa
         with pytest.raises(RemoteFileError):
             remote.download("U1234567.Gone.20261101.20261101.xml.pgp", dest, 10)
         assert not dest.exists()
-        put(served.outgoing, "after.xml", b"still usable")
+        served.folder.put("after.xml", b"still usable")
         remote.download("after.xml", dest, 12)  # the session survives a missing file
         assert dest.read_bytes() == b"still usable"
 
 
 @pytest.mark.parametrize("delta", [-1, 1])
 def test_size_mismatch_raises_and_removes_dest(served, tmp_path, delta):
-    put(served.outgoing, "grown.xml", b"0123456789" * 1000)
+    served.folder.put("grown.xml", b"0123456789" * 1000)
     dest = tmp_path / "grown.download"
     with served.connect() as remote:
         with pytest.raises(RemoteFileError):
@@ -145,27 +229,32 @@ def test_hostile_names_are_refused(served, tmp_path):
         for name in ("../etc/passwd", "a/b", "..", ""):
             with pytest.raises(RemoteFileError):
                 remote.download(name, tmp_path / "x", 1)
-            with pytest.raises(RemoteFileError):
-                remote.delete(name)
     assert not (tmp_path / "x").exists()
 
 
-def test_delete_removes_the_file_and_is_idempotent(served):
-    put(served.outgoing, "done.xml.pgp", b"archived already")
-    put(served.outgoing, "keep.xml.pgp", b"not yet")
-    with served.connect() as remote:
+def test_hostile_names_are_refused_for_delete(deletable):
+    with deletable.connect() as remote:
+        for name in ("../etc/passwd", "a/b", "..", ""):
+            with pytest.raises(RemoteFileError):
+                remote.delete(name)
+
+
+def test_delete_removes_the_file_and_is_idempotent(deletable):
+    deletable.folder.put("done.xml.pgp", b"archived already")
+    deletable.folder.put("keep.xml.pgp", b"not yet")
+    with deletable.connect() as remote:
         remote.delete("done.xml.pgp")
         assert [f.name for f in remote.list()] == ["keep.xml.pgp"]
         remote.delete("done.xml.pgp")  # already gone: nothing to do
-    assert not (served.outgoing / "done.xml.pgp").exists()
-    assert (served.outgoing / "keep.xml.pgp").exists()
+    assert not deletable.folder.exists("done.xml.pgp")
+    assert deletable.folder.exists("keep.xml.pgp")
 
 
 def test_download_memory_is_bounded(served, tmp_path):
     # Twice the sFTP reads in flight (64 x 127 KiB, about 8 MB), so a loaded machine that lets
     # every pipelined answer arrive before it is written still stays far under the bound.
     size = 48 * 1024 * 1024
-    put(served.outgoing, "large.xml.pgp", os.urandom(size))
+    served.folder.put("large.xml.pgp", os.urandom(size))
     with served.connect() as remote:
         tracemalloc.start()
         try:
@@ -179,13 +268,12 @@ def test_download_memory_is_bounded(served, tmp_path):
 
 def test_file_growing_during_download_is_refused(served, tmp_path):
     size = 16 * 1024 * 1024  # far more than loopback socket buffers hold, so the growth is seen
-    path = put(served.outgoing, "growing.xml.pgp", os.urandom(size))
+    served.folder.put("growing.xml.pgp", os.urandom(size))
     grown: list[int] = []
 
     def append_once(n: int) -> None:
         if not grown:
-            with open(path, "ab") as fh:
-                fh.write(b"late bytes")
+            served.folder.append("growing.xml.pgp", b"late bytes")
         grown.append(n)
 
     with served.connect() as remote:

@@ -165,8 +165,8 @@ def test_proxy_command_carries_the_connection(server, sftp_client_key, tmp_path)
     (server.root / "outgoing" / "via-proxy.xml").write_bytes(b"relayed")
     source = sftp_source(server, sftp_client_key, host="ibkr.invalid",
                          proxy_command=f"{sys.executable} {relay} 127.0.0.1 {server.port}")
-    server.write_known_hosts(source.known_hosts)
-    source.known_hosts.write_text(source.known_hosts.read_text().replace("127.0.0.1", "ibkr.invalid"))
+    server.write_known_hosts(source.settings.known_hosts)
+    source.settings.known_hosts.write_text(source.settings.known_hosts.read_text().replace("127.0.0.1", "ibkr.invalid"))
     with open_remote(source) as remote:
         remote.download("via-proxy.xml", tmp_path / "got", 7)
     assert (tmp_path / "got").read_bytes() == b"relayed"

@@ -12,6 +12,7 @@ import paramiko
 import pytest
 
 from ibreports.config import Secret, SourceConfig
+from tests.helpers import source_config
 from ibreports.errors import ConnectionFailure, RemoteFileError
 from ibreports.remote import open_remote
 from ibreports.sandbox import SandboxServer, file_attr
@@ -256,8 +257,8 @@ def test_a_server_that_caps_read_sizes_still_gives_exact_files(served, sftp_clie
 def sandbox_source(server: SandboxServer, sftp_client_key, tmp_path) -> SourceConfig:
     """The product's view of the sandbox: an sFTP source with the server's key pinned."""
     server.write_known_hosts(tmp_path / "kh")
-    return SourceConfig(
-        name="sandbox", kind="sftp", host=server.host, port=server.port, username="ibkr",
+    return source_config(
+        "sftp", name="sandbox", host=server.host, port=server.port, username="ibkr",
         key_file=sftp_client_key[0], key_passphrase=Secret(sftp_client_key[2], "test", tmp_path),
         known_hosts=tmp_path / "kh", remote_dir="outgoing", timeout=10.0, settle_seconds=0,
     )

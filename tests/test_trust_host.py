@@ -37,6 +37,8 @@ def server(sshd_factory, sftp_client_key):
 
 def write_config(tmp_path: Path, server, key, known_hosts: Path, kind: str = "sftp") -> Path:
     key_path, _public, passphrase = key
+    keys = (f'key_file = "{key_path}"\nkey_passphrase = "{passphrase}"\nknown_hosts = "{known_hosts}"' if kind == "sftp"
+            else 'password = "unused"')
     cfg = tmp_path / "ibreports.toml"
     cfg.write_text(f"""[[sources]]
 name = "ibkr-sftp"
@@ -44,10 +46,7 @@ kind = "{kind}"
 host = "{server.host}"
 port = {server.port}
 username = "{server.username}"
-key_file = "{key_path}"
-key_passphrase = "{passphrase}"
-password = "unused"
-known_hosts = "{known_hosts}"
+{keys}
 remote_dir = "{server.root / 'outgoing'}"
 settle_seconds = 0
 timeout = 10

@@ -11,6 +11,13 @@ from ..errors import ArchiveError
 
 MAX_KEY_BYTES = 1024  # S3's limit; also keeps local paths within PATH_MAX
 
+# Optional archive features, by name. An archive declares the ones it has in ``features``;
+# callers and the archive contract suite go by the declaration, never by the archive's type.
+# A new feature is named here, declared by the archives that have it, and tested where declared.
+FEATURES: dict[str, str] = {
+    "object_lock": "write-once retention: the store refuses to delete or overwrite a statement before a date",
+}
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -22,6 +29,7 @@ class Archive(Protocol):
     """Keys are '/'-separated relative paths, e.g. ``statements/U1234567/2026/11/x.xml``."""
 
     description: str  # e.g. "/srv/archive" or "s3://bucket/prefix" (no credentials)
+    features: frozenset[str]  # names from FEATURES this archive has
 
     def inventory(self, folder: str = "") -> dict[str, ObjectInfo]:
         """Every object under the archive (or under ``folder``, e.g. ``runs/``), listed once

@@ -31,6 +31,8 @@ DIR_MODE = 0o750  # the root itself is 0700; sub-folders follow whatever the roo
 class LocalArchive:
     """Archive objects as files under ``Path(config.url)``."""
 
+    features: frozenset[str] = frozenset()  # a local folder has no write-once retention
+
     def __init__(self, config: ArchiveConfig) -> None:
         self.root = Path(config.url)
         self.description = str(self.root)

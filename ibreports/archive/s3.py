@@ -41,6 +41,8 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 class S3Archive:
     """Archive objects under ``s3://bucket/prefix``."""
 
+    features: frozenset[str] = frozenset()  # names from archive.FEATURES (none yet)
+
     single_put_limit = 16 * MiB  # above this, multipart: memory stays bounded by one part
     part_size = 16 * MiB
     page_size = 1000  # list_objects_v2's maximum

@@ -41,7 +41,7 @@ def trust_host(args: argparse.Namespace) -> int:
     scanned = scan(source)
     print(f"{scanned.host_id} shows host key {scanned.key_type} {scanned.fingerprint}")
     if scanned.state == "same":
-        print(f"Already recorded in {source.known_hosts}; nothing to do.")
+        print(f"Already recorded in {source.settings.known_hosts}; nothing to do.")
         return 0
     if scanned.state == "changed":
         if not args.replace:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, SourceConfig
+from ..remote.registry import describe, kind_of
 from .checks import check_archive, check_pgp
 from .steps import CAP, Checklist, Sample, Section, Step
 
@@ -72,16 +73,10 @@ def diagnose(config: Config, names: list[str] | None = None) -> Diagnosis:
 
 def _check_source(source: SourceConfig, result: Diagnosis, staging: Path) -> Sample | None:
     source = dataclasses.replace(source, timeout=min(source.timeout, CAP))
-    section = Section("source", source.name, f"source {source.name} ({source.kind} {source.host}:{source.port})")
+    section = Section("source", source.name, f"source {source.name} ({describe(source)})")
     result.sections.append(section)
-    with ExitStack() as stack:  # closes sockets, transports and FTP sessions in reverse order
-        if source.kind == "sftp":
-            from .sftp import check_sftp
-
-            return check_sftp(source, Checklist(section), stack, staging)
-        from .ftp import check_ftp
-
-        return check_ftp(source, Checklist(section), stack, staging)
+    with ExitStack() as stack:  # closes sockets, transports and sessions in reverse order
+        return kind_of(source).doctor(source, Checklist(section), stack, staging)
 
 
 def format_text(result: Diagnosis) -> str:

@@ -26,7 +26,7 @@ def check_ftp(source: SourceConfig, cl: Checklist, stack: ExitStack, staging: Pa
     ftp = cl.step("welcome", _welcome, source, sock)
     if ftp is not None:
         stack.callback(ftp.close)
-    if source.tls:
+    if source.settings.tls:
         cl.step("tls", _tls, source, ftp)
     cl.step("login", _login, source, ftp)
     cl.step("folder", _cwd, source, ftp)
@@ -36,16 +36,16 @@ def check_ftp(source: SourceConfig, cl: Checklist, stack: ExitStack, staging: Pa
         return None
     chosen = pick_sample(files)
     if chosen is None:
-        return cl.skip("sample", f"no encrypted file in {source.remote_dir} to test")
+        return cl.skip("sample", f"no encrypted file in {source.settings.remote_dir} to test")
     return cl.step("sample", _download, source, ftp, chosen, staging)
 
 
 def _welcome(source: SourceConfig, sock: socket.socket):
     """Hand the connected socket to ftplib and read the greeting (what FTP.connect does)."""
-    ftp = PassiveFTPS(context=_context(source), timeout=source.timeout) if source.tls else PassiveFTP(timeout=source.timeout)
-    ftp.host, ftp.port, ftp.sock, ftp.af = source.host, source.port, sock, sock.family
+    ftp = PassiveFTPS(context=_context(source), timeout=source.timeout) if source.settings.tls else PassiveFTP(timeout=source.timeout)
+    ftp.host, ftp.port, ftp.sock, ftp.af = source.settings.host, source.settings.port, sock, sock.family
     ftp.file = sock.makefile("r", encoding=ftp.encoding)
-    where = f"{source.host}:{source.port}"
+    where = f"{source.settings.host}:{source.settings.port}"
     try:
         ftp.welcome = ftp.getresp()
     except TimeoutError:
@@ -70,11 +70,11 @@ def _welcome(source: SourceConfig, sock: socket.socket):
 
 
 def _context(source: SourceConfig) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(source.ca_file) if source.ca_file else None)
+    return ssl.create_default_context(cafile=str(source.settings.ca_file) if source.settings.ca_file else None)
 
 
 def _tls(source: SourceConfig, ftp: ftplib.FTP_TLS):
-    where = f"{source.host}:{source.port}"
+    where = f"{source.settings.host}:{source.settings.port}"
     try:
         ftp.auth()
     except ftplib.error_perm as exc:
@@ -92,10 +92,10 @@ def _tls(source: SourceConfig, ftp: ftplib.FTP_TLS):
 
 def _login(source: SourceConfig, ftp: ftplib.FTP):
     try:
-        login(ftp, source, source.password.get() if source.password else "")
+        login(ftp, source, source.settings.password.get() if source.settings.password else "")
     except (*NETWORK_ERRORS, ssl.SSLError) as exc:
         raise ConnectionFailure(f"The connection broke during login ({type(exc).__name__}).", "Try again.") from None
-    return None, f"user {source.username}" + (", data channel protected (PROT P)" if source.tls else "")
+    return None, f"user {source.settings.username}" + (", data channel protected (PROT P)" if source.settings.tls else "")
 
 
 def _cwd(source: SourceConfig, ftp: ftplib.FTP):
@@ -103,7 +103,7 @@ def _cwd(source: SourceConfig, ftp: ftplib.FTP):
         change_dir(ftp, source)
     except (*NETWORK_ERRORS, ssl.SSLError) as exc:
         raise ConnectionFailure(f"The connection broke ({type(exc).__name__}).", "Try again.") from None
-    return None, source.remote_dir
+    return None, source.settings.remote_dir
 
 
 def _data(source: SourceConfig, ftp: ftplib.FTP):
@@ -122,13 +122,13 @@ def _data(source: SourceConfig, ftp: ftplib.FTP):
     except DataChannelError as exc:
         remedy = (
             "Passive mode: a firewall must allow outbound connections to the server's passive data ports "
-            "(high ports above 1024), not only to port 21; allow them." if source.passive else
+            "(high ports above 1024), not only to port 21; allow them." if source.settings.passive else
             "Active mode needs the server to connect back to you, which firewalls and NAT block: set passive = true."
         )
         raise ConnectionFailure(f"Cannot open the FTP data connection ({exc}).", remedy) from None
     except ftplib.error_perm as exc:
         raise RemoteFileError(
-            f"The server refused to list {source.remote_dir!r} ({exc}).", "Ask IBKR to check the folder's permissions."
+            f"The server refused to list {source.settings.remote_dir!r} ({exc}).", "Ask IBKR to check the folder's permissions."
         ) from None
     except (*NETWORK_ERRORS, ssl.SSLError) as exc:
         raise ConnectionFailure(f"The data transfer broke ({type(exc).__name__}: {exc}).", "Try again.") from None
@@ -162,7 +162,7 @@ def _list(source: SourceConfig, ftp: ftplib.FTP, listing) -> tuple[list[tuple[st
                     continue  # folders have no size
         except (*NETWORK_ERRORS, ssl.SSLError) as exc:
             raise ConnectionFailure(f"The connection broke ({type(exc).__name__}).", "Try again.") from None
-    return files, count_detail(source.remote_dir, [name for name, _ in files])
+    return files, count_detail(source.settings.remote_dir, [name for name, _ in files])
 
 
 def _download(source: SourceConfig, ftp: ftplib.FTP, chosen: tuple[str, int], staging: Path):

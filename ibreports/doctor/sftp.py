@@ -25,8 +25,8 @@ def check_sftp(source: SourceConfig, cl: Checklist, stack: ExitStack, staging: P
     """Run every sFTP step for ``source``; returns the downloaded sample, if any."""
     key = cl.step("key", _load_key, source, blocking=False)
     addresses: list[str] = []
-    if source.proxy_command:
-        sock = cl.step("proxy", lambda: (open_socket(source), f"proxy_command for {source.host}:{source.port}"))
+    if source.settings.proxy_command:
+        sock = cl.step("proxy", lambda: (open_socket(source), f"proxy_command for {source.settings.host}:{source.settings.port}"))
     else:
         addresses = cl.step("dns", resolve, source) or []
         sock = cl.step("tcp", connect_tcp, source, addresses)
@@ -46,19 +46,19 @@ def check_sftp(source: SourceConfig, cl: Checklist, stack: ExitStack, staging: P
     client, files = listed
     chosen = pick_sample([(name, size) for name, size in files])
     if chosen is None:
-        return cl.skip("sample", f"no encrypted file in {source.remote_dir} to test")
+        return cl.skip("sample", f"no encrypted file in {source.settings.remote_dir} to test")
     return cl.step("sample", _download, source, client, chosen, staging)
 
 
 def _load_key(source: SourceConfig) -> tuple[paramiko.PKey, str]:
     key = load_private_key(source)
     bits = f" {key.get_bits()} bits" if key.get_bits() else ""
-    return key, f"{Path(str(source.key_file)).name}: {key.get_name()}{bits} {fingerprint(key)}"
+    return key, f"{Path(str(source.settings.key_file)).name}: {key.get_name()}{bits} {fingerprint(key)}"
 
 
 def read_banner(source: SourceConfig, sock: socket.socket) -> tuple[None, str]:
     """Wait for the server's SSH banner without consuming it (paramiko reads it next)."""
-    where = f"{source.host}:{source.port}"
+    where = f"{source.settings.host}:{source.settings.port}"
     deadline = time.monotonic() + source.timeout
     while True:
         remaining = deadline - time.monotonic()
@@ -103,7 +103,7 @@ def _handshake(source: SourceConfig, sock) -> tuple[paramiko.Transport, str]:
     try:
         if not known:
             raise HostKeyError(
-                f"Host key for {host_id(source.host, source.port)} is not in {source.known_hosts} "
+                f"Host key for {host_id(source.settings.host, source.settings.port)} is not in {source.settings.known_hosts} "
                 f"(the server shows {shown}).",
                 f"Verify this fingerprint with IBKR, then run: ibreports trust-host --source {source.name} "
                 f"--fingerprint {fingerprint(key)}",
@@ -112,16 +112,16 @@ def _handshake(source: SourceConfig, sock) -> tuple[paramiko.Transport, str]:
     except HostKeyError:
         transport.close()  # before any authentication
         raise
-    return transport, f"{shown} matches {source.known_hosts}"
+    return transport, f"{shown} matches {source.settings.known_hosts}"
 
 
 def _login(source, transport, key, addresses, stack: ExitStack) -> tuple[paramiko.Transport, str]:
-    done = f"user {source.username} logged in with {fingerprint(key)}"
+    done = f"user {source.settings.username} logged in with {fingerprint(key)}"
     try:
-        authenticate(source, transport, signing_key(key, source.disabled_algorithms))
+        authenticate(source, transport, signing_key(key, source.settings.disabled_algorithms))
         return transport, done
     except AuthenticationError:
-        if not isinstance(key, paramiko.RSAKey) or wants_sha1(source.disabled_algorithms) or not addresses:
+        if not isinstance(key, paramiko.RSAKey) or wants_sha1(source.settings.disabled_algorithms) or not addresses:
             raise
         legacy = _legacy_login(source, key, addresses[0])
         if legacy is None:
@@ -130,7 +130,7 @@ def _login(source, transport, key, addresses, stack: ExitStack) -> tuple[paramik
     raise Degraded(
         AuthenticationError(
             f"The server refused our key with SHA-2 signatures (rsa-sha2-256/512) but accepted it with the old "
-            f"ssh-rsa (SHA-1) signature for user {source.username}.",
+            f"ssh-rsa (SHA-1) signature for user {source.settings.username}.",
             "Add to this source in the config: disabled_algorithms = { pubkeys = [\"rsa-sha2-256\", "
             "\"rsa-sha2-512\"] } (ssh-rsa signatures are weaker: also ask IBKR to accept rsa-sha2-256).",
         ),
@@ -140,10 +140,10 @@ def _login(source, transport, key, addresses, stack: ExitStack) -> tuple[paramik
 
 def _legacy_login(source: SourceConfig, key: paramiko.RSAKey, ip: str) -> paramiko.Transport | None:
     """A second login offering only ssh-rsa signatures; the transport when the server accepts it."""
-    disabled = dict(source.disabled_algorithms or {})
+    disabled = dict(source.settings.disabled_algorithms or {})
     disabled["pubkeys"] = sorted({*disabled.get("pubkeys", []), *SHA2_RSA})
     try:
-        sock = socket.create_connection((ip, source.port), timeout=source.timeout)
+        sock = socket.create_connection((ip, source.settings.port), timeout=source.timeout)
         known = known_keys(source)
         transport = negotiate(source, sock, known, disabled)
     except (OSError, ConnectionFailure):
@@ -161,23 +161,23 @@ def _list(source: SourceConfig, transport: paramiko.Transport):
     try:
         client = paramiko.SFTPClient.from_transport(transport)
         client.get_channel().settimeout(source.timeout)
-        entries = client.listdir_attr(source.remote_dir)
+        entries = client.listdir_attr(source.settings.remote_dir)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise ConfigError(
-                f"Remote folder {source.remote_dir!r} does not exist on {source.host}.",
+                f"Remote folder {source.settings.remote_dir!r} does not exist on {source.settings.host}.",
                 "Set remote_dir to the folder IBKR delivers to (usually 'outgoing').",
             ) from None
         if exc.errno in (errno.EACCES, errno.EPERM):
             raise RemoteFileError(
-                f"Permission denied listing {source.remote_dir!r} on {source.host}.",
+                f"Permission denied listing {source.settings.remote_dir!r} on {source.settings.host}.",
                 "Ask IBKR to check the folder's permissions for this username.",
             ) from None
-        raise ConnectionFailure(f"Listing {source.remote_dir!r} failed ({exc}).", "Check the network; try again.") from None
+        raise ConnectionFailure(f"Listing {source.settings.remote_dir!r} failed ({exc}).", "Check the network; try again.") from None
     except (paramiko.SSHException, EOFError) as exc:
         raise ConnectionFailure(f"The server refused an SFTP channel ({exc}).", "Try again; if it persists, ask IBKR.") from None
     files = [(e.filename, int(e.st_size or 0)) for e in entries if stat.S_ISREG(e.st_mode or 0)]
-    return (client, files), count_detail(source.remote_dir, [name for name, _ in files])
+    return (client, files), count_detail(source.settings.remote_dir, [name for name, _ in files])
 
 
 def _download(source: SourceConfig, client: paramiko.SFTPClient, chosen: tuple[str, int], staging: Path):
@@ -185,7 +185,7 @@ def _download(source: SourceConfig, client: paramiko.SFTPClient, chosen: tuple[s
     dest = staging / f"{source.name}.sample"
     try:
         with open(create_private(dest), "wb") as out:
-            client.getfo(posixpath.join(source.remote_dir, name), out)
+            client.getfo(posixpath.join(source.settings.remote_dir, name), out)
     except (OSError, paramiko.SSHException, EOFError) as exc:
         raise RemoteFileError(f"Downloading the sample {name} failed ({exc}).", "Try again.") from None
     return Sample(source.name, name, dest), f"{name} ({size} bytes) for the PGP check"

@@ -13,10 +13,6 @@ from ..config import SourceConfig
 from ..errors import ConnectionFailure, IbreportsError
 
 CAP = 10.0  # seconds: doctor never waits longer than this for one network step
-IBKR_SERVERS = {
-    "sftp": "IBKR's sFTP server is xfer.interactivebrokers.com port 32",
-    "ftp": "IBKR's FTP server is ftp2.interactivebrokers.com port 21",
-}
 
 
 @dataclass
@@ -106,15 +102,15 @@ def _ms(start: float) -> int:
 def resolve(source: SourceConfig) -> tuple[list[str], str]:
     """DNS: the host's addresses."""
     try:
-        infos = socket.getaddrinfo(source.host, source.port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(source.settings.host, source.settings.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ConnectionFailure(
-            f"Cannot resolve host {source.host} ({exc.strerror}).",
+            f"Cannot resolve host {source.settings.host} ({exc.strerror}).",
             "Check the host name in the config (IBKR: xfer.interactivebrokers.com for sFTP, "
             "ftp2.interactivebrokers.com for FTP) and this machine's DNS settings.",
         ) from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
-    return addresses, f"{source.host} -> {', '.join(addresses)}"
+    return addresses, f"{source.settings.host} -> {', '.join(addresses)}"
 
 
 def egress_address(ip: str, port: int) -> str:
@@ -130,36 +126,36 @@ def egress_address(ip: str, port: int) -> str:
 
 def connect_tcp(source: SourceConfig, addresses: list[str]) -> tuple[socket.socket, str]:
     """TCP: a connected socket to the first address that answers."""
-    where = f"{source.host}:{source.port}"
+    where = f"{source.settings.host}:{source.settings.port}"
     failure: ConnectionFailure | None = None
     for ip in addresses:
         try:
-            sock = socket.create_connection((ip, source.port), timeout=source.timeout)
+            sock = socket.create_connection((ip, source.settings.port), timeout=source.timeout)
         except ConnectionRefusedError:
             failure = ConnectionFailure(
-                f"{where} ({ip}) refused the connection: nothing listens on port {source.port}.",
-                f"Wrong port or host: {IBKR_SERVERS[source.kind]}; check host and port in the config, and that no "
+                f"{where} ({ip}) refused the connection: nothing listens on port {source.settings.port}.",
+                f"Wrong port or host: {source.settings.ibkr_server}; check host and port in the config, and that no "
                 "local firewall rejects the connection.",
             )
         except TimeoutError:
             failure = ConnectionFailure(
                 f"No answer from {where} ({ip}) within {source.timeout:g} s: the connection attempt was dropped.",
                 "A firewall or IBKR's IP whitelisting: IBKR must whitelist your public IP; this machine connected "
-                f"from {egress_address(ip, source.port)} (behind NAT your public IP is your gateway's). Also make "
-                f"sure outgoing TCP port {source.port} is open.",
+                f"from {egress_address(ip, source.settings.port)} (behind NAT your public IP is your gateway's). Also make "
+                f"sure outgoing TCP port {source.settings.port} is open.",
             )
         except OSError as exc:
             unreachable = exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH)
             failure = ConnectionFailure(
                 f"Cannot connect to {where} ({ip}): {exc.strerror or exc}.",
                 "This machine has no network route to the server: check its network connection, default route "
-                f"and proxy settings (it would connect from {egress_address(ip, source.port)})."
+                f"and proxy settings (it would connect from {egress_address(ip, source.settings.port)})."
                 if unreachable else "Check the network, host and port.",
             )
         else:
             sock.settimeout(source.timeout)
             local = sock.getsockname()[0]
-            return sock, f"{ip}:{source.port} from {local}"
+            return sock, f"{ip}:{source.settings.port} from {local}"
     assert failure is not None
     raise failure
 

@@ -1,4 +1,7 @@
-"""Remote sources (sFTP, FTP) behind one small interface: list a folder, download a file."""
+"""Remote sources behind one small interface: list a folder, download a file.
+
+Each kind (sFTP, FTP, ...) registers itself in :mod:`.registry`; ``open_remote`` asks it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ..config import SourceConfig
+from ..configmodel import SourceConfig
 
 Progress = Callable[[int], None]  # called with the number of bytes just received
 
@@ -32,7 +35,9 @@ class Remote(Protocol):
         RemoteFileError if the size differs (FileChangedError when the file is still changing)."""
 
     def delete(self, name: str) -> None:
-        """Remove a remote file (only after it was archived and verified, and only when configured)."""
+        """Remove a remote file (only after it was archived and verified, and only when configured).
+
+        Only kinds whose capabilities declare ``delete`` have it."""
 
     def close(self) -> None:
         """Close every connection."""
@@ -44,10 +49,6 @@ class Remote(Protocol):
 
 def open_remote(source: SourceConfig) -> Remote:
     """Connect and authenticate; raises HostKeyError, AuthenticationError or ConnectionFailure."""
-    if source.kind == "sftp":
-        from .sftp import SftpRemote
+    from .registry import kind_of
 
-        return SftpRemote(source)
-    from .ftp import FtpRemote
-
-    return FtpRemote(source)
+    return kind_of(source).open(source)

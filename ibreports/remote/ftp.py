@@ -84,11 +84,11 @@ class FtpRemote:
             self._idle.append((ftp, time.monotonic()))
 
     def _broken(self, exc: BaseException, what: str) -> ConnectionFailure:
-        where = f"{self.source.host}:{self.source.port}"
+        where = f"{self.source.settings.host}:{self.source.settings.port}"
         if isinstance(exc, DataChannelError):
             remedy = (
                 "Passive mode is on: a firewall blocks outgoing connections to the server's passive data ports "
-                "(above 1024); allow them." if self.source.passive else
+                "(above 1024); allow them." if self.source.settings.passive else
                 "Active mode needs the server to connect back to you, which firewalls and NAT block: set passive = true."
             )
             return ConnectionFailure(f"Cannot open the FTP data connection for {what} ({exc}).", remedy)
@@ -119,7 +119,7 @@ class FtpRemote:
                 return self._list_nlst(ftp)
             except ftplib.error_perm as exc:
                 raise RemoteFileError(
-                    f"The server refused to list {self.source.remote_dir!r} ({exc}).",
+                    f"The server refused to list {self.source.settings.remote_dir!r} ({exc}).",
                     "Check remote_dir and ask IBKR to check the folder's permissions.",
                 ) from None
             except (*NETWORK_ERRORS, ssl.SSLError) as exc:

@@ -67,23 +67,23 @@ class PassiveFTPS(_PassiveMixin, ftplib.FTP_TLS):
 
 def connect(source: SourceConfig) -> ftplib.FTP:
     """A logged-in connection in binary mode, inside remote_dir; errors carry a remedy."""
-    where = f"{source.host}:{source.port}"
-    password = source.password.get() if source.password else ""
-    if source.tls:
-        context = ssl.create_default_context(cafile=str(source.ca_file) if source.ca_file else None)
+    where = f"{source.settings.host}:{source.settings.port}"
+    password = source.settings.password.get() if source.settings.password else ""
+    if source.settings.tls:
+        context = ssl.create_default_context(cafile=str(source.settings.ca_file) if source.settings.ca_file else None)
         ftp: ftplib.FTP = PassiveFTPS(context=context, timeout=source.timeout)
     else:
         ftp = PassiveFTP(timeout=source.timeout)
     try:
-        ftp.connect(source.host, source.port, timeout=source.timeout)
+        ftp.connect(source.settings.host, source.settings.port, timeout=source.timeout)
     except socket.gaierror:
-        raise ConnectionFailure(f"Cannot resolve host {source.host}.", "Check host in the config and this machine's DNS.") from None
+        raise ConnectionFailure(f"Cannot resolve host {source.settings.host}.", "Check host in the config and this machine's DNS.") from None
     except ConnectionRefusedError:
         raise ConnectionFailure(f"{where} refused the connection.", "Check host and port (IBKR's FTP server listens on port 21).") from None
     except TimeoutError:
         raise ConnectionFailure(
             f"No answer from {where} within {source.timeout:g} s.",
-            f"A firewall may block outgoing TCP port {source.port}, or IBKR has not whitelisted your public IP.",
+            f"A firewall may block outgoing TCP port {source.settings.port}, or IBKR has not whitelisted your public IP.",
         ) from None
     except (OSError, EOFError, ftplib.Error) as exc:
         raise ConnectionFailure(f"Cannot connect to {where} ({exc}).", "Check the network, host and port.") from None
@@ -113,12 +113,12 @@ def certificate_error(where: str, exc: ssl.SSLCertVerificationError) -> HostKeyE
 
 
 def _login(ftp: ftplib.FTP, source: SourceConfig, password: str) -> None:
-    if source.tls:
+    if source.settings.tls:
         try:
             ftp.auth()
         except ftplib.error_perm as exc:
             raise ConnectionFailure(
-                f"{source.host}:{source.port} does not offer FTPS (AUTH TLS refused: {exc}).",
+                f"{source.settings.host}:{source.settings.port} does not offer FTPS (AUTH TLS refused: {exc}).",
                 "Set tls = false for this source, or check host and port.",
             ) from None
     login(ftp, source, password)
@@ -128,25 +128,25 @@ def _login(ftp: ftplib.FTP, source: SourceConfig, password: str) -> None:
 def login(ftp: ftplib.FTP, source: SourceConfig, password: str) -> None:
     """USER/PASS, then PROT P (FTPS), passive mode and binary type."""
     try:
-        ftp.login(source.username, password)
+        ftp.login(source.settings.username, password)
     except ftplib.error_perm as exc:
         raise AuthenticationError(
-            f"The FTP server refused the username or password for user {source.username} ({str(exc)[:3]}).",
+            f"The FTP server refused the username or password for user {source.settings.username} ({str(exc)[:3]}).",
             "Check the username and the password (IBREPORTS_FTP_PASSWORD); IBKR can reset it.",
         ) from None
-    if source.tls:
+    if source.settings.tls:
         ftp.prot_p()  # the statements travel on the data channel: protect it too
-    ftp.set_pasv(source.passive)
+    ftp.set_pasv(source.settings.passive)
     ftp.voidcmd("TYPE I")
 
 
 def change_dir(ftp: ftplib.FTP, source: SourceConfig) -> None:
     """Enter remote_dir; ConfigError with the usual remedy when it is not there."""
     try:
-        ftp.cwd(source.remote_dir)
+        ftp.cwd(source.settings.remote_dir)
     except ftplib.error_perm as exc:
         raise ConfigError(
-            f"Remote folder {source.remote_dir!r} is not accessible on {source.host} ({exc}).",
+            f"Remote folder {source.settings.remote_dir!r} is not accessible on {source.settings.host} ({exc}).",
             "Set remote_dir to the folder IBKR delivers to (usually 'outgoing').",
         ) from None
 

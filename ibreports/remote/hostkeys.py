@@ -37,7 +37,7 @@ def key_line(key: paramiko.PKey) -> str:
 
 def known_keys(source: SourceConfig) -> dict[str, paramiko.PKey]:
     """Recorded keys for this source's host and port, by key type (empty when none)."""
-    path = source.known_hosts
+    path = source.settings.known_hosts
     if path is None or not Path(path).exists():
         return {}
     try:
@@ -47,7 +47,7 @@ def known_keys(source: SourceConfig) -> dict[str, paramiko.PKey]:
             f"known_hosts file {path} cannot be read ({exc}).",
             "Fix its permissions or contents, or run: ibreports trust-host --source " + source.name,
         ) from None
-    found = keys.lookup(host_id(source.host, source.port))
+    found = keys.lookup(host_id(source.settings.host, source.settings.port))
     return dict(found) if found else {}
 
 
@@ -63,10 +63,10 @@ def preferred_algorithms(known: dict[str, paramiko.PKey], available: tuple[str, 
 def check_host_key(source: SourceConfig, key: paramiko.PKey, known: dict[str, paramiko.PKey] | None = None) -> None:
     """Raise HostKeyError unless ``key`` is the one recorded for this source."""
     known = known_keys(source) if known is None else known
-    where = host_id(source.host, source.port)
+    where = host_id(source.settings.host, source.settings.port)
     if not known:
         raise HostKeyError(
-            f"Host key for {where} is not in {source.known_hosts}.",
+            f"Host key for {where} is not in {source.settings.known_hosts}.",
             f"Verify the fingerprint with IBKR and run: ibreports trust-host --source {source.name}",
         )
     recorded = known.get(key.get_name())
@@ -75,7 +75,7 @@ def check_host_key(source: SourceConfig, key: paramiko.PKey, known: dict[str, pa
     was = ", ".join(f"{k.get_name()} {fingerprint(k)}" for k in known.values())
     raise HostKeyError(
         f"Host key for {where} has CHANGED: the server shows {key.get_name()} {fingerprint(key)} "
-        f"but {source.known_hosts} records {was}; this may mean someone is intercepting the connection.",
+        f"but {source.settings.known_hosts} records {was}; this may mean someone is intercepting the connection.",
         "Do not connect: ask IBKR whether the host key changed and its new fingerprint; only then remove the "
         f"old line and run: ibreports trust-host --source {source.name} --fingerprint SHA256:...",
     )
@@ -83,7 +83,7 @@ def check_host_key(source: SourceConfig, key: paramiko.PKey, known: dict[str, pa
 
 def record_host_key(source: SourceConfig, key: paramiko.PKey) -> Path:
     """Append ``key`` for this source's host to its known_hosts (created if missing)."""
-    path = source.known_hosts
+    path = source.settings.known_hosts
     if path is None:
         raise ConfigError(f"Source {source.name} has no known_hosts file.", "Set known_hosts in its [[sources]] table.")
     path = Path(path)
@@ -92,5 +92,5 @@ def record_host_key(source: SourceConfig, key: paramiko.PKey) -> Path:
     with open(path, "a", encoding="utf-8") as fh:
         if text and not text.endswith("\n"):
             fh.write("\n")
-        fh.write(f"{host_id(source.host, source.port)} {key_line(key)}\n")
+        fh.write(f"{host_id(source.settings.host, source.settings.port)} {key_line(key)}\n")
     return path

@@ -158,11 +158,11 @@ class SftpRemote:
                         self._close_all()
                 if attempt == 2:
                     raise ConnectionFailure(
-                        f"Cannot open an SFTP channel on {self.source.host} ({type(exc).__name__}).", "Try again."
+                        f"Cannot open an SFTP channel on {self.source.settings.host} ({type(exc).__name__}).", "Try again."
                     ) from None
                 continue
             if client is None:
-                raise ConnectionFailure(f"The server at {self.source.host} refused an SFTP channel.", "Try again later.")
+                raise ConnectionFailure(f"The server at {self.source.settings.host} refused an SFTP channel.", "Try again later.")
             client.get_channel().settimeout(self.source.timeout)
             return client
         raise AssertionError("unreachable")
@@ -183,7 +183,7 @@ class SftpRemote:
     def _path(self, name: str) -> str:
         if not name or "/" in name or "\0" in name or name in (".", ".."):
             raise RemoteFileError(f"Refusing remote name {name!r}.", "Only plain file names are fetched.")
-        return posixpath.join(self.source.remote_dir, name)
+        return posixpath.join(self.source.settings.remote_dir, name)
 
     def _error(self, exc: BaseException, name: str, client: paramiko.SFTPClient) -> IbreportsError:
         """Translate a paramiko/socket error into our family: file problems vs broken connections."""
@@ -196,12 +196,12 @@ class SftpRemote:
             return RemoteFileError(f"Permission denied for {name} on the server.", "Ask IBKR to check the folder's permissions.")
         if isinstance(exc, TimeoutError):
             return ConnectionFailure(
-                f"{self.source.host}:{self.source.port} sent nothing for {self.source.timeout:g} s.",
+                f"{self.source.settings.host}:{self.source.settings.port} sent nothing for {self.source.timeout:g} s.",
                 "Retried automatically; if it persists, check the network or raise timeout.",
             )
         if isinstance(exc, (EOFError, paramiko.SSHException, ConnectionError)) or not self._alive(client):
             return ConnectionFailure(
-                f"The connection to {self.source.host}:{self.source.port} broke ({type(exc).__name__}).",
+                f"The connection to {self.source.settings.host}:{self.source.settings.port} broke ({type(exc).__name__}).",
                 "Retried automatically; if it persists, check the network.",
             )
         return RemoteFileError(f"The server failed on {name} ({exc}).", "Try again later.")
@@ -213,14 +213,14 @@ class SftpRemote:
 
     def list(self) -> list[RemoteFile]:
         """Regular files in remote_dir (a link counts when it points to a regular file)."""
-        folder = self.source.remote_dir
+        folder = self.source.settings.remote_dir
         with self._client() as client:
             try:
                 entries = client.listdir_attr(folder)
             except Exception as exc:  # noqa: BLE001 - classified below
                 if getattr(exc, "errno", None) in (errno.ENOENT, errno.ENOTDIR):
                     raise ConfigError(
-                        f"Remote folder {folder!r} does not exist on {self.source.host}.",
+                        f"Remote folder {folder!r} does not exist on {self.source.settings.host}.",
                         "Set remote_dir to the folder IBKR delivers to (usually 'outgoing').",
                     ) from None
                 raise self._error(exc, folder, client) from None

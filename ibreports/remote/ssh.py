@@ -21,7 +21,7 @@ from .legacy import make_transport, signing_key
 
 def load_private_key(source: SourceConfig) -> paramiko.PKey:
     """The source's private key, decrypted; ConfigError names the file and what to do."""
-    path = Path(source.key_file) if source.key_file else None
+    path = Path(source.settings.key_file) if source.settings.key_file else None
     if path is None:
         raise ConfigError(f"Source {source.name} has no key_file.", "Set key_file (ibreports keygen writes keys/ibkr_sftp_rsa).")
     try:
@@ -35,7 +35,7 @@ def load_private_key(source: SourceConfig) -> paramiko.PKey:
             f"sFTP private key {path} is in PuTTY (.ppk) format.",
             f"Convert it to OpenSSH format: puttygen {path.name} -O private-openssh -o ibkr_sftp_rsa",
         )
-    secret = source.key_passphrase.get().encode() if source.key_passphrase else None
+    secret = source.settings.key_passphrase.get().encode() if source.settings.key_passphrase else None
     loader = serialization.load_ssh_private_key if b"OPENSSH PRIVATE KEY" in data else serialization.load_pem_private_key
     try:
         try:
@@ -65,19 +65,19 @@ def load_private_key(source: SourceConfig) -> paramiko.PKey:
 
 def open_socket(source: SourceConfig):
     """A connected socket (or ProxyCommand) to the source; ConnectionFailure with a remedy."""
-    where = f"{source.host}:{source.port}"
-    if source.proxy_command:
+    where = f"{source.settings.host}:{source.settings.port}"
+    if source.settings.proxy_command:
         try:
-            return paramiko.ProxyCommand(source.proxy_command)
+            return paramiko.ProxyCommand(source.settings.proxy_command)
         except (OSError, paramiko.SSHException) as exc:
             raise ConnectionFailure(f"proxy_command for {source.name} failed to start ({exc}).", "Fix proxy_command.") from None
     try:
-        sock = socket.create_connection((source.host, source.port), timeout=source.timeout)
+        sock = socket.create_connection((source.settings.host, source.settings.port), timeout=source.timeout)
         # Like OpenSSH: without it, Nagle holds small SFTP read requests and downloads run ~3x slower.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     except socket.gaierror:
-        raise ConnectionFailure(f"Cannot resolve host {source.host}.", "Check host in the config and this machine's DNS.") from None
+        raise ConnectionFailure(f"Cannot resolve host {source.settings.host}.", "Check host in the config and this machine's DNS.") from None
     except ConnectionRefusedError:
         raise ConnectionFailure(
             f"{where} refused the connection.",
@@ -86,7 +86,7 @@ def open_socket(source: SourceConfig):
     except TimeoutError:
         raise ConnectionFailure(
             f"No answer from {where} within {source.timeout:g} s.",
-            f"A firewall may block outgoing TCP port {source.port}, or IBKR has not whitelisted your public IP: "
+            f"A firewall may block outgoing TCP port {source.settings.port}, or IBKR has not whitelisted your public IP: "
             "ask IBKR's Reporting Integration team to whitelist it; also check host and port.",
         ) from None
     except OSError as exc:
@@ -96,7 +96,7 @@ def open_socket(source: SourceConfig):
 def negotiate(source: SourceConfig, sock, known: dict[str, paramiko.PKey],
               disabled: dict[str, list[str]] | None = None) -> paramiko.Transport:
     """SSH handshake on ``sock`` with explicit time-outs, preferring the host key types we know."""
-    transport = make_transport(sock, disabled if disabled is not None else source.disabled_algorithms)
+    transport = make_transport(sock, disabled if disabled is not None else source.settings.disabled_algorithms)
     transport.banner_timeout = transport.handshake_timeout = source.timeout
     transport.auth_timeout = transport.channel_timeout = source.timeout
     opts = transport.get_security_options()
@@ -106,13 +106,13 @@ def negotiate(source: SourceConfig, sock, known: dict[str, paramiko.PKey],
     except paramiko.IncompatiblePeer as exc:
         transport.close()
         raise ConnectionFailure(
-            f"{source.host}:{source.port} shares no SSH algorithm with us ({exc}).",
+            f"{source.settings.host}:{source.settings.port} shares no SSH algorithm with us ({exc}).",
             "Adjust disabled_algorithms for this source.",
         ) from None
     except (paramiko.SSHException, EOFError, OSError) as exc:
         transport.close()
         raise ConnectionFailure(
-            f"SSH negotiation with {source.host}:{source.port} failed ({type(exc).__name__}: {exc}).",
+            f"SSH negotiation with {source.settings.host}:{source.settings.port} failed ({type(exc).__name__}: {exc}).",
             "Check that host and port point to IBKR's sFTP server and that nothing on the path cuts the connection.",
         ) from None
     return transport
@@ -132,22 +132,22 @@ def start_transport(source: SourceConfig) -> paramiko.Transport:
 
 def scan_host_key(source: SourceConfig) -> paramiko.PKey:
     """The server's host key, without authenticating (for ``trust-host``)."""
-    transport = make_transport(open_socket(source), source.disabled_algorithms)
+    transport = make_transport(open_socket(source), source.settings.disabled_algorithms)
     transport.banner_timeout = transport.handshake_timeout = source.timeout
     try:
         transport.start_client(timeout=source.timeout)
         return transport.get_remote_server_key()
     except (paramiko.SSHException, EOFError, OSError) as exc:
-        raise ConnectionFailure(f"SSH negotiation with {source.host}:{source.port} failed ({exc}).", "Check host and port.") from None
+        raise ConnectionFailure(f"SSH negotiation with {source.settings.host}:{source.settings.port} failed ({exc}).", "Check host and port.") from None
     finally:
         transport.close()
 
 
 def authenticate(source: SourceConfig, transport: paramiko.Transport, key: paramiko.PKey) -> None:
     """Public-key login; AuthenticationError carries IBKR's usual remedy."""
-    user = source.username
+    user = source.settings.username
     try:
-        remaining = transport.auth_publickey(user, signing_key(key, source.disabled_algorithms))
+        remaining = transport.auth_publickey(user, signing_key(key, source.settings.disabled_algorithms))
     except paramiko.BadAuthenticationType as exc:
         raise AuthenticationError(
             f"Server does not accept public-key login for user {user} (it allows: {', '.join(exc.allowed_types)}).",
@@ -156,11 +156,11 @@ def authenticate(source: SourceConfig, transport: paramiko.Transport, key: param
     except paramiko.AuthenticationException:
         raise AuthenticationError(
             f"Server refused our key for user {user}.",
-            f"The private key {source.key_file} does not match the public key IBKR holds for this username: send "
-            f"{Path(str(source.key_file)).name}.pub to IBKR's Reporting Integration team, or check the username.",
+            f"The private key {source.settings.key_file} does not match the public key IBKR holds for this username: send "
+            f"{Path(str(source.settings.key_file)).name}.pub to IBKR's Reporting Integration team, or check the username.",
         ) from None
     except (paramiko.SSHException, EOFError, OSError) as exc:
-        raise ConnectionFailure(f"Connection lost during login to {source.host}:{source.port} ({exc}).", "Try again.") from None
+        raise ConnectionFailure(f"Connection lost during login to {source.settings.host}:{source.settings.port} ({exc}).", "Try again.") from None
     if remaining or not transport.is_authenticated():
         raise AuthenticationError(
             f"Server wants more than a key for user {user} ({', '.join(remaining)}).",

@@ -1,0 +1,89 @@
+"""The settings model: plain dataclasses, filled in by ibreports.configparse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .secrets import Secret
+
+
+@dataclass
+class SourceConfig:
+    """One server login or API: the keys every kind shares, and the kind's own ``settings``.
+
+    ``settings`` is an instance of the kind's settings dataclass (``get_kind(kind).settings``:
+    host, port, username, keys...); see ibreports/remote/registry.py.
+    """
+
+    name: str
+    kind: str  # a registered kind: ibreports.remote.registry.known_kinds()
+    settings: Any
+    timeout: float = 30.0
+    connections: int = 4
+    settle_seconds: int = 120
+    delete_after_archive: bool = False
+    allow_plain: bool = True
+
+
+@dataclass
+class PgpConfig:
+    secret_key_files: list[Path] = field(default_factory=list)
+    passphrase: Secret | None = None
+
+
+@dataclass
+class ArchiveConfig:
+    url: str = "archive"
+    endpoint_url: str = ""
+    region: str = ""
+    server_side_encryption: str = "AES256"
+    kms_key_id: str = ""
+    keep_encrypted: bool = True
+
+    @property
+    def is_s3(self) -> bool:
+        return self.url.startswith("s3://")
+
+
+@dataclass
+class RetentionConfig:
+    purge_days: int = 100
+    warn_days: int = 14
+
+
+@dataclass
+class AlertsConfig:
+    urls: list[Secret] = field(default_factory=list)
+    unreachable_days: int = 2
+
+
+@dataclass
+class RunConfig:
+    workers: int = 4
+    staging_dir: Path | None = None
+
+
+@dataclass
+class Config:
+    path: Path | None
+    sources: list[SourceConfig] = field(default_factory=list)
+    pgp: PgpConfig = field(default_factory=PgpConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def source(self, name: str) -> SourceConfig:
+        for src in self.sources:
+            if src.name == name:
+                return src
+        known = ", ".join(s.name for s in self.sources) or "none"
+        raise ConfigError(
+            f"No source named '{name}' in {self.path}.", f"Use one of: {known}."
+        )
+
+    def select(self, names: list[str] | None) -> list[SourceConfig]:
+        return [self.source(n) for n in names] if names else list(self.sources)
