@@ -18,7 +18,6 @@ _T_PARAM = re.compile(r"([?&;]t=)[^&\s'\"<>)]+")
 
 _tokens: set[str] = set()
 _lock = threading.Lock()
-_installed = False
 
 
 def scrub(text: str) -> str:
@@ -46,13 +45,14 @@ class RedactingFilter(logging.Filter):
 
 
 def protect(token: str) -> None:
-    """Register ``token`` for masking and install the filter on the HTTP loggers (once)."""
-    global _installed
+    """Register ``token`` for masking and make sure every HTTP logger has the filter.
+
+    Checked at each call, not once: a logging set-up run later (Prefect's, a user's
+    dictConfig) may have replaced a logger's filters."""
     with _lock:
         if token:
             _tokens.add(token)
-        if _installed:
-            return
-        _installed = True
-    for name in HTTP_LOGGERS:
-        logging.getLogger(name).addFilter(RedactingFilter())
+        for name in HTTP_LOGGERS:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+                logger.addFilter(RedactingFilter())
