@@ -180,3 +180,11 @@ def test_dates_every_account_already_has_are_not_asked_again(flexweb, tmp_path):
     sent = [h.params["fd"] for h in flexweb.hits if h.path.endswith("SendRequest")]
     assert sent == ["20261110", "20261111"]  # the 9th is complete: IBKR's requests go to the gaps
     assert len(made) == 4
+
+
+def test_monthly_windows_are_the_months_ending_in_the_range():
+    q = FlexQuery("1", "M", "monthly")
+    assert windows(q, date(2026, 9, 15), date(2026, 10, 15), date(2026, 12, 2)) == [
+        Window(date(2026, 9, 1), date(2026, 9, 30))]  # October ends after --until: its statement is not in range
+    assert windows(q, date(2026, 10, 1), date(2026, 12, 1), date(2026, 11, 30)) == [
+        Window(date(2026, 10, 1), date(2026, 10, 31))]  # November is not over yet

@@ -71,7 +71,9 @@ def windows(query: FlexQuery, since: date | None, until: date | None, today: dat
         while first <= until:
             nxt = (first + timedelta(days=32)).replace(day=1)
             last = nxt - timedelta(days=1)
-            if last < today:  # a month is a statement once it is over
+            # A month is a statement once it is over, dated its last day (which the range must hold,
+            # as the pipeline files statements by that date).
+            if since <= last <= until and last < today:
                 out.append(Window(first, last))
             first = nxt
         return out
