@@ -124,9 +124,9 @@ class FlexClient:
         streamed into ``dest``); returns the body, or None when it went to ``dest``."""
         host = urlsplit(url).netloc
         for attempt in range(1, TRANSPORT_ATTEMPTS + 1):
-            self.pacer.wait()
             try:
-                with self._http.stream("GET", url, params={"t": self._token, **params, "v": "3"}) as resp:
+                with self.pacer.turn(), \
+                        self._http.stream("GET", url, params={"t": self._token, **params, "v": "3"}) as resp:
                     return self._read(resp, host, dest)
             except httpx.TransportError as exc:
                 if _verify_failure(exc):
