@@ -209,6 +209,7 @@ def test_a_server_slower_than_the_timeout_is_retried(flexweb, tmp_path):
 
 
 @pytest.mark.parametrize("body, text", [
+    (b"", "is empty"),
     (b'<FlexQueryResponse queryName="Q" type="AF"><FlexStatements count="1"><FlexStatement accountId="U1"',
      "not well-formed"),
     (b"<html><body>Please log in</body></html>", "not a Flex statement"),
