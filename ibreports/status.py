@@ -11,7 +11,9 @@ JSON schema (``ibreports status --json``), stable::
                 "archived": bool, "at_risk": bool}],
      "errors": {source: "cause and remedy"}}
 
-``files`` is sorted by days left (soonest purge first), then source and name.
+``files`` is sorted by days left (soonest purge first), then source and name. Sources
+without a file listing (the Flex Web Service) make statements when asked: nothing of
+theirs waits on a server to be purged, so they add no rows (the table names them).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .archive import open_archive
 from .config import Config, SourceConfig
 from .errors import IbreportsError
 from .remote import RemoteFile, open_remote
+from .remote.registry import kind_of
 
 
 @dataclass
@@ -49,6 +52,7 @@ class StatusReport:
     files: list[StatusRow] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # source -> one-line cause and remedy
     error_codes: dict[str, int] = field(default_factory=dict)  # source -> exit code of its error
+    on_demand: list[str] = field(default_factory=list)  # sources without a listing: nothing to purge
 
     @property
     def at_risk(self) -> list[StatusRow]:
@@ -84,6 +88,9 @@ def collect_status(config: Config, sources: list[str] | None = None, now: float 
     selected = config.select(sources)
     inventory = open_archive(config.archive).inventory()
     for source in selected:
+        if not kind_of(source).capabilities.listing:
+            report.on_demand.append(source.name)
+            continue
         try:
             listing = _list(source)
         except IbreportsError as exc:
@@ -135,6 +142,8 @@ def format_table(report: StatusReport) -> str:
         )
     if not report.files:
         lines.append("  (no files on the server)")
+    for source in report.on_demand:
+        lines.append(f"source {source}: on demand (statements are made when fetched; none wait on a server)")
     for source, message in sorted(report.errors.items()):
         lines.append(f"source {source}: {message}")
     risky = report.at_risk

@@ -6,16 +6,14 @@ import time
 
 import pytest
 
-from ibreports.config import SourceConfig
 from ibreports.doctor.flexweb import check_flexweb
 from ibreports.doctor.steps import Checklist, Section
-from tests.flexsource import flex_settings
+from tests.flexsource import flex_source
 
 
 def diagnose(emulator, token, queries):
     section = Section("source", "flex", "source flex (flexweb)")
-    source = SourceConfig(name="flex", kind="flexweb", host="", port=0, username="", timeout=5.0)
-    check_flexweb(source, flex_settings(emulator, token, queries), Checklist(section))
+    check_flexweb(flex_source(emulator, token, queries), Checklist(section))
     return {s.name: s for s in section.steps}
 
 

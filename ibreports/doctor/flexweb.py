@@ -9,9 +9,8 @@ statement is downloaded: asking for one is enough, and keeps within IBKR's limit
 from __future__ import annotations
 
 from ..config import SourceConfig
-from ..remote.flexweb.client import FlexClient, Refused
+from ..remote.flexweb.client import FlexClient, Refused, open_client
 from ..remote.flexweb.codes import flex_error
-from ..remote.flexweb.pacing import pacer_for
 from ..remote.flexweb.settings import FlexQuery, FlexSettings
 from .steps import Checklist
 
@@ -19,9 +18,10 @@ TOKEN_CODES = {1011, 1012, 1015}
 IP_CODE = 1013
 
 
-def check_flexweb(source: SourceConfig, settings: FlexSettings, cl: Checklist) -> None:
+def check_flexweb(source: SourceConfig, cl: Checklist) -> None:
     """Run every Flex Web Service step for ``source``."""
-    client = cl.step("https", _connect, source, settings)
+    settings: FlexSettings = source.settings
+    client = cl.step("https", _connect, source)
     if client is None:
         for name in ("token", "ip", *(f"query {q.name}" for q in settings.queries)):
             cl.skip(name, "an earlier step failed")
@@ -36,13 +36,8 @@ def check_flexweb(source: SourceConfig, settings: FlexSettings, cl: Checklist) -
         client.close()
 
 
-def _connect(source: SourceConfig, settings: FlexSettings) -> tuple[FlexClient, str]:
-    token = settings.token.get()
-    client = FlexClient(
-        token, settings.url, timeout=source.timeout,
-        pacer=pacer_for(token, settings.min_interval, settings.requests_per_minute),
-        poll_interval=settings.poll_interval, poll_timeout=settings.poll_timeout,
-    )
+def _connect(source: SourceConfig) -> tuple[FlexClient, str]:
+    client = open_client(source)
     try:
         client.probe()
     except BaseException:

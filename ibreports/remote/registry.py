@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from . import Remote
 
 # Modules that register the built-in kinds when imported (a new kind adds its module here).
-BUILTIN = ("ibreports.remote.sftpkind", "ibreports.remote.ftpkind")
+BUILTIN = ("ibreports.remote.sftpkind", "ibreports.remote.ftpkind", "ibreports.remote.flexwebkind")
 
 
 @dataclass(frozen=True)

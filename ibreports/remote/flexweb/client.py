@@ -16,6 +16,7 @@ import ssl
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,9 +25,12 @@ from ... import __version__
 from ...errors import ConfigError, ConnectionFailure, IbreportsError, RemoteFileError
 from ...files import create_private
 from .codes import PACE, FlexCode, flex_error, lookup
-from .pacing import Pacer
+from .pacing import Pacer, pacer_for
 from .redact import protect
 from .wire import STATUS_MAX, Status, is_status, parse_status
+
+if TYPE_CHECKING:
+    from ...config import SourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +283,17 @@ class FlexClient:
                     self.pacer.hold(wait)  # every request with this token waits, not only this one
                 else:
                     time.sleep(wait)
+
+
+def open_client(source: "SourceConfig") -> FlexClient:
+    """The client for a flexweb source (its token resolved, its token's pacer shared)."""
+    settings = source.settings
+    token = settings.token.get()
+    return FlexClient(
+        token, settings.url, timeout=source.timeout,
+        pacer=pacer_for(token, settings.min_interval, settings.requests_per_minute),
+        poll_interval=settings.poll_interval, poll_timeout=settings.poll_timeout,
+    )
 
 
 class _Transient(IbreportsError):

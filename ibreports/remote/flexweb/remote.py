@@ -25,24 +25,14 @@ from ...config import SourceConfig
 from ...errors import AuthenticationError, ConfigError, ConnectionFailure, IbreportsError, RemoteFileError
 from ...files import sha256_file
 from ...statements import parse
-from .client import FlexClient
-from .pacing import pacer_for
+from ..registry import Produced
+from .client import open_client
 from .settings import FlexQuery, FlexSettings
 from .split import Piece, keep_csv, looks_like_xml, split_xml
 
 log = logging.getLogger(__name__)
 
 MAX_WINDOW = 365  # days: the longest date override IBKR accepts
-
-
-@dataclass(frozen=True)
-class Produced:
-    """One statement a source made on demand, already in staging (0600)."""
-
-    name: str
-    path: Path
-    size: int
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -98,16 +88,11 @@ def windows(query: FlexQuery, since: date | None, until: date | None, today: dat
 class FlexRemote:
     """One flexweb source, open: its client and queries."""
 
-    def __init__(self, source: SourceConfig, settings: FlexSettings) -> None:
+    def __init__(self, source: SourceConfig) -> None:
         self.source = source
-        self.settings = settings
+        self.settings: FlexSettings = source.settings
         self._failures: list[IbreportsError] = []
-        token = settings.token.get()
-        self.client = FlexClient(
-            token, settings.url, timeout=source.timeout,
-            pacer=pacer_for(token, settings.min_interval, settings.requests_per_minute),
-            poll_interval=settings.poll_interval, poll_timeout=settings.poll_timeout,
-        )
+        self.client = open_client(source)
 
     def close(self) -> None:
         """Close the client, then raise the first error a query met (each was logged when met)."""
