@@ -13,6 +13,8 @@ from tests.flexsource import flex_remote, flex_settings
 
 def test_the_token_is_never_logged_or_shown(flexweb, tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.DEBUG)  # every logger at DEBUG: httpx and httpcore log each request
+    for name in ("httpx", "httpcore"):  # the CLI quietens httpx; a user's --debug or logging set-up may not
+        caplog.set_level(logging.DEBUG, logger=name)
     token = flexweb.add_token().value
     query = flexweb.add_query("DailyActivity", ["U1234567", "U7654321"], generation_polls=1)
     shown: list[str] = []
