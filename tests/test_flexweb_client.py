@@ -127,6 +127,8 @@ def test_remedies_name_the_client_portal_steps():
     assert "Flex Web Service" in CODES[1012].remedy
     assert "public IP" in CODES[1013].remedy and "allowed list" in CODES[1013].remedy
     assert set(CODES) >= {1003, *range(1004, 1022)} - {1002}
+    # One statement that could not be made fails that statement (exit 1), not the source as unreachable.
+    assert all(CODES[c].error.source_exit_code == 1 for c in (1003, 1004, 1017, 1019))
 
 
 def test_an_expired_token_stops_the_run_at_once(flexweb, tmp_path):

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ... import __version__
-from ...errors import ConfigError, ConnectionFailure, IbreportsError, RemoteFileError
+from ...errors import ConfigError, ConnectionFailure, IbreportsError, StatementUnavailable
 from ...files import create_private
 from .codes import PACE, FlexCode, flex_error, lookup
 from .pacing import Pacer, pacer_for
@@ -178,7 +178,7 @@ class FlexClient:
                 for chunk in resp.iter_bytes():
                     size += len(chunk)
                     if size > STATEMENT_MAX:
-                        raise RemoteFileError(
+                        raise StatementUnavailable(
                             f"The Flex statement from {host} is larger than {STATEMENT_MAX >> 30} GiB; it was not "
                             "kept.",
                             "Split the query (fewer accounts or sections, or shorter date ranges).",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...errors import AuthenticationError, ConfigError, ConnectionFailure, IbreportsError, RemoteFileError
+from ...errors import AuthenticationError, ConfigError, ConnectionFailure, IbreportsError, StatementUnavailable
 
 PORTAL = "Client Portal > Performance & Reports > Flex Queries"
 WEB_SERVICE = f"{PORTAL} > Flex Web Service Configuration"
@@ -41,14 +41,14 @@ _LATER = "Run the fetch again later (Activity statements are final after IBKR's 
 CODES: dict[int, FlexCode] = {c.code: c for c in (
     FlexCode(1001, "IBKR could not generate the statement at this time", ConnectionFailure,
              "A temporary IBKR problem: run again later.", WAIT),
-    FlexCode(1003, "IBKR has no statement for this query and period", RemoteFileError,
+    FlexCode(1003, "IBKR has no statement for this query and period", StatementUnavailable,
              "Check the query's period (or the dates asked for): a day before the account opened, a future day "
              "or today's not yet final data have no statement."),
-    FlexCode(1004, f"{_NOT_READY} (statement incomplete)", RemoteFileError, _LATER, WAIT),
-    FlexCode(1005, f"{_NOT_READY} (settlement data)", RemoteFileError, _LATER, WAIT),
-    FlexCode(1006, f"{_NOT_READY} (FIFO P/L data)", RemoteFileError, _LATER, WAIT),
-    FlexCode(1007, f"{_NOT_READY} (MTM P/L data)", RemoteFileError, _LATER, WAIT),
-    FlexCode(1008, f"{_NOT_READY} (MTM and FIFO P/L data)", RemoteFileError, _LATER, WAIT),
+    FlexCode(1004, f"{_NOT_READY} (statement incomplete)", StatementUnavailable, _LATER, WAIT),
+    FlexCode(1005, f"{_NOT_READY} (settlement data)", StatementUnavailable, _LATER, WAIT),
+    FlexCode(1006, f"{_NOT_READY} (FIFO P/L data)", StatementUnavailable, _LATER, WAIT),
+    FlexCode(1007, f"{_NOT_READY} (MTM P/L data)", StatementUnavailable, _LATER, WAIT),
+    FlexCode(1008, f"{_NOT_READY} (MTM and FIFO P/L data)", StatementUnavailable, _LATER, WAIT),
     FlexCode(1009, "IBKR's server is under heavy load and could not generate the statement", ConnectionFailure,
              "A temporary IBKR problem: run again later.", WAIT),
     FlexCode(1010, "the query is a legacy Flex query, which the Flex Web Service no longer serves", ConfigError,
@@ -69,12 +69,12 @@ CODES: dict[int, FlexCode] = {c.code: c for c in (
              "generated token invalidates the previous one)."),
     FlexCode(1016, "the account is not valid for this query", ConfigError,
              f"Check the accounts selected in the query in {PORTAL}."),
-    FlexCode(1017, "the statement's reference code was not valid (it may have expired)", RemoteFileError,
+    FlexCode(1017, "the statement's reference code was not valid (it may have expired)", StatementUnavailable,
              "Run the fetch again: it asks IBKR for a new statement."),
     FlexCode(1018, "too many requests have been made with this token", ConnectionFailure,
              "Make sure no other program uses this token at the same time (IBKR allows 1 request per second and "
              "10 per minute per token), or lower requests_per_minute; then run again.", PACE),
-    FlexCode(1019, "IBKR is still generating the statement", RemoteFileError,
+    FlexCode(1019, "IBKR is still generating the statement", StatementUnavailable,
              "Large statements take longer: run again later, or raise poll_timeout.", WAIT),
     FlexCode(1020, "IBKR found the request invalid", ConfigError,
              "Check the token and the query id, and that a date range is at most 365 days, not in the future and "
@@ -85,10 +85,10 @@ CODES: dict[int, FlexCode] = {c.code: c for c in (
 
 
 def lookup(code: int | None) -> FlexCode:
-    """The entry for ``code``; an unknown code is a final RemoteFileError that names it."""
+    """The entry for ``code``; an unknown code is a final StatementUnavailable that names it."""
     if code in CODES:
         return CODES[code]
-    return FlexCode(code or 0, f"IBKR refused the request with error code {code}", RemoteFileError,
+    return FlexCode(code or 0, f"IBKR refused the request with error code {code}", StatementUnavailable,
                     "See IBKR's Flex Web Service error codes; run again later if the message says so.")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Collection, Iterator
 
 from ...config import SourceConfig
-from ...errors import AuthenticationError, ConfigError, ConnectionFailure, IbreportsError, RemoteFileError
+from ...errors import AuthenticationError, ConfigError, ConnectionFailure, IbreportsError, StatementUnavailable
 from ...files import sha256_file
 from ...statements import parse
 from ..registry import Produced
@@ -160,7 +160,7 @@ class FlexRemote:
                     return
                 raise
             if part.stat().st_size == 0:
-                raise RemoteFileError(f"Flex Web Service, {what}: IBKR's answer is empty.",
+                raise StatementUnavailable(f"Flex Web Service, {what}: IBKR's answer is empty.",
                                       "Run the fetch again; if it persists, check the query in Client Portal.")
             if looks_like_xml(part):
                 yield from split_xml(part, query.name, what, staging)

@@ -27,7 +27,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Iterator
 
-from ...errors import RemoteFileError
+from ...errors import StatementUnavailable
 from ...files import create_private
 from ...statements import ACCOUNT, check_name
 from .wire import reject_dtd
@@ -54,7 +54,7 @@ def flex_date(value: str | None, what: str, attr: str) -> date:
             return datetime.strptime(value, fmt).date()
         except ValueError:
             continue
-    raise RemoteFileError(
+    raise StatementUnavailable(
         f"Flex Web Service, {what}: the statement's {attr} '{value[:40]}' is not in a date format that says which "
         "number is the day.",
         "Set the query's Date Format to yyyyMMdd (Delivery Configuration of the query in Client Portal).",
@@ -97,7 +97,7 @@ def split_xml(source: Path, query: str, what: str, staging: Path) -> Iterator[Pi
                 parents[-1].remove(elem)  # keep memory to one statement
             yield piece
     except ET.ParseError as exc:
-        raise RemoteFileError(
+        raise StatementUnavailable(
             f"Flex Web Service, {what}: the statement is not well-formed XML ({exc}); nothing after that point "
             "was kept.",
             "Run the fetch again; if it persists, check the query in Client Portal.",
@@ -105,14 +105,14 @@ def split_xml(source: Path, query: str, what: str, staging: Path) -> Iterator[Pi
     if envelope is None:
         raise _not_flex(what)
     if count == 0:
-        raise RemoteFileError(
+        raise StatementUnavailable(
             f"Flex Web Service, {what}: IBKR's answer holds no statement (no FlexStatement element).",
             "Check that the query selects at least one account, and its period.",
         )
 
 
-def _not_flex(what: str) -> RemoteFileError:
-    return RemoteFileError(
+def _not_flex(what: str) -> StatementUnavailable:
+    return StatementUnavailable(
         f"Flex Web Service, {what}: the answer is not a Flex statement (no FlexQueryResponse).",
         "Run the fetch again; if it persists, check the query in Client Portal.",
     )
@@ -122,7 +122,7 @@ def _statement(elem: ET.Element, envelope: dict[str, str], query: str, what: str
                seen: set[str]) -> Piece:
     account = (elem.get("accountId") or "").strip()
     if not ACCOUNT.fullmatch(account):
-        raise RemoteFileError(
+        raise StatementUnavailable(
             f"Flex Web Service, {what}: a statement's accountId {account[:40]!r} is not an IBKR account number.",
             "Make sure the query includes the Account Information section with Account ID.",
         )
@@ -130,7 +130,7 @@ def _statement(elem: ET.Element, envelope: dict[str, str], query: str, what: str
     end = flex_date(elem.get("toDate"), what, "toDate")
     name = statement_name(account, query, start, end, "xml")
     if name in seen:
-        raise RemoteFileError(
+        raise StatementUnavailable(
             f"Flex Web Service, {what}: the answer holds two statements named {name}.", "Report this to IBKR.")
     seen.add(name)
     for attr in VOLATILE:
@@ -164,7 +164,7 @@ def csv_account(source: Path, what: str) -> str:
                 accounts.add(row[column].strip())
     if len(accounts) != 1:
         found = "no account" if not accounts else f"{len(accounts)} accounts"
-        raise RemoteFileError(
+        raise StatementUnavailable(
             f"Flex Web Service, {what}: the CSV answer names {found} in a ClientAccountID column, so it cannot be "
             "filed under one account.",
             "Add the Account ID field to the query's sections and select one account per CSV query, or use the "
