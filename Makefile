@@ -42,9 +42,12 @@ demo: install
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq gnupg; }
 	$(VENV)/bin/ibreports demo
 
-# Deploy the Prefect flows of prefect.yaml (needs PREFECT_API_URL; see docs/prefect.md).
+# Deploy the Prefect flows of prefect.yaml, then create the automations of automations.yaml
+# (crashed-run detection, dead-man's switch; alerts to the config's [alerts] URLs).
+# Needs PREFECT_API_URL (docs/prefect.md).
 deploy: install
 	IBREPORTS_HOME=$(CURDIR) $(VENV)/bin/prefect deploy --all --no-prompt
+	IBREPORTS_HOME=$(CURDIR) $(PY) -m flows.automations
 
 # The full suite, the kill -9 crash campaign included (what CI runs).
 test: install-test

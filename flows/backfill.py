@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import MAX_PARALLEL_SOURCES, finish, publish, resolve_config, run_sources
+from flows.common import MAX_PARALLEL_SOURCES, finish, publish, resolve_config, run_name, run_sources
 from ibreports.config import load_config
 from ibreports.errors import ConfigError
 
@@ -17,6 +17,7 @@ from ibreports.errors import ConfigError
     name="backfill-statements",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_SOURCES),
     persist_result=False,
+    flow_run_name=lambda: run_name("backfill"),
 )
 def backfill_statements(
     start: date,
@@ -24,11 +25,18 @@ def backfill_statements(
     sources: list[str] | None = None,
     force: bool = False,
     config: str | None = None,
-) -> dict[str, Any]:
+) -> State:
     """Archive every statement dated ``start``..``end`` (inclusive) still on the servers.
 
     IBKR purges files after about 100 days, so older dates are simply not there.
-    ``force`` re-archives files even when the archive already holds them.
+
+    Args:
+        start: First statement date of the range (YYYY-MM-DD, inclusive).
+        end: Last statement date of the range (YYYY-MM-DD, inclusive).
+        sources: Only these sources (names of [[sources]] in the config). Default: all.
+        force: Download files the archive already holds again and verify them against it.
+        config: Config file on the worker. Default: $IBREPORTS_CONFIG, else ibreports.toml
+            in IBREPORTS_HOME. Never put secrets in parameters.
     """
     if start > end:
         raise ConfigError(

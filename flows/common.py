@@ -19,6 +19,7 @@ from prefect.concurrency.asyncio import AcquireConcurrencySlotTimeoutError  # re
 from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
 from prefect.exceptions import ObjectNotFound
+from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from ibreports import errors
@@ -40,7 +41,7 @@ class ServerBusy(Exception):
 
 
 class RunFailed(Exception):
-    """The run finished, but files failed or sources were unreachable: the flow run ends Failed."""
+    """A flow that fails by raising (verify-archive); the retrieval flows return run_failed()'s state instead."""
 
 
 def resolve_config(config: str | None) -> str:
@@ -126,7 +127,8 @@ def fetch_source(
         # warning on every run. Slots are leased: a crashed holder's come back when the lease expires.
         with (contextlib.nullcontext() if slots is None
               else concurrency(name, occupy=slots, timeout_seconds=slot_timeout, strict=False)):
-            report = fetch(cfg, sources=[source], since=since, until=until, dry_run=dry_run, force=force)
+            report = fetch(cfg, sources=[source], since=since, until=until, dry_run=dry_run, force=force,
+                           origin=run_origin())
     except AcquireConcurrencySlotTimeoutError:
         raise ServerBusy(
             f"{source}: no {slots} slot(s) of concurrency limit '{name}' came free within {slot_timeout:g} s. "
@@ -138,6 +140,9 @@ def fetch_source(
     logger.info("%s: %s", source, report.summary_line())
     for item in report.failed:
         logger.error("%s: %s %s: %s", source, item.name, item.outcome, item.reason)
+    if report.failed:  # the task ends Failed (no traceback: each file was logged above), never retried
+        return Failed(message=f"{source}: {len(report.failed)} of {len(report.acted_on)} file(s) failed",
+                      data=report.to_dict())
     return report.to_dict()
 
 
@@ -152,6 +157,20 @@ def _run_id() -> str:
         return "local"
 
 
+def run_origin() -> dict[str, str]:
+    """The flow run, for run records and alerts: its id, name and UI link (PREFECT_UI_URL)."""
+    from prefect.runtime import flow_run
+    from prefect.utilities.urls import url_for
+
+    if not flow_run.id:
+        return {}
+    origin = {"prefect_flow_run_id": str(flow_run.id), "prefect_flow_run_name": str(flow_run.name or "")}
+    link = url_for("flow-run", obj_id=flow_run.id)
+    if link:
+        origin["prefect_flow_run_url"] = link
+    return origin
+
+
 def run_sources(
     config: str,
     sources: list[str],
@@ -161,7 +180,8 @@ def run_sources(
     force: bool,
 ) -> RunReport:
     """Submit one task per source (bounded by the flow's task runner) and merge the reports."""
-    merged = RunReport(run_id=_run_id(), started=_now(), dry_run=dry_run, force=force, sources=list(sources))
+    merged = RunReport(run_id=_run_id(), started=_now(), dry_run=dry_run, force=force, sources=list(sources),
+                       origin=run_origin())
     futures = [
         fetch_source.submit(config, name, since=since, until=until, dry_run=dry_run, force=force)
         for name in sources
@@ -185,10 +205,14 @@ def run_sources(
 def _markdown(report: RunReport, title: str) -> str:
     lines = [f"# {title}", "", f"**{report.summary_line() or 'nothing to do'}**", ""]
     lines.append(f"Sources: {', '.join(report.sources) or 'none'}; run {report.run_id}.")
+    if report.origin.get("prefect_flow_run_url"):
+        lines.append(f"Flow run: [{report.origin.get('prefect_flow_run_name')}]({report.origin['prefect_flow_run_url']})")
     if report.dry_run:
         lines.append("Dry run: nothing was downloaded or archived.")
     for name, error in sorted(report.source_errors.items()):
-        lines.append(f"- source **{name}** failed: {error}")
+        # The error class says what kind of failure it was ("host key refused", "login refused", ...).
+        label = getattr(errors.error_class(report.source_error_types.get(name, "")), "summary", None) or "failed"
+        lines.append(f"- source **{name}** {label}: {error}")
     for item in report.failed:
         lines.append(f"- `{item.name}` {item.outcome}: {item.reason}")
     for item in report.at_risk:
@@ -206,8 +230,11 @@ def publish(report: RunReport, title: str) -> None:
     create_markdown_artifact(markdown=_markdown(report, title), key=SUMMARY_ARTIFACT_KEY, description=title)
 
 
-def finish(report: RunReport, config: str) -> dict[str, Any]:
-    """Send alerts, then raise RunFailed when anything failed (after the artifacts exist)."""
+def finish(report: RunReport, config: str) -> State:
+    """Send alerts; the run's final state: Failed when anything failed (after the artifacts exist).
+
+    A state rather than an exception: the reason is logged once, without a traceback.
+    """
     logger = get_run_logger()
     cfg = load_config(config)
     if cfg.alerts.urls and not report.dry_run:
@@ -216,12 +243,15 @@ def finish(report: RunReport, config: str) -> dict[str, Any]:
         logger.warning("%s is not archived and is purged in %d day(s)", item.name, item.days_left)
     failed = len(report.failed)
     if failed or report.source_errors:
-        raise RunFailed(
+        return run_failed(
             f"{failed} of {len(report.acted_on)} file(s) failed and "
             f"{len(report.source_errors)} of {len(report.sources)} source(s) could not be retrieved "
             f"({report.summary_line()}); see the '{RUN_ARTIFACT_KEY}' artifact."
         )
-    return {
+    counts = f"{report.count('archived')} archived, {failed} failed"
+    if report.count("already-archived"):
+        counts += f", {report.count('already-archived')} already archived"
+    return Completed(message=counts, data={
         "files": len(report.acted_on),
         "archived": report.count("archived"),
         "already_archived": report.count("already-archived"),
@@ -229,4 +259,26 @@ def finish(report: RunReport, config: str) -> dict[str, Any]:
         "planned": report.count("planned"),
         "waiting": report.count("waiting"),
         "bytes_archived": report.bytes_archived,
-    }
+    })
+
+
+def run_failed(message: str) -> State:
+    """The Failed final state of a run, its reason logged once (RunFailed: ...), no traceback."""
+    get_run_logger().error("RunFailed: %s", message)
+    return Failed(message=f"RunFailed: {message}")
+
+
+def run_name(kind: str) -> str:
+    """The flow run's name: what it is and when (``daily-2026-12-02``, ``backfill-2026-08-01..2026-08-31``)."""
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters or {}
+    start = flow_run.scheduled_start_time
+    day = (start.date() if start is not None else datetime.now(timezone.utc).date()).isoformat()
+    if kind == "backfill":
+        return f"backfill-{params.get('start')}..{params.get('end')}"
+    if params.get("since") or params.get("until"):
+        return f"retrieve-{params.get('since') or 'start'}..{params.get('until') or day}"
+    if params.get("sources"):
+        return f"fetch-{'+'.join(params['sources'])}-{day}"
+    return f"daily-{day}"

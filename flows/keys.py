@@ -65,7 +65,19 @@ def generate_keys(
     force: bool = False,
     passphrase_block: str | None = None,
 ) -> dict[str, Any]:
-    """Generate the sFTP and PGP key pairs; returns fingerprints and public key paths only."""
+    """Generate the sFTP and PGP key pairs; returns fingerprints only (public keys in the artifact).
+
+    Args:
+        dir: Key folder on the worker (made 0700); relative to IBREPORTS_HOME.
+        name: Name in the PGP key's user ID.
+        email: E-mail in the PGP key's user ID and the sFTP key's comment.
+        rsa_bits: Size of the sFTP RSA key.
+        pgp_bits: Size of the PGP RSA key (at most 4096).
+        pgp_expire: PGP key expiry as gpg takes it (0 = never, 2y, 18m, ...).
+        force: Replace existing keys (they are moved to a retired-* folder first).
+        passphrase_block: Prefect Secret block with the key passphrase. Default:
+            $IBREPORTS_KEY_PASSPHRASE in the worker's environment.
+    """
     logger = get_run_logger()
     folder = Path(dir).absolute()
     passphrase = _passphrase(passphrase_block, (KEY_PASSPHRASE_ENV,), "key passphrase")
@@ -74,15 +86,18 @@ def generate_keys(
         pgp_expire=pgp_expire, force=force,
     )
     logger.info("sFTP key %s, PGP key %s written to %s", report.ssh_fingerprint, report.pgp_fingerprint, folder)
+    pgp_public = (folder / "ibkr_pgp_public.asc").read_text().strip()
     create_markdown_artifact(
         key="ibreports-keys",
         markdown=(
             f"# New keys in `{folder}`\n\n"
             f"- sFTP (RSA {report.rsa_bits}): `{report.ssh_fingerprint}`\n"
             f"- PGP (RSA {report.pgp_bits}, {report.pgp_uid}): `{report.pgp_fingerprint}`\n\n"
-            "Next: e-mail `ibkr_sftp_rsa.pub` to IBKR's Reporting Integration team "
-            "(reportingintegration@interactivebrokers.com) with your username, upload "
-            "`ibkr_pgp_public.asc` in Client Portal, and back the keys up (deployment backup-keys).\n"
+            "Next: e-mail the sFTP public key (`ibkr_sftp_rsa.pub`, below) to IBKR's Reporting Integration "
+            "team (reportingintegration@interactivebrokers.com) with your username, upload the PGP public "
+            "key (`ibkr_pgp_public.asc`, below) in Client Portal, and back the keys up (deployment backup-keys).\n\n"
+            f"## ibkr_sftp_rsa.pub\n\n```\n{report.ssh_public_key.strip()}\n```\n\n"
+            f"## ibkr_pgp_public.asc\n\n```\n{pgp_public}\n```\n"
         ),
     )
     return {
@@ -93,18 +108,52 @@ def generate_keys(
     }
 
 
+def config_key_folder(config: str | None) -> Path:
+    """The folder of the config's key files ([pgp] secret_key_file, each source's key_file).
+
+    Key files in subfolders of it (e.g. retired keys) are inside the backup too; key
+    files in unrelated folders cannot be one backup, so the caller must pass ``dir``.
+    """
+    path = config_path(config)
+    if not path.exists():
+        raise ConfigError(f"No dir was given and there is no config file {path} to find the keys from.",
+                          "Pass dir=<key folder>, or set IBREPORTS_CONFIG (or the config parameter).")
+    cfg = load_config(path)
+    files = list(cfg.pgp.secret_key_files)
+    for source in cfg.sources:
+        key = getattr(source, "key_file", None) or getattr(getattr(source, "settings", None), "key_file", None)
+        if key:
+            files.append(key)
+    folders = sorted({Path(f).absolute().parent for f in files}, key=lambda p: len(p.parts))
+    if not folders:
+        raise ConfigError(f"{path} names no key files, so there is no key folder to back up.",
+                          "Pass dir=<key folder>.")
+    top = folders[0]
+    outside = [str(f) for f in folders if f != top and top not in f.parents]
+    if outside:
+        raise ConfigError(f"The key files of {path} are in separate folders ({top}, {', '.join(outside)}).",
+                          "Pass dir=<key folder>, one backup-keys deployment per folder.")
+    return top
+
+
 @flow(name="backup-keys", persist_result=False)
 def backup_keys(
-    dir: str = "keys",
+    dir: str | None = None,
     to: str | None = None,
     passphrase_block: str | None = None,
     config: str | None = None,
 ) -> dict[str, Any]:
-    """Back the key folder up to ``to`` (path or s3://), then prove it restores.
+    """Back the key folder up, then prove the backup restores.
 
-    ``to`` defaults to $IBREPORTS_KEY_BACKUP_URL. The backup passphrase comes from
-    ``passphrase_block``, else $IBREPORTS_BACKUP_PASSPHRASE (as for ``ibreports keys
-    backup``; deliberately not the key passphrase, so one leak does not open both).
+    Args:
+        dir: Key folder to back up. Default: the folder of the config's key files
+            ([pgp] secret_key_file and the sources' key_file).
+        to: Destination (a path or s3://bucket/prefix/). Default: $IBREPORTS_KEY_BACKUP_URL;
+            without either the run fails and says what to set.
+        passphrase_block: Prefect Secret block with the backup passphrase. Default:
+            $IBREPORTS_BACKUP_PASSPHRASE (deliberately not the key passphrase).
+        config: Config file (for the key folder and the S3 settings). Default:
+            $IBREPORTS_CONFIG, else ibreports.toml in IBREPORTS_HOME.
     """
     logger = get_run_logger()
     url = to or os.environ.get(BACKUP_URL_ENV)
@@ -114,7 +163,9 @@ def backup_keys(
         )
     passphrase = _passphrase(passphrase_block, (BACKUP_PASSPHRASE_ENV,), "backup passphrase")
     archive = _archive_settings(config)
-    made = backup_key_folder(Path(dir).absolute(), url, passphrase, archive)
+    folder = Path(dir).absolute() if dir else config_key_folder(config)
+    logger.info("backing up key folder %s%s", folder, "" if dir else " (the folder of the config's key files)")
+    made = backup_key_folder(folder, url, passphrase, archive)
     logger.info("backup written to %s (%d files, %d bytes)", made.url, len(made.files), made.size)
     # A backup only counts once it restores: restore into a private scratch folder
     # (mkdtemp is 0700), compare fingerprints, then remove the restored keys.

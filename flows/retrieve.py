@@ -11,13 +11,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
-from prefect.states import Cancelling
+from prefect.states import Cancelling, Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from ibreports.config import load_config
 
 from flows.common import (
-    MAX_PARALLEL_SOURCES, SUMMARY_ARTIFACT_KEY, RunFailed, finish, publish, resolve_config, run_sources,
+    MAX_PARALLEL_SOURCES, SUMMARY_ARTIFACT_KEY, finish, publish, resolve_config, run_failed, run_name, run_sources,
 )
 
 # Fan-out children go to a deployment without the daily one's CANCEL_NEW limit,
@@ -31,6 +31,7 @@ POLL_SECONDS = 2.0
     name="retrieve-statements",
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_SOURCES),
     persist_result=False,
+    flow_run_name=lambda: run_name("retrieve"),
 )
 def retrieve_statements(
     config: str | None = None,
@@ -41,13 +42,20 @@ def retrieve_statements(
     fan_out: bool = False,
     fan_out_deployment: str = FAN_OUT_DEPLOYMENT,
     fan_out_timeout: float = FAN_OUT_TIMEOUT,
-) -> dict[str, Any]:
+) -> State:
     """Fetch new statements from every (or the named) source into the archive.
 
-    ``config`` defaults to $IBREPORTS_CONFIG, else ibreports.toml in the working
-    folder. With ``fan_out`` each source becomes its own flow run of
-    ``fan_out_deployment`` so several workers share the work; the run waits for them
-    (at most ``fan_out_timeout`` seconds) and fails when any of them did not complete.
+    Args:
+        config: Config file on the worker. Default: $IBREPORTS_CONFIG, else ibreports.toml
+            in IBREPORTS_HOME. Never put secrets in parameters.
+        sources: Only these sources (names of [[sources]] in the config). Default: all.
+        since: Only statements dated on or after this day (YYYY-MM-DD).
+        until: Only statements dated on or before this day (YYYY-MM-DD).
+        dry_run: List what would be downloaded and archived; change nothing.
+        fan_out: One flow run of fan_out_deployment per source, so several workers share
+            the work; this run waits for them and fails when one did not complete.
+        fan_out_deployment: Deployment that runs one source (fan_out only).
+        fan_out_timeout: Seconds to wait for the fan-out runs; later ones are cancelled.
     """
     path = resolve_config(config)
     names = [s.name for s in load_config(path).select(sources)]
@@ -67,7 +75,7 @@ def _fan_out(
     dry_run: bool,
     deployment: str,
     timeout: float,
-) -> dict[str, Any]:
+) -> State:
     """Start one flow run per source (workers pick them up), wait for all, fail if any did not complete."""
     logger = get_run_logger()
     started: dict[str, UUID] = {}
@@ -83,9 +91,10 @@ def _fan_out(
     create_markdown_artifact(markdown="\n".join(lines) + "\n", key=SUMMARY_ARTIFACT_KEY)
     bad = sorted(name for name, (state, _) in states.items() if state != "Completed")
     if bad:
-        raise RunFailed(f"{len(bad)} of {len(names)} source run(s) did not complete: {', '.join(bad)}; "
-                        f"see the '{SUMMARY_ARTIFACT_KEY}' artifact.")
-    return {"fan_out": {name: str(run_id) for name, run_id in started.items()}}
+        return run_failed(f"{len(bad)} of {len(names)} source run(s) did not complete: {', '.join(bad)}; "
+                          f"see the '{SUMMARY_ARTIFACT_KEY}' artifact.")
+    return Completed(message=f"{len(names)} source run(s) completed",
+                     data={"fan_out": {name: str(run_id) for name, run_id in started.items()}})
 
 
 def _wait(runs: dict[str, UUID], timeout: float) -> dict[str, tuple[str, str]]:

@@ -105,6 +105,9 @@ def build_alerts(config: Config, report: RunReport | None = None, status_rows: I
                 alert = None
             if alert:
                 alerts.append(alert)
+    link = report.origin.get("prefect_flow_run_url") if report is not None else None
+    if link:  # the alert leads to the run that sent it
+        alerts = [Alert(a.cause, a.title, f"{a.body}\n\nFlow run: {link}") for a in alerts]
     return alerts
 
 

@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -24,10 +23,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .config import ArchiveConfig
+from .bundlestore import default_name, newest_bundle, read_bundle, upload_bundle
 from .errors import KeyMaterialError
 from .keyfiles import (
-    check_passphrase, commit, discard, folder_fingerprints, is_private, make_private_dir, retire, tighten_dir,
-    sha256_hex, stage_file, utc_stamp, write_atomic,
+    RETIRED, check_passphrase, commit, discard, folder_fingerprints, is_private, make_private_dir, refuse_links, retire,
+    sha256_hex, stage_file, tighten_dir, write_atomic,
 )
 
 MAGIC = b"IBRKEYS\0"
@@ -51,6 +51,7 @@ class BackupManifest:
     created: str
     files: dict[str, str]
     fingerprints: dict[str, dict[str, str]]
+    url: str = ""  # the bundle read (the newest one when a folder URL was given)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class RestoreReport:
     retired: Path | None = None
     fingerprints: dict[str, dict[str, str]] = field(default_factory=dict)
     folder_note: str = ""  # the key folder's mode was tightened, or could not be
+    url: str = ""  # the bundle read (the newest one when a folder URL was given)
 
 
 def backup_keys(
@@ -89,14 +91,9 @@ def backup_keys(
         "fingerprints": fingerprints,
     }, sort_keys=True).encode()
     blob = _seal(payload, backup_passphrase)
-    target = _default_name(url)
+    target = default_name(url)
     if target.startswith("s3://"):
-        from .archive.s3 import upload_file
-
-        with tempfile.TemporaryDirectory(prefix="ibreports-bundle-") as tmp:
-            path = Path(tmp) / "keys.bundle"
-            write_atomic(path, blob, 0o600)
-            upload_file(archive_config or ArchiveConfig(), target, path)
+        upload_bundle(archive_config, target, blob)
     else:
         path = Path(target).absolute()
         if path.is_relative_to(folder.absolute()):
@@ -130,7 +127,8 @@ def restore_keys(
     """
     folder = Path(dir)
     manifest, files = _open_bundle(url, backup_passphrase, archive_config)
-    report = RestoreReport(dir=folder, fingerprints=manifest.fingerprints)
+    report = RestoreReport(dir=folder, fingerprints=manifest.fingerprints, url=manifest.url)
+    refuse_links(folder, [*files, f"{RETIRED}/x"])  # e.g. retired -> elsewhere: never written through
     conflicts: list[str] = []
     for rel, data in files.items():
         target = folder / rel
@@ -152,6 +150,7 @@ def restore_keys(
     try:
         make_private_dir(folder)
         report.folder_note = tighten_dir(folder)
+        refuse_links(folder, [*todo, f"{RETIRED}/x"])  # again, now that only we can change the folder
         for rel in todo:
             make_private_dir((folder / rel).parent)
         for rel, data in todo.items():
@@ -191,13 +190,6 @@ def _collect(folder: Path) -> dict[str, bytes]:
     return files
 
 
-def _default_name(url: str) -> str:
-    name = f"ibreports-keys-{utc_stamp()}.bundle"
-    if url.endswith("/") or (not url.startswith("s3://") and Path(url).is_dir()):
-        return url.rstrip("/") + "/" + name
-    return url
-
-
 def _seal(payload: bytes, passphrase: str) -> bytes:
     salt, nonce = os.urandom(16), os.urandom(12)
     header = _HEADER.pack(MAGIC, VERSION, KDF_SCRYPT, SCRYPT_LOG2N, SCRYPT_R, SCRYPT_P, salt, nonce)
@@ -227,7 +219,8 @@ def _open_bundle(
 ) -> tuple[BackupManifest, dict[str, bytes]]:
     if not passphrase or "\0" in passphrase:
         raise _WRONG
-    plain = _unseal(_fetch(url, archive_config), passphrase)
+    url = newest_bundle(url, archive_config)
+    plain = _unseal(read_bundle(url, archive_config, 2 * MAX_BYTES), passphrase)
     try:
         payload = json.loads(plain)
         if payload["format"] != "ibreports-keys" or payload["version"] != VERSION:
@@ -251,7 +244,7 @@ def _open_bundle(
             "The keys in the backup do not have the fingerprints its manifest records.", _NOTHING
         )
     sums = {rel: digest for rel, (_, digest) in entries.items()}
-    return BackupManifest(created=created, files=sums, fingerprints=recomputed), files
+    return BackupManifest(created=created, files=sums, fingerprints=recomputed, url=url), files
 
 
 def _safe_relpath(rel: str) -> bool:
@@ -261,22 +254,3 @@ def _safe_relpath(rel: str) -> bool:
         and all(p not in ("", ".", "..") and not p.startswith(".") and all(ord(c) >= 32 for c in p) for p in parts)
         and "\\" not in rel
     )
-
-
-def _fetch(url: str, archive_config: ArchiveConfig | None) -> bytes:
-    if url.startswith("s3://"):
-        from .archive.s3 import download_file
-
-        with tempfile.TemporaryDirectory(prefix="ibreports-bundle-") as tmp:
-            dest = Path(tmp) / "keys.bundle"
-            download_file(archive_config or ArchiveConfig(), url, dest)
-            return dest.read_bytes()
-    path = Path(url)
-    try:
-        if path.stat().st_size > 2 * MAX_BYTES:
-            raise KeyMaterialError(f"{path} is too large to be a key backup.", "Pass the right --from.")
-        return path.read_bytes()
-    except OSError as exc:
-        raise KeyMaterialError(
-            f"The key backup {path} cannot be read ({exc.strerror}).", "Pass the right --from."
-        ) from None

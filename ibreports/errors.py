@@ -18,6 +18,7 @@ class IbreportsError(Exception):
     exit_code: ClassVar[int] = 1
     source_exit_code: ClassVar[int] = 3  # a source that cannot be read is as good as unreachable
     retryable: ClassVar[bool] = False
+    summary: ClassVar[str] = "failed"  # how a run summary and alerts name a source failed with it
 
     def __init__(self, message: str, remedy: str = "", *, report: dict | None = None) -> None:
         super().__init__(message)
@@ -34,6 +35,7 @@ class ConfigError(IbreportsError):
 
     exit_code = 2
     source_exit_code = 2
+    summary = "misconfigured"
 
 
 class KeyMaterialError(ConfigError):
@@ -45,18 +47,33 @@ class ConnectionFailure(IbreportsError):
 
     exit_code = 3
     retryable = True
+    summary = "unreachable"
+
+
+class TooSlowError(ConnectionFailure):
+    """The server sent data below the minimum rate: the transfer was dropped (exit 3)."""
+
+    summary = "too slow"
 
 
 class HostKeyError(ConnectionFailure):
     """Unknown or changed host key (exit 3). Never retried."""
 
     retryable = False
+    summary = "host key refused"
+
+
+class CertificateError(HostKeyError):
+    """The FTPS server's certificate could not be verified (exit 3). Never retried."""
+
+    summary = "certificate refused"
 
 
 class AuthenticationError(ConnectionFailure):
     """The server refused our credentials (exit 3). Never retried."""
 
     retryable = False
+    summary = "login refused"
 
 
 class RemoteFileError(IbreportsError):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: Path) -> str:
@@ -39,8 +43,147 @@ class HashingWriter:
 
 
 def create_private(path: Path) -> int:
-    """Open a new file for writing, 0600 from the first byte; fails if it exists."""
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    """Open a new file for writing, 0600 from the first byte whatever the umask; fails if it exists
+    (a symbolic link planted under that name included)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a umask such as 0o277 would otherwise leave it 0400
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+# --- folders other local users cannot reach --------------------------------------------
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafeEntry(Exception):
+    """A path component we refuse to go through: a symbolic link, not a folder, or another user's."""
+
+    def __init__(self, rel: str, why: str) -> None:
+        super().__init__(f"{rel} {why}")
+        self.rel = rel
+        self.why = why
+
+
+def make_private_dirs(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, each 0700 whatever the umask."""
+    missing = []
+    for level in [folder, *folder.parents]:
+        if level.is_dir():
+            break
+        missing.append(level)
+    for level in reversed(missing):
+        try:
+            level.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(level, 0o700)
+
+
+def private_base(folder: Path, what: str, setting: str) -> None:
+    """Make sure a base folder we keep private things in is not open to other local users.
+
+    Created 0700 when missing. An existing folder that is ours and open to others is tightened to
+    0700 (logged once: it stays private afterwards); one that belongs to another user is refused,
+    since its owner could swap what we write for something else. A sticky folder (``/tmp``) is left
+    as it is: others cannot rename or replace what we make in it.
+    """
+    from .errors import ConfigError
+
+    make_private_dirs(folder)
+    info = os.stat(folder)
+    if info.st_mode & stat.S_ISVTX:  # a shared temporary folder such as /tmp: never ours to close
+        return
+    if info.st_uid != os.geteuid():
+        raise ConfigError(
+            f"The {what} {folder} belongs to another user (uid {info.st_uid}), who could replace what "
+            "ibreports writes there.",
+            f"Use a folder of your own for {setting}, or have it chowned to the user running ibreports.",
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        os.chmod(folder, 0o700)
+        log.warning("the %s %s was mode %04o (open to other local users); it is now 0700", what, folder, mode)
+
+
+def shared_temp_ok(folder: Path) -> None:
+    """The system temporary folder may be shared, but only with the sticky bit (others cannot
+    rename or replace our private folder in it)."""
+    from .errors import ConfigError
+
+    info = os.stat(folder)
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        raise ConfigError(
+            f"The temporary folder {folder} is writable by other users and has no sticky bit: another "
+            "user could replace the private staging folder made in it.",
+            f"Set [run] staging_dir to a private folder, or run chmod +t {folder}.",
+        )
+
+
+def open_dir(path: Path) -> int:
+    """A descriptor on the folder ``path`` (the configured path itself may be a link)."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def descend(base_fd: int, parts: list[str], create: bool = False) -> int:
+    """A descriptor on ``base/parts...``, reached without following a symbolic link and without
+    entering a folder another user owns; missing folders are made 0700 when ``create``.
+
+    Working from descriptors, not path names, nothing can swap a component for a link between
+    the check and the use. Raises UnsafeEntry, FileNotFoundError (not ``create``) or OSError.
+    """
+    fd = os.dup(base_fd)
+    done: list[str] = []
+    try:
+        for name in parts:
+            done.append(name)
+            made = False
+            try:
+                nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                    made = True
+                except FileExistsError:
+                    pass
+                nxt = _open_sub(fd, name, done)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafeEntry("/".join(done), _what_is(fd, name)) from None
+                raise
+            os.close(fd)
+            fd = nxt
+            owner = os.fstat(fd).st_uid
+            if owner != os.geteuid():
+                raise UnsafeEntry("/".join(done), f"belongs to another user (uid {owner})")
+            if made:
+                os.fchmod(fd, 0o700)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_sub(fd: int, name: str, done: list[str]) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafeEntry("/".join(done), _what_is(fd, name)) from None
+        raise
+
+
+def _what_is(fd: int, name: str) -> str:
+    try:
+        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except OSError:
+        return "is not a folder"
+    return "is a symbolic link" if stat.S_ISLNK(info.st_mode) else "is not a folder"
 
 
 def fsync_dir(folder: Path) -> None:
@@ -62,6 +205,7 @@ def claim_workdir(prefix: str, base: Path | None = None) -> tuple[Path, int]:
     the process dies) is how a later run tells an abandoned folder from a busy one.
     The descriptor is not inherited by child processes (gpg, gpg-agent).
     """
+    shared_temp_ok(Path(base or tempfile.gettempdir()))
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     # Locked under another name first: a sweeper that found LOCK_NAME unlocked for an instant
     # would take the folder of a run that is just starting.
@@ -124,4 +268,7 @@ def _remove_tree(folder: Path, before_remove: Callable[[Path], None] | None) -> 
     if before_remove is not None:
         before_remove(folder)
     shutil.rmtree(folder, ignore_errors=True)
+    if os.path.lexists(folder):  # counted only when really gone: never "removed" again at every run
+        log.warning("could not remove %s, left by an interrupted run; remove it by hand", folder)
+        return 0
     return 1

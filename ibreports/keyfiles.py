@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import struct
 import subprocess
 import tempfile
@@ -151,8 +152,31 @@ def tighten_dir(folder: Path) -> str:
     return f"Warning: key folder {folder} is mode {mode:04o} and could not be made private; run: chmod 700 {folder}"
 
 
+def refuse_links(folder: Path, relpaths: list[str]) -> None:
+    """Every folder between ``folder`` and each ``folder/rel`` is a real folder (or missing).
+
+    A sub-folder swapped for a symbolic link (``retired`` -> elsewhere) would carry keys out of
+    ``folder``: nothing is ever written through a link. ``folder`` itself may be one (the user's choice).
+    """
+    for rel in relpaths:
+        level = folder
+        for part in PurePosixPath(rel).parts[:-1]:
+            level = level / part
+            try:
+                info = os.lstat(level)
+            except FileNotFoundError:
+                break
+            if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+                what = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a folder"
+                raise KeyMaterialError(
+                    f"{level} is {what}; keys are never written through it, so nothing was written.",
+                    f"Move it out of {folder} (keep what it points to safe) and run again.",
+                )
+
+
 def retire(folder: Path, relpaths: list[str]) -> Path:
     """Move files into ``folder/retired/<UTC timestamp>/`` (never delete); returns that folder."""
+    refuse_links(folder, [f"{RETIRED}/x", *relpaths])
     base = folder / RETIRED
     make_private_dir(base)
     stamp = utc_stamp()

@@ -19,7 +19,7 @@ from .errors import KeyMaterialError
 from .keyfiles import (
     KEY_FILES, PGP_PUBLIC, PGP_SECRET, SSH_PRIVATE, SSH_PUBLIC,
     check_passphrase, commit, discard, gnupg_home, make_private_dir, open_gpg, pgp_fingerprints,
-    retire, ssh_fingerprint, stage_file, tighten_dir,
+    RETIRED, refuse_links, retire, ssh_fingerprint, stage_file, tighten_dir,
 )
 
 __all__ = [
@@ -132,6 +132,7 @@ def check_request(
             "Use 0 (never), a number of days, or a number with d, w, m or y (e.g. 2y).",
         )
     _refuse_existing(folder, force)
+    refuse_links(folder, [f"{RETIRED}/x"])  # --force moves old keys there: never through a link
     return name, email
 
 

@@ -24,7 +24,7 @@ from . import statements
 from .archive import Archive, ObjectInfo, open_archive
 from .config import Config, SourceConfig
 from .errors import ConnectionFailure, DecryptionError, FileChangedError, IbreportsError, RemoteFileError
-from .files import claim_workdir, release_workdir, sha256_file, sweep_abandoned
+from .files import claim_workdir, private_base, release_workdir, sha256_file, sweep_abandoned
 from .pgp import Decryptor, is_openpgp, sweep_abandoned_homes
 from .remote import Remote, RemoteFile, open_remote
 from .report import OUT_OF_RANGE, FileOutcome, RunReport
@@ -58,8 +58,12 @@ def fetch(
     dry_run: bool = False,
     force: bool = False,
     progress: ProgressHook | None = None,
+    origin: dict[str, str] | None = None,
 ) -> RunReport:
-    """One retrieval run over the selected sources (all by default)."""
+    """One retrieval run over the selected sources (all by default).
+
+    ``origin`` goes into the run record as is (the flows put the Prefect flow run's id and URL there).
+    """
     selected = config.select(sources)
     now = datetime.now(timezone.utc)
     report = RunReport(
@@ -69,6 +73,7 @@ def fetch(
         force=force,
         sources=[s.name for s in selected],
         warn_days=config.retention.warn_days,
+        origin=dict(origin or {}),
     )
     archive = open_archive(config.archive)
     inventory = archive.inventory()
@@ -112,8 +117,8 @@ class _Run:
 
     def __enter__(self) -> "_Run":
         base = self.config.run.staging_dir
-        if base is not None:
-            base.mkdir(parents=True, exist_ok=True)
+        if base is not None:  # 0700, tightened if open to others, refused if another user's
+            private_base(base, "staging folder", "[run] staging_dir")
         swept = sweep_abandoned(STAGING_PREFIX, base)
         if swept:
             log.warning("removed %d staging folder(s) left by an interrupted run", swept)
@@ -272,6 +277,8 @@ class _Run:
                 wrote = self.store(out, item.statement_key, encrypted, out.sha256, meta, verify, private=True)
             if source.delete_after_archive:
                 remote.delete(item.remote.name)
+                out.deleted_from_server = True  # shown and recorded: the server's copy is gone
+                log.info("%s: deleted %s from the server (archived and verified)", source.name, item.remote.name)
             # "archived" only by the run that wrote the file's last missing object, so two runs at
             # once never both count a file; --force reports what it compared as "verified".
             out.outcome = "archived" if wrote else "verified" if force else "already-archived"

@@ -29,6 +29,7 @@ class FileOutcome:
     sha256: str = ""
     archive_keys: list[str] = field(default_factory=list)
     days_left: int = 0
+    deleted_from_server: bool = False  # delete_after_archive removed it after verifying the archive
 
 
 @dataclass
@@ -47,6 +48,7 @@ class RunReport:
     warn_days: int = 14
     record_key: str = ""
     already_archived: int = 0  # in run records, which list only the files a run acted on
+    origin: dict[str, str] = field(default_factory=dict)  # who ran it: e.g. the Prefect flow run's id and URL
 
     def count(self, outcome: str) -> int:
         return sum(1 for f in self.files if f.outcome == outcome)
@@ -90,13 +92,19 @@ class RunReport:
         for label in ("verified", "planned", "waiting", "failed", "rejected"):
             if self.count(label):
                 parts.append(f"{self.count(label)} {label}")
+        deleted = sum(f.deleted_from_server for f in self.files)
+        if deleted:
+            parts.append(f"{deleted} deleted from the server")
         if self.at_risk:
             parts.append(f"{len(self.at_risk)} at risk of purge")
-        misconfigured = len(self.misconfigured)
-        if misconfigured:
-            parts.append(f"{misconfigured} source(s) misconfigured")
-        if len(self.source_errors) > misconfigured:
-            parts.append(f"{len(self.source_errors) - misconfigured} source(s) unreachable")
+        # Each error class names its own kind of failure: "misconfigured", "unreachable",
+        # "login refused", "certificate refused", ... (errors.py, ``summary``).
+        labels: dict[str, int] = {}
+        for source in self.source_errors:
+            label = _summary(self.source_error_types.get(source, ""))
+            labels[label] = labels.get(label, 0) + 1
+        for label in sorted(labels, key=lambda x: (x != "misconfigured", x != "unreachable", x)):
+            parts.append(f"{labels[label]} source(s) {label}")
         return ", ".join(parts)
 
     def to_dict(self) -> dict:
@@ -108,7 +116,7 @@ class RunReport:
         A daily run over 10,000 archived files would otherwise repeat 10,000 rows every day;
         the run that archived a file has its full row.
         """
-        acted = [f for f in self.files if f.outcome != "already-archived"]
+        acted = [f for f in self.files if f.outcome != "already-archived" or f.deleted_from_server]
         data = asdict(replace(self, files=acted, already_archived=len(self.files) - len(acted)))
         return json.dumps(data, indent=1, sort_keys=True).encode()
 
@@ -116,6 +124,12 @@ class RunReport:
     def from_dict(cls, data: dict) -> "RunReport":
         files = [FileOutcome(**f) for f in data.get("files", [])]
         return cls(**{**data, "files": files})
+
+
+def _summary(kind: str) -> str:
+    """How the summary names a source failed with the error class ``kind`` ("login refused", ...)."""
+    cls = error_class(kind)
+    return cls.summary if cls is not None else IbreportsError.summary
 
 
 def _source_exit_code(kind: str) -> int:
@@ -142,6 +156,7 @@ def table_rows(report: RunReport) -> list[dict[str, str]]:
             "outcome": f.outcome,
             "reason": f.reason,
             "archive keys": " ".join(f.archive_keys),
+            "deleted from server": "yes" if f.deleted_from_server else "",
         }
         for f in report.files
     ]

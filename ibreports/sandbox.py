@@ -57,6 +57,8 @@ class SandboxServer:
         grow_on_open: {name: bytes} appended to the file each time it is opened.
         lie_about_size: {name: size} reported in listings and stat instead of the truth.
         max_read: answer every read with at most this many bytes (servers that cap reads).
+        read_delay: seconds to wait before answering each read (a trickling server).
+        endless_listing: list every folder as an endless stream of file entries.
     """
 
     host = "127.0.0.1"
@@ -73,6 +75,8 @@ class SandboxServer:
         self.grow_on_open: dict[str, bytes] = {}
         self.lie_about_size: dict[str, int] = {}
         self.max_read: int | None = None
+        self.read_delay: float | None = None
+        self.endless_listing = False
         self.drops = 0  # connections cut by drop_after_bytes so far
         self.logins = 0  # successful authentications so far
         self.port = 0
@@ -223,6 +227,8 @@ class _SandboxSftp(SFTPServerInterface):
         return attr
 
     def list_folder(self, path: str):
+        if self.sandbox.endless_listing:
+            return _EndlessFolder()
         if self.sandbox.listing_override is not None:
             return list(self.sandbox.listing_override())
         try:
@@ -278,6 +284,20 @@ class _SandboxSftp(SFTPServerInterface):
         return SFTP_OP_UNSUPPORTED
 
 
+class _EndlessFolder(list):
+    """A folder listing without end: paramiko's server takes ``[:16]`` and then ``[16:]`` of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.served = 0
+
+    def __getitem__(self, part: slice):
+        if part.start:  # the rest: still endless
+            return self
+        first, self.served = self.served, self.served + 16
+        return [file_attr(f"U1234567.Endless.{n:09d}.xml.pgp", 1) for n in range(first, first + 16)]
+
+
 class _Handle(SFTPHandle):
     """An open file; applies drop_after_bytes on reads."""
 
@@ -300,6 +320,8 @@ class _Handle(SFTPHandle):
                 length = min(length, limit - offset)  # a short read: the client asks again
         if self.sftp.sandbox.max_read:
             length = min(length, self.sftp.sandbox.max_read)
+        if self.sftp.sandbox.read_delay:
+            time.sleep(self.sftp.sandbox.read_delay)
         try:
             self.readfile.seek(offset)
             return self.readfile.read(length)

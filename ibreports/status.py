@@ -8,22 +8,29 @@ JSON schema (``ibreports status --json``), stable::
     {"generated": "2026-11-22T06:30:00+00:00", "purge_days": 100, "warn_days": 14,
      "files": [{"source": str, "name": str, "account": str | null,
                 "statement_date": "YYYY-MM-DD", "age_days": int, "days_left": int,
-                "archived": bool, "at_risk": bool}],
+                "archived": bool, "at_risk": bool,
+                "last_outcome": str | null, "last_reason": str | null}],
      "errors": {source: "cause and remedy"}}
 
-``files`` is sorted by days left (soonest purge first), then source and name. Sources
-without a file listing (the Flex Web Service) make statements when asked: nothing of
-theirs waits on a server to be purged, so they add no rows (the table names them).
+``files`` is sorted by days left (soonest purge first), then source and name.
+``last_outcome``/``last_reason``: for a file not archived, what the latest run record that
+covered its source says happened to it (``failed``, ``rejected``, ``waiting``), else null.
+Sources without a file listing (the Flex Web Service) make statements when asked: nothing
+of theirs waits on a server to be purged, so they add no rows (the table names them).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
 
 from . import statements
-from .archive import open_archive
+from .archive import Archive, open_archive
 from .config import Config, SourceConfig
 from .errors import IbreportsError
 from .remote import RemoteFile, open_remote
@@ -42,6 +49,12 @@ class StatusRow:
     days_left: int
     archived: bool
     at_risk: bool
+    last_outcome: str | None = None  # not archived: what the latest run covering its source did with it
+    last_reason: str | None = None
+
+log = logging.getLogger(__name__)
+UNFINISHED = ("failed", "rejected", "waiting")
+MAX_RECORDS = 30  # run records read, newest first, to cover every source
 
 
 @dataclass
@@ -86,7 +99,9 @@ def collect_status(config: Config, sources: list[str] | None = None, now: float 
         warn_days=ret.warn_days,
     )
     selected = config.select(sources)
-    inventory = open_archive(config.archive).inventory()
+    archive = open_archive(config.archive)
+    inventory = archive.inventory()
+    last = last_outcomes(archive, inventory, [s.name for s in selected])
     for source in selected:
         if not kind_of(source).capabilities.listing:
             report.on_demand.append(source.name)
@@ -98,9 +113,46 @@ def collect_status(config: Config, sources: list[str] | None = None, now: float 
             report.error_codes[source.name] = exc.source_exit_code
             continue
         for rf in listing:
-            report.files.append(_row(config, source.name, rf, inventory, now))
+            row = _row(config, source.name, rf, inventory, now)
+            if not row.archived and (source.name, rf.name) in last:
+                row.last_outcome, row.last_reason = last[(source.name, rf.name)]
+            report.files.append(row)
     report.files.sort(key=lambda r: (r.days_left, r.source, r.name))
     return report
+
+
+def last_outcomes(archive: Archive, inventory: dict, sources: list[str]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(source, file name) -> (outcome, reason) for files the latest run of each source left unfinished.
+
+    Run records are read newest first (their names start with a UTC timestamp) until every
+    source was covered by one (dry runs do not count), at most MAX_RECORDS of them.
+    """
+    keys = sorted((k for k in inventory if k.startswith("runs/") and k.endswith(".json")),
+                  key=lambda k: PurePosixPath(k).name, reverse=True)
+    todo, found = set(sources), {}
+    with tempfile.TemporaryDirectory(prefix="ibreports-runs-") as tmp:
+        for i, key in enumerate(keys[:MAX_RECORDS]):
+            if not todo:
+                break
+            record = _read(archive, key, Path(tmp) / f"{i}.json")
+            if not record or record.get("dry_run"):
+                continue
+            covered = todo & set(record.get("sources") or [])
+            for f in record.get("files") or []:
+                if f.get("source") in covered and f.get("outcome") in UNFINISHED:
+                    found[(f["source"], f.get("name"))] = (f["outcome"], str(f.get("reason") or ""))
+            todo -= covered
+    return found
+
+
+def _read(archive: Archive, key: str, dest: Path) -> dict | None:
+    try:
+        archive.get(key, dest)
+        record = json.loads(dest.read_bytes())
+        return record if isinstance(record, dict) else None
+    except (IbreportsError, OSError, ValueError) as exc:
+        log.warning("run record %s unreadable (%s); skipped", key, type(exc).__name__)
+        return None
 
 
 def _list(source: SourceConfig) -> list[RemoteFile]:
@@ -140,6 +192,8 @@ def format_table(report: StatusReport) -> str:
             f"{mark} {r.days_left:>5} {r.age_days:>4} {'yes' if r.archived else 'NO':<8} "
             f"{(r.account or '-'):<10} {r.statement_date:<10}  {r.source}/{name[:120]}"
         )
+        if r.last_outcome:
+            lines.append(f"{'':>21}last run: {r.last_outcome}: {(r.last_reason or 'no reason recorded')[:300]}")
     if not report.files:
         lines.append("  (no files on the server)")
     for source in report.on_demand:

@@ -15,10 +15,10 @@ from pathlib import Path
 import paramiko
 
 from .config import SourceConfig
-from .errors import ConfigError, ConnectionFailure, HostKeyError
+from .errors import ConfigError, HostKeyError
+from .remote.hostkeys import fingerprint, host_id, key_line, known_keys
 from .remote.registry import kind_of
-from .remote.hostkeys import fingerprint, host_id, key_line, known_keys, preferred_algorithms
-from .remote.ssh import open_socket
+from .remote.ssh import handshake
 
 
 @dataclass(frozen=True)
@@ -53,19 +53,10 @@ def scan(source: SourceConfig) -> ScannedKey:
             "FTPS servers prove who they are with TLS certificates: set tls = true (and ca_file if the CA is private).",
         )
     known = known_keys(source)
-    transport = paramiko.Transport(open_socket(source), disabled_algorithms=source.settings.disabled_algorithms)
-    transport.banner_timeout = transport.handshake_timeout = source.timeout
-    options = transport.get_security_options()
-    # Ask for the recorded key type first, so "already recorded" is not mistaken for a change.
-    options.key_types = preferred_algorithms(known, options.key_types)
+    # The same connect, banner wait and handshake as fetch (remote/ssh.py), stopping before the check.
+    transport = handshake(source, known)
     try:
-        transport.start_client(timeout=source.timeout)
         key = transport.get_remote_server_key()
-    except (paramiko.SSHException, EOFError, OSError) as exc:
-        raise ConnectionFailure(
-            f"SSH negotiation with {source.settings.host}:{source.settings.port} failed ({type(exc).__name__}: {exc}).",
-            "Check host and port (IBKR's sFTP server: xfer.interactivebrokers.com port 32).",
-        ) from None
     finally:
         transport.close()
     recorded = tuple(f"{k.get_name()} {fingerprint(k)}" for k in known.values())

@@ -19,6 +19,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+PYTHON = sys.executable
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -71,8 +72,11 @@ class PrefectStack:
         self.procs.append(proc)
         return proc
 
-    def start_server(self, timeout: float = 60) -> None:
-        """Start the server and wait until healthy; a port taken since it was probed is retried on another."""
+    def start_server(self, timeout: float = 900) -> None:
+        """Start the server and wait until healthy; a port taken since it was probed is retried on another.
+
+        Its first start creates and migrates the database: minutes on a loaded machine.
+        """
         for _ in range(3):
             try:
                 return self._start_server(timeout)
@@ -115,6 +119,15 @@ class PrefectStack:
         output = done.stdout + done.stderr
         if check and done.returncode != 0:
             raise AssertionError(f"prefect {' '.join(args)} exited {done.returncode}:\n{output}")
+        return output
+
+    def run(self, *command: str, timeout: float = 180) -> str:
+        """Run any command (e.g. ``PYTHON, "-m", "flows.automations"``) from the repository root, as the CLI."""
+        done = subprocess.run(list(command), cwd=REPO, env=self.env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+        output = done.stdout + done.stderr
+        if done.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} exited {done.returncode}:\n{output}")
         return output
 
     def log(self, name: str) -> str:

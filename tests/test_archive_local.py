@@ -91,7 +91,7 @@ def test_root_that_is_a_file_is_refused(tmp_path):
         _archive(tmp_path / "file")
 
 
-def test_private_files_are_0600_and_others_are_not_world_readable(tmp_path):
+def test_every_file_is_0600(tmp_path):
     archive = _archive(tmp_path / "archive")
     path, sha = _staged(tmp_path, b"plaintext statement")
     archive.put("statements/plain.xml", path, sha, {}, private=True)
@@ -99,8 +99,8 @@ def test_private_files_are_0600_and_others_are_not_world_readable(tmp_path):
     archive.put_bytes("runs/r.json", b"{}")
     root = tmp_path / "archive"
     assert stat.S_IMODE((root / "statements/plain.xml").stat().st_mode) == 0o600
-    assert stat.S_IMODE((root / "originals/enc.xml.pgp").stat().st_mode) & 0o007 == 0
-    assert stat.S_IMODE((root / "runs/r.json").stat().st_mode) & 0o007 == 0
+    assert stat.S_IMODE((root / "originals/enc.xml.pgp").stat().st_mode) == 0o600
+    assert stat.S_IMODE((root / "runs/r.json").stat().st_mode) == 0o600
 
 
 def test_inventory_ignores_temp_files_symlinks_and_folders(tmp_path):
@@ -166,6 +166,8 @@ def test_read_only_subfolder_is_refused_and_the_temp_file_removed(shared_dir):
     if os.geteuid() == 0:
         os.chown(root, NOBODY, NOBODY)  # the child may write the root, not the sub-folder
     (root / "statements").mkdir()
+    if os.geteuid() == 0:
+        os.chown(root / "statements", NOBODY, NOBODY)  # the child's own folder, read-only
     (root / "statements").chmod(0o555)
     path, sha = _staged(shared_dir, b"statement")
     path.chmod(0o644)
@@ -229,4 +231,4 @@ def test_a_staged_file_is_taken_over_not_copied_and_never_shared_twice(tmp_path)
     assert archive.put("encrypted/a.xml", path, sha, {})  # already archived once: copied
     assert (root / "encrypted/a.xml").stat().st_ino != path.stat().st_ino
     assert (root / "statements/a.xml").stat().st_mode & 0o777 == 0o600
-    assert (root / "encrypted/a.xml").stat().st_mode & 0o777 == 0o640
+    assert (root / "encrypted/a.xml").stat().st_mode & 0o777 == 0o600

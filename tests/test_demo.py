@@ -6,15 +6,20 @@ import io
 import logging
 import os
 import stat
+import subprocess
+import sys
 import zipfile
 from datetime import datetime, timezone
+from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
 
+from flows.local_api import DEFAULT_TIMEOUT, TIMEOUT_SETTING, startup_timeout
 from ibreports import statements
 from ibreports.cli import main
 from ibreports.cli.ops import run_flow
+from ibreports.errors import ConfigError
 from ibreports.demo import MARKER, PASSPHRASE_ENV, SOURCE, deliveries, run_demo
 from ibreports.pgp import is_openpgp
 
@@ -119,6 +124,9 @@ def test_demo_archives_and_decrypts_every_seeded_statement(tmp_path, capfd, pref
     assert not [line for line in console.lines if line.startswith("prefect")], console.lines
     for noise in ("temporary server", "Concurrency limits", "Finished in state", "Beginning flow run"):
         assert noise not in out + err + printed
+    # The local API was started before the flow, with progress shown, and waited for as long as it needed.
+    assert "Starting a local Prefect API (first start: creating its database" in out
+    assert "Prefect API ready after" in out
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer._instances.get(None)
@@ -142,3 +150,29 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
     assert main(["demo", "--dir", str(tmp_path)]) == 2
     assert "not made by `ibreports demo`" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["precious.txt"]
+
+
+def test_a_local_prefect_api_that_does_not_start_in_time_names_the_setting(tmp_path):
+    """A cold start slower than the allowed wait: one error naming the cause and the setting, exit 2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    ibreports = Path(sys.executable).with_name("ibreports")
+    done = subprocess.run([str(ibreports), "demo", "--dir", str(tmp_path / "demo")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Starting a local Prefect API (first start: creating its database" in done.stdout
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [errors[0]] and "did not answer within 1 s" in errors[0], done.stderr
+    assert "remedy: Set PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS to more seconds" in done.stderr
+    for wrong in ("nothing was deleted", "traceback", "Traceback"):
+        assert wrong not in done.stdout + done.stderr
+
+
+def test_the_local_prefect_api_waits_minutes_unless_told_otherwise(monkeypatch):
+    monkeypatch.delenv(TIMEOUT_SETTING, raising=False)
+    assert startup_timeout() == DEFAULT_TIMEOUT >= 600  # Prefect's own default is 20 s
+    monkeypatch.setenv(TIMEOUT_SETTING, "45")
+    assert startup_timeout() == 45
+    monkeypatch.setenv(TIMEOUT_SETTING, "soon")
+    with pytest.raises(ConfigError, match=TIMEOUT_SETTING):
+        startup_timeout()

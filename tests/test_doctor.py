@@ -11,7 +11,7 @@ import pytest
 from ibreports.cli import main
 from tests import configs
 from tests.fixtures.pgpkeys import encrypt_bytes
-from tests.fixtures.sshd import SshdServer, free_port, make_client_key
+from tests.fixtures.sshd import Sha1OnlySshd, free_port, make_client_key
 
 STATEMENT = b"<FlexQueryResponse queryName='DailyActivity'>one</FlexQueryResponse>\n"
 ENCRYPTED = "U1234567.DailyActivity.20261101.20261101.xml.pgp"
@@ -180,13 +180,6 @@ def test_wrong_ssh_key(tmp_path, sshd_factory, sftp_client_key, pgp_key, capsys)
     assert "does not match the public key IBKR holds" in auth["fix"]
     assert "send ibkr_sftp_rsa.pub to IBKR's Reporting Integration team" in auth["fix"]
     assert report["ibkr-sftp"]["list"]["status"] == "skip"
-
-
-class Sha1OnlySshd(SshdServer):
-    """An sshd that accepts RSA user keys only with ssh-rsa (SHA-1) signatures, like some older servers."""
-
-    def _command(self) -> list[str]:
-        return super()._command() + ["-o", "PubkeyAcceptedAlgorithms=ssh-rsa"]
 
 
 def test_server_that_only_accepts_sha1_signatures(tmp_path, sftp_client_key, pgp_key, capsys):

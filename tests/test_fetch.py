@@ -450,4 +450,4 @@ def test_misconfigured_and_unreachable_sources_exit_3(tmp_path, sftp_setup, ftp_
     archive_toml, _ = local_archive(tmp_path)
     cfg = write_config(tmp_path, sources, pgp_key, archive_toml)
     assert main(["--config", str(cfg), "fetch"]) == 3  # a login refused outranks a setting to fix
-    assert "1 source(s) misconfigured, 1 source(s) unreachable" in capsys.readouterr().out
+    assert "1 source(s) misconfigured, 1 source(s) login refused" in capsys.readouterr().out

@@ -32,6 +32,7 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.backfill import backfill_statements
 from flows.common import RUN_ARTIFACT_KEY, SUMMARY_ARTIFACT_KEY, fetch_source
 from flows.keys import backup_keys, generate_keys
+from flows.local_api import startup_timeout
 from flows.retrieve import retrieve_statements
 from ibreports.cli import main
 from tests.configs import ftp_toml
@@ -45,7 +46,8 @@ from tests.waiting import eventually
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_server():
-    with prefect_test_harness(server_startup_timeout=60):
+    # A fresh database is created and migrated on start: give a busy machine the demo's wait, not 20-60 s.
+    with prefect_test_harness(server_startup_timeout=startup_timeout()):
         yield
 
 
@@ -153,6 +155,13 @@ def task_runs(run_id: UUID) -> list:
         return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
 
 
+def run_logs(run_id: UUID, last: str) -> list[str]:
+    """The flow run's log messages (task runs' included), once one containing ``last`` arrived."""
+    with get_client(sync_client=True) as client:
+        logs = [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))]
+    return logs if any(last in m for m in logs) else []
+
+
 def retrieve_with_alerts(cfg: Path, receiver: Receiver):
     """A daily flow run whose alerts go to ``receiver`` (closed afterwards)."""
     cfg.write_text(cfg.read_text() + f'\n[alerts]\nurls = ["{receiver.url}"]\n')
@@ -175,6 +184,10 @@ def test_daily_flow_archives_exactly_what_the_cli_archives(tmp_path, server, sft
     assert state.is_completed(), state.message
     result = state.result()
     assert result["archived"] == len(server.delivered) and result["files"] == len(server.delivered)
+    assert state.message == f"{len(server.delivered)} archived, 0 failed"  # the counts, in the UI's state
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id(state))
+    assert run.name == f"daily-{run.expected_start_time.date().isoformat()}"
     flow_files = archive.files(tmp_path / "flow")
     assert flow_files == archive.files(tmp_path / "cli")
     assert len(flow_files) == len(PLAIN) * 2 + 1
@@ -195,6 +208,7 @@ def test_daily_flow_archives_exactly_what_the_cli_archives(tmp_path, server, sft
     assert [t.name.startswith("fetch-ibkr-sftp") for t in task_runs(flow_run_id(state))] == [True]
     before = archive.versions(tmp_path / "flow")
     again = retrieve_statements(config=str(by_flow), return_state=True)
+    assert again.message == f"0 archived, 0 failed, {len(server.delivered)} already archived"
     assert again.result()["already_archived"] == len(server.delivered)
     assert again.result()["archived"] == 0
     assert archive.versions(tmp_path / "flow") == before
@@ -258,6 +272,14 @@ def test_a_corrupt_file_fails_the_run_and_the_artifact_lists_it(tmp_path, server
     assert state.is_failed()
     assert len(receiver.messages) == 1 and bad in json.dumps(receiver.messages[0])  # the operator is told
     assert "1 of 5 file(s) failed" in state.message and RUN_ARTIFACT_KEY in state.message
+    # The source's task is Failed too (not a green task in a red run), and not retried.
+    (task_run,) = task_runs(flow_run_id(state))
+    assert task_run.state.is_failed() and task_run.run_count == 1
+    assert task_run.state.message == "ibkr-sftp: 1 of 5 file(s) failed"
+    # RunFailed is logged once, with no traceback anywhere in the run's logs.
+    logs = eventually(lambda: run_logs(flow_run_id(state), "Finished in state Failed(\"RunFailed"), timeout=30, step=0.3)
+    assert sum(m.startswith("RunFailed: 1 of 5 file(s) failed") for m in logs) == 1, logs
+    assert not [m for m in logs if "Traceback" in m], logs
     rows = {r["file"]: r for r in table(flow_run_id(state))}
     assert rows[bad]["outcome"] == "failed" and rows[bad]["reason"]
     assert all(r["outcome"] == "archived" for name, r in rows.items() if name != bad)
@@ -646,3 +668,56 @@ def test_backup_keys_without_a_passphrase_or_destination_fails_clearly(tmp_path,
     assert state.is_failed() and "No backup destination" in state.message
     state = backup_keys(dir=str(tmp_path), to=str(tmp_path / "b"), return_state=True)
     assert state.is_failed() and "IBREPORTS_BACKUP_PASSPHRASE" in state.message
+
+
+def test_generate_keys_artifact_holds_both_public_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("IBREPORTS_KEY_PASSPHRASE", "artifact key passphrase 9")
+    keys = tmp_path / "keys"
+    state = generate_keys(dir=str(keys), rsa_bits=2048, pgp_bits=2048, return_state=True)
+    assert state.is_completed(), state.message
+    (artifact,) = artifacts(flow_run_id(state), "ibreports-keys")
+    # An operator away from the worker host can send both to IBKR from the UI.
+    assert (keys / "ibkr_sftp_rsa.pub").read_text().strip() in artifact.data
+    assert (keys / "ibkr_pgp_public.asc").read_text().strip() in artifact.data
+    assert "PRIVATE KEY" not in artifact.data and "artifact key passphrase 9" not in artifact.data
+
+
+def test_backup_keys_defaults_to_the_folder_of_the_configs_key_files(tmp_path, monkeypatch, server, sftp_client_key,
+                                                                    pgp_key):
+    monkeypatch.setenv("IBREPORTS_KEY_PASSPHRASE", "default folder passphrase 3")
+    monkeypatch.setenv("IBREPORTS_BACKUP_PASSPHRASE", "default folder backup 4")
+    monkeypatch.chdir(tmp_path)  # no keys/ here: the old default would find nothing
+    keys = tmp_path / "elsewhere" / "ibkr-keys"
+    made = generate_keys(dir=str(keys), rsa_bits=2048, pgp_bits=2048)
+    cfg = make_config(tmp_path / "conf", server, (keys / "ibkr_sftp_rsa", None, "x"), pgp_key)
+    cfg.write_text(cfg.read_text().replace(str(pgp_key.secret_file), str(keys / "ibkr_pgp_secret.asc")))
+    monkeypatch.setenv("IBREPORTS_CONFIG", str(cfg))
+    monkeypatch.setenv("IBREPORTS_KEY_BACKUP_URL", str(tmp_path / "backups" / "keys.bundle"))
+    state = backup_keys(return_state=True)  # as the weekly schedule runs it: no parameters
+    assert state.is_completed(), state.message
+    assert state.result()["fingerprints"][""] == {"ssh": made["ssh_fingerprint"], "pgp": made["pgp_fingerprint"]}
+    assert any(str(keys) in m and "folder of the config's key files" in m
+               for m in eventually(lambda: run_logs(flow_run_id(state), "backup written"), timeout=30, step=0.3))
+
+    # Key files in unrelated folders cannot be one backup: the run says to pass dir.
+    cfg.write_text(cfg.read_text().replace(str(keys / "ibkr_pgp_secret.asc"), str(pgp_key.secret_file)))
+    state = backup_keys(return_state=True)
+    assert state.is_failed() and "separate folders" in state.message and "dir=" in state.message
+
+
+def test_alerts_artifacts_and_the_run_record_lead_to_the_flow_run(tmp_path, server, sftp_client_key, pgp_key):
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+
+    (server.root / "outgoing" / "U1234567.DailyActivity.20261106.20261106.xml.pgp").write_bytes(b"not pgp at all")
+    receiver = Receiver()
+    with temporary_settings({PREFECT_UI_URL: "http://prefect.example:4200"}):
+        state = retrieve_with_alerts(make_config(tmp_path / "conf", server, sftp_client_key, pgp_key), receiver)
+    run_id = flow_run_id(state)
+    link = f"http://prefect.example:4200/runs/flow-run/{run_id}"
+    assert state.is_failed() and receiver.messages
+    assert all(link in m["message"] for m in receiver.messages), receiver.messages
+    (summary,) = artifacts(run_id, SUMMARY_ARTIFACT_KEY)
+    assert link in summary.data
+    (record,) = (tmp_path / "conf" / "archive" / "runs").rglob("*.json")
+    origin = json.loads(record.read_text())["origin"]
+    assert origin["prefect_flow_run_id"] == str(run_id) and origin["prefect_flow_run_url"] == link

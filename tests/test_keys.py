@@ -221,6 +221,28 @@ def test_backup_includes_retired_keys(keys_copy, other_keys, tmp_path):
     assert (tmp_path / "r" / "retired" / "20260101T000000Z" / "ibkr_pgp_secret.asc").stat().st_mode & 0o777 == 0o600
 
 
+def test_restore_and_keygen_never_write_through_a_symlinked_sub_folder(keys_copy, other_keys, tmp_path):
+    shutil.copytree(other_keys, keys_copy / "retired" / "20260101T000000Z")
+    target = tmp_path / "k.bundle"
+    backup_keys(keys_copy, str(target), BACKUP_PASS)
+    restored, outside = tmp_path / "r", tmp_path / "outside"
+    restored.mkdir(mode=0o700)
+    outside.mkdir()
+    (restored / "retired").symlink_to(outside)  # planted: retired -> a folder out of --dir
+    for force in (False, True):
+        with pytest.raises(KeyMaterialError, match=f"{restored / 'retired'} is a symbolic link") as info:
+            restore_keys(str(target), restored, BACKUP_PASS, force=force)
+        assert info.value.exit_code == 2
+    assert list(outside.iterdir()) == [] and [p.name for p in restored.iterdir()] == ["retired"]
+    # keygen --force would move the old keys into retired/: refused before any key is made.
+    shutil.rmtree(keys_copy / "retired")
+    (keys_copy / "retired").symlink_to(outside)
+    before = snapshot(keys_copy)
+    with pytest.raises(KeyMaterialError, match="is a symbolic link"):
+        generate_keys(keys_copy, PASS, rsa_bits=2048, pgp_bits=2048, force=True)
+    assert list(outside.iterdir()) == [] and snapshot(keys_copy) == before
+
+
 @pytest.fixture
 def bundle_file(keys_copy, tmp_path) -> Path:
     target = tmp_path / "b" / "keys.bundle"

@@ -156,6 +156,39 @@ def test_backup_restore_through_s3_uses_the_config_archive_settings(
     assert (tmp_path / "r" / "ibkr_pgp_secret.asc").read_bytes() == (folder / "ibkr_pgp_secret.asc").read_bytes()
 
 
+def test_verify_and_restore_take_the_folder_url_backup_took(keygen_default, s3_server, s3_bucket, tmp_path, capfd,
+                                                            monkeypatch):
+    folder = keygen_default[3]
+    config = tmp_path / "ibreports.toml"
+    config.write_text(f'[archive]\nurl = "s3://{s3_bucket}/archive"\nendpoint_url = "{s3_server}"\nregion = "us-east-1"\n')
+    monkeypatch.setenv("IBREPORTS_BACKUP_PASSPHRASE", BACKUP_PASS)
+    client = s3_test_client(s3_server)
+    old = "ibreports-keys-20000101T000000Z.bundle"  # older by its name: never picked while a newer one exists
+    local = tmp_path / "backups"
+    local.mkdir()
+    (local / old).write_bytes(b"not a bundle")
+    (local / "notes.txt").write_text("not a bundle either")
+    client.put_object(Bucket=s3_bucket, Key=f"kb/{old}", Body=b"not a bundle")
+    for url in (str(local), f"s3://{s3_bucket}/kb/"):
+        rc, out, err = cli(capfd, "--config", str(config), "keys", "backup", "--dir", str(folder), "--to", url)
+        assert rc == 0, err
+        newest = out.split(" to ")[1].split(" (")[0]
+        assert newest.startswith(url.rstrip("/") + "/ibreports-keys-2") and not newest.endswith(old)
+        rc, out, err = cli(capfd, "--config", str(config), "keys", "verify", "--from", url)
+        assert rc == 0 and out.startswith(f"{newest}: OK, 4 files"), err
+        target = tmp_path / ("r-s3" if url.startswith("s3://") else "r-local")
+        rc, out, err = cli(capfd, "--config", str(config), "keys", "restore", "--from", url, "--dir", str(target))
+        assert rc == 0 and f"Restored 4 files from {newest} into {target}" in out, err
+        assert (target / "ibkr_pgp_secret.asc").read_bytes() == (folder / "ibkr_pgp_secret.asc").read_bytes()
+    # A folder with no bundle, and a bundle that is not there: exit 2, and no word of fetch.
+    (tmp_path / "empty").mkdir()
+    for url, said in ((str(tmp_path / "empty"), "holds no key backup"), (f"s3://{s3_bucket}/empty/", "holds no key backup"),
+                      (f"s3://{s3_bucket}/kb/missing.bundle", "There is no key backup at")):
+        for action in ("verify", "restore"):
+            rc, out, err = cli(capfd, "--config", str(config), "keys", action, "--from", url)
+            assert rc == 2 and said in err and "fetch" not in err, err
+
+
 def test_keygen_from_passphrase_file_with_force_retires_the_old_keys(keygen_default, tmp_path, capfd):
     shutil.copytree(keygen_default[3], "k")
     old = {p.name: p.read_bytes() for p in Path("k").iterdir()}

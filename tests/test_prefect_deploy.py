@@ -7,6 +7,7 @@ a real sshd, archiving into a local folder.
 from __future__ import annotations
 
 import re
+import stat
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -22,6 +23,7 @@ from tests.waiting import eventually
 def stack(tmp_path_factory):
     """Server up, work pool created, every deployment of prefect.yaml deployed."""
     stack = PrefectStack(tmp_path_factory.mktemp("prefect-home"), {"IBREPORTS_HOME": str(REPO)})
+    stack.home.chmod(0o755)  # as ~/.prefect is made under a common umask (022)
     try:
         stack.start_server()
         stack.cli("work-pool", "create", "ibreports", "--type", "process")
@@ -115,6 +117,12 @@ def test_every_deployment_of_the_interface_exists(stack):
     schema = stack.get("/deployments/name/backfill-statements/backfill")["parameter_openapi_schema"]
     assert {"start", "end", "sources", "force"} <= set(schema["properties"])
     assert set(schema["required"]) == {"start", "end"}
+    # Every parameter of every deployment is described in the UI.
+    for flow, name in [("backfill-statements", "backfill"), ("retrieve-statements", "daily"),
+                       ("generate-keys", "generate-keys"), ("backup-keys", "backup-keys")]:
+        props = stack.get(f"/deployments/name/{flow}/{name}")["parameter_openapi_schema"]["properties"]
+        assert all(p.get("description") for p in props.values()), (flow, props)
+    assert "inclusive" in schema["properties"]["start"]["description"]
 
 
 def test_the_scheduler_creates_the_daily_runs_at_0630_new_york(stack):
@@ -136,3 +144,15 @@ def test_the_scheduler_creates_the_daily_runs_at_0630_new_york(stack):
         if start > soon:  # a run due while this module runs may already be with the test worker
             future.append(run["state_type"])
     assert future and set(future) == {"SCHEDULED"}, future
+
+
+def test_flow_runs_leave_nothing_readable_by_others_under_prefect_home(stack, tmp_path):
+    # A run that fails (no key passphrase anywhere) has its state and exception kept under
+    # PREFECT_HOME; the flow-run process made the folder private first.
+    stack.env.pop("IBREPORTS_KEY_PASSPHRASE", None)
+    stack.spawn("worker-private", "worker", "start", "--pool", "ibreports", "--name", "private-worker")
+    run_id = run_id_of(stack.cli("deployment", "run", "generate-keys/generate-keys",
+                                 "--param", f"dir={tmp_path / 'keys'}"))
+    run = stack.wait_flow_run(run_id, timeout=240)
+    assert run["state_type"] == "FAILED" and "No key passphrase" in run["state"]["message"]
+    assert stat.S_IMODE(stack.home.stat().st_mode) == 0o700

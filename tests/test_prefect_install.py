@@ -1,9 +1,10 @@
-"""Guard: Prefect's server works with the installed FastAPI.
+"""Guard: Prefect's server works with the installed FastAPI and SQLAlchemy.
 
-Prefect 3.8.8 pins no upper bound on FastAPI, and newer FastAPI releases broke
-its server (0.151-0.154: deployments rejected with 422; >= 0.155: import error).
-A bump of the pin that breaks it fails here in seconds, before the slower
-deployment test. Same for SQLAlchemy, whose 2.1 breaks Prefect's scheduler.
+Prefect pins loosely (3.8.8 had no upper bound on FastAPI), and newer releases broke
+its server before: FastAPI 0.151-0.154 rejected deployments with 422 (>= 0.155: import
+error), and SQLAlchemy 2.1 broke Prefect 3.8.8's scheduler ("Can't evaluate bulk DML
+statement": cron schedules never fired; fixed in 3.9). A bump of a pin that breaks
+either fails here in seconds, before the slower deployment test.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from importlib.metadata import version
 
 import pytest
 from packaging.requirements import Requirement
-from packaging.version import Version
 from starlette.testclient import TestClient
 
 from tests.prefect_harness import REPO
@@ -26,15 +26,33 @@ def _pinned(name: str) -> Requirement:
 
 
 def test_installed_versions_match_the_pins() -> None:
-    assert version("prefect") == "3.8.8"
-    assert _pinned("fastapi").specifier.contains(version("fastapi"))
+    assert _pinned("prefect").specifier.contains(version("prefect"))
+    assert str(_pinned("prefect").specifier).startswith("==")  # one verified release, never a range
+    for name in ("fastapi", "sqlalchemy"):
+        assert _pinned(name).specifier.contains(version(name)), name
 
 
-def test_sqlalchemy_is_older_than_2_1() -> None:
-    # SQLAlchemy 2.1 refuses the bulk insert Prefect 3.8.8's scheduler uses for
-    # scheduled runs ("Can't evaluate bulk DML statement"): cron schedules would
-    # never fire. test_prefect_deploy shows it end to end; this says why in 0.1 s.
-    assert Version(version("sqlalchemy")) < Version("2.1"), "pin SQLAlchemy<2.1 (2.0.58 works)"
+def test_the_scheduler_inserts_cron_runs_with_the_installed_sqlalchemy(tmp_path, monkeypatch) -> None:
+    # Prefect 3.8.8's scheduler failed on SQLAlchemy 2.1 ("Can't evaluate bulk DML statement"):
+    # no scheduled run was ever created. This is the same code path (schedule_runs, its bulk
+    # insert) on a real SQLite database; test_prefect_deploy shows it end to end.
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    from prefect.server.api.server import create_app
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'scheduler.db'}"
+    with temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: url}):
+        with TestClient(create_app(webserver_only=True, ignore_cache=True)) as client:
+            flow = client.post("/api/flows/", json={"name": "scheduler-guard"}).json()
+            body = _deployment(flow["id"])
+            del body["work_pool_name"], body["pull_steps"]
+            deployment = client.post("/api/deployments/", json=body)
+            assert deployment.status_code == 201, deployment.text
+            scheduled = client.post(f"/api/deployments/{deployment.json()['id']}/schedule", json={})
+            assert scheduled.status_code == 200, scheduled.text
+            runs = client.post("/api/flow_runs/filter", json={}).json()
+    assert runs and {r["state_type"] for r in runs} == {"SCHEDULED"}
+    assert {r["expected_start_time"][11:16] for r in runs} <= {"11:30", "10:30"}  # 06:30 New York (EST/EDT)
 
 
 HANDLER_REACHED = 418  # what the stand-in database answers: the request got past routing and validation

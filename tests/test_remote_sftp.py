@@ -12,8 +12,8 @@ import pytest
 
 from ibreports.errors import AuthenticationError, ConfigError, ConnectionFailure, HostKeyError, is_transient
 from ibreports.remote import open_remote
-from ibreports.remote.hostkeys import fingerprint, record_host_key
-from ibreports.remote.ssh import scan_host_key
+from ibreports.remote.hostkeys import fingerprint
+from ibreports.trust import record, scan
 from tests.fixtures.sshd import free_port, make_client_key, sftp_source
 from tests.waiting import eventually
 
@@ -93,11 +93,11 @@ def test_hashed_known_hosts_and_port_22_style_entries(server, sftp_client_key, t
 
 def test_scan_and_record_host_key_then_connect(server, sftp_client_key, tmp_path):
     source = sftp_source(server, sftp_client_key, known_hosts=tmp_path / "keys" / "known_hosts")
-    key = scan_host_key(source)
+    key = scan(source).key
     assert f"{key.get_name()} {key.get_base64()}" == server.host_key_line()
     expected = subprocess.run(["ssh-keygen", "-l", "-f", str(server.host_key)], capture_output=True, text=True, check=True)
     assert fingerprint(key) in expected.stdout  # same SHA256:... as OpenSSH prints
-    record_host_key(source, key)
+    record(source, key)
     with open_remote(source) as remote:
         assert remote.list() == []
 

@@ -20,7 +20,8 @@ from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.fixtures.sshd import free_port
 
 DAY = 86400
-ROW_KEYS = {"source", "name", "account", "statement_date", "age_days", "days_left", "archived", "at_risk"}
+ROW_KEYS = {"source", "name", "account", "statement_date", "age_days", "days_left", "archived", "at_risk",
+            "last_outcome", "last_reason"}
 TOP_KEYS = {"generated", "purge_days", "warn_days", "files", "errors"}
 XML = b'<FlexQueryResponse queryName="DailyActivity" type="AF"><FlexStatements count="0"/></FlexQueryResponse>\n'
 
@@ -147,6 +148,33 @@ def test_days_left_archived_and_exit_codes(capsys, tmp_path, server, config_path
     rc, out = run_status(capsys, config_path)
     assert rc == 0
     assert "0 at risk" in out and not any(line.startswith("!") for line in out.splitlines())
+
+
+def test_a_file_that_failed_in_the_last_run_shows_why(capsys, tmp_path, server, config_path, pgp_key):
+    outgoing = server.root / "outgoing"
+    good = put(outgoing, "U1234567.DailyActivity.20261120.20261120.xml", 2)
+    bad = put(outgoing, "U7654321.DailyActivity.20261120.20261120.xml.pgp", 90 + 1 / 24, b"not a PGP message")
+    report = fetch(load_config(config_path))
+    assert report.count("failed") == 1 and report.count("archived") == 1
+    fetch(load_config(config_path), dry_run=True)  # a dry run records nothing about the files' fate
+    rc, out = run_status(capsys, config_path)
+    assert rc == 1
+    lines = out.splitlines()
+    row = next(i for i, line in enumerate(lines) if bad.name in line)
+    assert " NO " in lines[row]
+    assert lines[row + 1].strip().startswith("last run: failed: Named as encrypted but the content is not an "
+                                             "OpenPGP message")
+    assert not any("last run:" in line for i, line in enumerate(lines) if i != row + 1)
+    rc, out = run_status(capsys, config_path, "--json")
+    rows = {r["name"]: r for r in json.loads(out)["files"]}
+    assert rows[bad.name]["last_outcome"] == "failed" and "not an OpenPGP message" in rows[bad.name]["last_reason"]
+    assert rows[good.name]["archived"] and rows[good.name]["last_outcome"] is None
+    # A later run that archives it clears the reason.
+    bad.write_bytes(XML)
+    bad.rename(outgoing / "U7654321.DailyActivity.20261120.20261120.xml")
+    fetch(load_config(config_path))
+    rc, out = run_status(capsys, config_path)
+    assert rc == 0 and "last run:" not in out
 
 
 def test_unreachable_source_exits_3_and_still_lists_the_others(capsys, tmp_path, server, sftp_client_key, pgp_key, env):

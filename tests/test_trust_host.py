@@ -192,3 +192,18 @@ def test_replace_drops_hashed_entries_too(tmp_path, server, sftp_client_key):
     record(source, key, replace=True)
     lines = known_hosts.read_text().splitlines()
     assert len(lines) == 2 and lines[0].startswith(other) and lines[1].endswith(server.host_key_line())
+
+
+def test_a_silent_server_gets_the_sentence_fetch_and_doctor_give(tmp_path, server, sftp_client_key, capsys):
+    import socket
+
+    with socket.socket() as silent:  # accepts TCP (the kernel does), never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        cfg = write_config(tmp_path, server, sftp_client_key, tmp_path / "known_hosts")
+        cfg.write_text(cfg.read_text().replace(f"port = {server.port}", f"port = {silent.getsockname()[1]}")
+                       .replace("timeout = 10", "timeout = 1"))
+        assert trust(cfg, "--yes") == 3
+    out = capsys.readouterr()
+    assert "accepted the TCP connection but sent no SSH banner within 1 s" in out.out + out.err
+    assert not (tmp_path / "known_hosts").exists()

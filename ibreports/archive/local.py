@@ -8,12 +8,18 @@ sees complete files. No sidecar files: the inventory stays a single walk.
 Each temporary file is flock-ed by its writer until it is gone. The kernel drops the lock when
 the process dies (even by kill -9), so the next inventory removes exactly the temporary files of
 dead runs and never one a live run (another process included) is still writing.
+
+Folders are 0700 and files 0600 whatever the umask. Writes go through folder descriptors
+(openat-style): never through a symbolic link, never into a folder another user owns, and the
+inventory does not count what another user planted, so a forged statement never passes for an
+archived one.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import secrets
 import stat
@@ -21,11 +27,12 @@ from pathlib import Path
 
 from ..config import ArchiveConfig
 from ..errors import ArchiveError
-from ..files import CHUNK, create_private, fsync_dir, sha256_file
+from ..files import CHUNK, UnsafeEntry, create_private, descend, open_dir, private_base, sha256_file
 from . import ObjectInfo, validate_key
 
 TMP_PREFIX = ".tmp-"  # reserved in the root only: keys always start with a folder (statements/, runs/, ...)
-DIR_MODE = 0o750  # the root itself is 0700; sub-folders follow whatever the root allows
+FILE_MODE = 0o600  # statements, encrypted originals and run records alike
+log = logging.getLogger(__name__)
 
 
 class LocalArchive:
@@ -39,10 +46,9 @@ class LocalArchive:
         if self.root.exists() and not self.root.is_dir():
             raise ArchiveError(f"The archive path {self.root} is not a folder.", "Fix archive.url.")
         try:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_base(self.root, "archive folder", "archive.url")
         except OSError as exc:
             raise _error(exc, f"create the archive folder {self.root}") from None
-        self._real_root = self.root.resolve()
 
     def inventory(self, folder: str = "") -> dict[str, ObjectInfo]:
         """Every regular file under the root (or ``folder``), keyed by its '/'-separated relative path."""
@@ -52,6 +58,7 @@ class LocalArchive:
         if start and (top.is_symlink() or not top.is_dir()):
             return found
         stack = [(top, start + "/" if start else "")]
+        me, foreign = os.geteuid(), []
         try:
             while stack:
                 folder, prefix = stack.pop()
@@ -61,20 +68,29 @@ class LocalArchive:
                             _remove_if_dead(entry.path)  # an in-flight put, or one a killed run left
                             continue
                         key = prefix + entry.name
-                        if entry.is_dir(follow_symlinks=False):
+                        if entry.is_symlink():
+                            continue  # never followed, never counted
+                        info = entry.stat(follow_symlinks=False)
+                        if info.st_uid != me:  # planted by another local user: not ours to trust
+                            foreign.append(key)
+                        elif entry.is_dir(follow_symlinks=False):
                             stack.append((Path(entry.path), key + "/"))
                         elif entry.is_file(follow_symlinks=False):
-                            found[key] = ObjectInfo(key, entry.stat(follow_symlinks=False).st_size)
+                            found[key] = ObjectInfo(key, info.st_size)
         except OSError as exc:
             raise _error(exc, f"list the archive folder {self.root}") from None
+        if foreign:
+            log.warning("%d item(s) in the archive folder %s belong to another user and are not counted as "
+                        "archived (they may have been planted): %s", len(foreign), self.root,
+                        ", ".join(sorted(foreign)[:5]) + (", ..." if len(foreign) > 5 else ""))
         return found
 
     def put(self, key: str, path: Path, sha256: str | None, metadata: dict[str, str], private: bool = False) -> bool:
         """Create ``key`` from ``path`` unless it exists; metadata is not kept locally."""
-        final = self._path(key)
-        tmp, fd = None, -1
+        self._check_key(key)
+        tmp, fd, parent = None, -1, -1
         try:
-            tmp, fd, copy = self._temp(path, 0o600 if private else 0o640)
+            tmp, fd, copy = self._temp(path, FILE_MODE)
             if copy:
                 with open(path, "rb") as src:
                     while chunk := src.read(CHUNK):
@@ -85,47 +101,57 @@ class LocalArchive:
                     "The staged file changed or was corrupted; run fetch again.",
                 )
             os.fsync(fd)
-            self._make_parent(final, key)  # only now: a refused put leaves no empty folders
+            parent, name = self._parent(key, create=True)  # only now: a refused put leaves no empty folders
             try:
-                os.link(tmp, final)
+                os.link(tmp, name, dst_dir_fd=parent, follow_symlinks=False)
             except FileExistsError:
-                if final.is_symlink() or not final.is_file():
-                    raise ArchiveError(f"Cannot archive {key}: a folder or special file has that name.",
-                                       f"Move it out of {self.root}.") from None
+                self._existing(parent, name, key)
                 return False
-            fsync_dir(final.parent)
+            os.fsync(parent)
             return True
         except OSError as exc:
             raise _error(exc, f"write {key} to {self.root}") from None
         finally:
             _release(tmp, fd)
+            _close(parent)
 
     def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
         """Write ``data`` to ``key`` atomically, replacing any existing object."""
-        final = self._path(key)
-        tmp, fd = None, -1
+        self._check_key(key)
+        tmp, fd, parent = None, -1, -1
         try:
-            tmp, fd, _ = self._temp(None, 0o640)
+            tmp, fd, _ = self._temp(None, FILE_MODE)
             _write_all(fd, data)
             os.fsync(fd)
-            self._make_parent(final, key)
-            os.replace(tmp, final)
+            parent, name = self._parent(key, create=True)
+            os.replace(tmp, name, dst_dir_fd=parent)  # a rename replaces a link, never writes through it
             tmp = None
-            fsync_dir(final.parent)
+            os.fsync(parent)
         except OSError as exc:
             raise _error(exc, f"write {key} to {self.root}") from None
         finally:
             _release(tmp, fd)
+            _close(parent)
 
     def get(self, key: str, dest: Path) -> None:
         """Copy ``key`` into a new file ``dest``, created 0600."""
-        source = self._path(key)
+        self._check_key(key)
+        parent = -1
         try:
-            src = open(source, "rb")
+            parent, name = self._parent(key, create=False)
+            src_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            if os.fstat(src_fd).st_uid != os.geteuid():
+                os.close(src_fd)
+                raise _unsafe(key, UnsafeEntry(key, "belongs to another user"))
+            src = os.fdopen(src_fd, "rb")
         except FileNotFoundError:
             raise ArchiveError(f"{key} is not in the archive {self.root}.", "Check the key, or run fetch.") from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _unsafe(key, UnsafeEntry(key, "is a symbolic link")) from None
             raise _error(exc, f"read {key} from {self.root}") from None
+        finally:
+            _close(parent)
         created = False
         try:
             with src:
@@ -143,20 +169,51 @@ class LocalArchive:
 
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
+        self._check_key(key)
+        parent = -1
         try:
-            self._path(key).unlink(missing_ok=True)
+            parent, name = self._parent(key, create=False)
+            os.unlink(name, dir_fd=parent)
+        except FileNotFoundError:
+            pass
         except OSError as exc:
             raise _error(exc, f"delete {key} from {self.root}") from None
+        finally:
+            _close(parent)
 
     def _path(self, key: str) -> Path:
-        """The file for ``key``, proven to stay inside the root (symlinks included)."""
+        """The path of ``key`` under the root (for reading a folder; writes go through _parent)."""
+        self._check_key(key)
+        return self.root.joinpath(*key.split("/"))
+
+    def _check_key(self, key: str) -> None:
         validate_key(key)
         if key.startswith(TMP_PREFIX):
             raise ArchiveError(f"Refused archive key {key!r}: top-level names starting with {TMP_PREFIX} are "
                                "reserved.", "")
-        final = self.root.joinpath(*key.split("/"))
-        self._inside(final.parent, key)  # before any mkdir: never create folders through an escaping link
-        return final
+
+    def _parent(self, key: str, create: bool) -> tuple[int, str]:
+        """A descriptor on the folder of ``key`` and the key's last name, reached through real
+        folders of ours only (made 0700 when ``create``): never through a link."""
+        *folders, name = key.split("/")
+        root = open_dir(self.root)
+        try:
+            return descend(root, folders, create), name
+        except UnsafeEntry as exc:
+            raise _unsafe(key, exc) from None
+        finally:
+            os.close(root)
+
+    def _existing(self, parent: int, name: str, key: str) -> None:
+        """``key`` exists already: fine when it is a file of ours, refused loudly otherwise."""
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if stat.S_ISLNK(info.st_mode):
+            raise _unsafe(key, UnsafeEntry(key, "is a symbolic link"))
+        if not stat.S_ISREG(info.st_mode):
+            raise ArchiveError(f"Cannot archive {key}: a folder or special file has that name.",
+                               f"Move it out of {self.root}.")
+        if info.st_uid != os.geteuid():
+            raise _unsafe(key, UnsafeEntry(key, f"belongs to another user (uid {info.st_uid})"))
 
     def _temp(self, source: Path | None, mode: int) -> tuple[Path, int, bool]:
         """A new temporary file in the root (same file system as every key, so link/replace are atomic),
@@ -175,9 +232,8 @@ class LocalArchive:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a sweeper checks it
-                if _same_file(tmp, fd):
-                    if not copy:
-                        os.fchmod(fd, mode)  # the linked inode: only once it is ours for good
+                if _same_file(tmp, fd):  # the linked inode gets its mode only once it is ours for good
+                    os.fchmod(fd, mode)  # exactly 0600 whatever the umask
                     return tmp, fd, copy
             except BaseException:
                 os.close(fd)
@@ -186,20 +242,6 @@ class LocalArchive:
             os.close(fd)
         raise ArchiveError(f"Could not create a temporary file in {self.root}: it kept disappearing.",
                            "Check what else removes files in the archive folder.")
-
-    def _make_parent(self, final: Path, key: str) -> None:
-        try:
-            final.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _error(exc, f"create the folder for {key} in {self.root}") from None
-        self._inside(final.parent, key)  # a link swapped in meanwhile
-
-    def _inside(self, folder: Path, key: str) -> None:
-        if not folder.resolve().is_relative_to(self._real_root):
-            raise ArchiveError(
-                f"Refused archive key {key!r}: it leads outside the archive folder {self.root}.",
-                "Remove the symbolic link inside the archive folder that points elsewhere.",
-            )
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -245,6 +287,19 @@ def _remove_if_dead(path: str) -> None:
     except OSError:
         pass  # best effort; inventory ignores temporary files anyway
     finally:
+        os.close(fd)
+
+
+def _unsafe(key: str, exc: UnsafeEntry) -> ArchiveError:
+    return ArchiveError(
+        f"Refused archive key {key!r}: {exc.rel} in the archive folder {exc.why}; nothing is written "
+        "through a link (it could lead outside the archive folder) or into what another user planted.",
+        "Check how it got there, move it out of the archive folder, and run again.",
+    )
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
         os.close(fd)
 
 

@@ -15,6 +15,33 @@ from .. import __version__
 from ..errors import IbreportsError
 
 COMMAND_MODULES = ("keys", "fetch", "ops", "diagnose")
+CONFIG_HELP = "config file (default: $IBREPORTS_CONFIG or ./ibreports.toml)"
+DEBUG_HELP = "verbose logs and tracebacks"
+
+# Shown at the end of each command's --help. A command not named here gets GENERIC_EXIT_CODES.
+GENERIC_EXIT_CODES = (
+    "exit codes: 0 success, 1 some files failed or are at risk, 2 usage or configuration error,\n"
+    "  3 connection, authentication or host-key failure"
+)
+EXIT_CODES = {
+    "fetch": "exit codes: 0 every file archived (or waiting), 1 some files failed or are at risk of purge\n"
+             "  (the rest were archived), 2 usage or configuration error (also a misconfigured source),\n"
+             "  3 a source could not be reached or refused the login or host key",
+    "status": "exit codes: 0 all well, 1 an unarchived file is within warn_days of the purge,\n"
+              "  2 configuration error, 3 a source could not be reached (the others are still listed)",
+    "doctor": "exit codes: 0 every check passed, 1 another check failed (archive, PGP sample),\n"
+              "  2 a configuration or key problem, 3 a connection, login or host-key problem",
+    "trust-host": "exit codes: 0 the key is recorded (or already was), 2 usage or configuration error\n"
+                  "  (also: no terminal to confirm, an FTP source), 3 the key was declined, differs from\n"
+                  "  --fingerprint, or a different key is recorded (see --replace), or no connection",
+    "keygen": "exit codes: 0 keys written, 2 refused: existing keys without --force, a bad passphrase or\n"
+              "  option, a folder that cannot be written",
+    "keys": "exit codes: 0 success, 2 a wrong passphrase, a damaged, missing or unreadable bundle, keys that\n"
+            "  differ (restore without --force), or another usage error; with s3://, a store that refuses\n"
+            "  the request or cannot be reached exits as the archive does (1, 2 or 3)",
+    "demo": "exit codes: 0 every demo statement archived, 1 a statement was not archived,\n"
+            "  2 the folder is not the demo's (or another usage error)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,23 +50,40 @@ def build_parser() -> argparse.ArgumentParser:
         description="Interactive Brokers statements, off IBKR's servers and into storage you own.",
     )
     parser.add_argument("--version", action="version", version=f"ibreports {__version__}")
-    parser.add_argument("--config", help="config file (default: $IBREPORTS_CONFIG or ./ibreports.toml)")
-    parser.add_argument("--debug", action="store_true", help="verbose logs and tracebacks")
+    parser.add_argument("--config", help=CONFIG_HELP)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         import_module(f"{__name__}.{name}").register(sub)
     _accept_global_flags_anywhere(sub)
+    _describe(sub)
     return parser
 
 
 def _accept_global_flags_anywhere(sub: argparse._SubParsersAction) -> None:
-    """`ibreports fetch --config X` works like `ibreports --config X fetch`."""
+    """`ibreports fetch --config X` works like `ibreports --config X fetch`, and each --help shows both."""
     for command in sub.choices.values():
-        command.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.add_argument("--config", default=argparse.SUPPRESS, metavar="PATH", help=CONFIG_HELP)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         for action in command._actions:
             if isinstance(action, argparse._SubParsersAction):
                 _accept_global_flags_anywhere(action)
+
+
+def _describe(sub: argparse._SubParsersAction, exit_codes: str | None = None) -> None:
+    """Every command's --help opens with what it does (its one-line help) and ends with its exit codes."""
+    helps = {action.dest: action.help for action in sub._choices_actions}
+    for name, command in sub.choices.items():
+        codes = exit_codes or EXIT_CODES.get(name, GENERIC_EXIT_CODES)
+        if not command.description and helps.get(name):
+            text = helps[name]
+            command.description = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+        if not command.epilog:
+            command.epilog = codes
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _describe(action, codes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,8 @@ MAX_ROWS = 40
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fetch", help="list, download, verify, decrypt and archive new statements")
     p.add_argument("--source", action="append", dest="sources", metavar="NAME", help="only this source (repeatable)")
-    p.add_argument("--since", type=parse_date, help="statement date from (YYYY-MM-DD)")
-    p.add_argument("--until", type=parse_date, help="statement date until (YYYY-MM-DD)")
+    p.add_argument("--since", type=parse_date, metavar="DATE", help="statement date from (YYYY-MM-DD)")
+    p.add_argument("--until", type=parse_date, metavar="DATE", help="statement date until (YYYY-MM-DD)")
     p.add_argument("--dry-run", action="store_true", help="plan only: show what would be fetched")
     p.add_argument("--force", action="store_true", help="re-download archived files and verify them against the archive")
     p.set_defaults(handler=run)
@@ -85,7 +85,8 @@ class Progress:
 
 
 def print_report(report: RunReport) -> None:
-    interesting = [f for f in report.files if f.outcome not in ("already-archived", OUT_OF_RANGE)]  # acted on
+    interesting = [f for f in report.files  # acted on
+                   if f.outcome not in ("already-archived", OUT_OF_RANGE) or f.deleted_from_server]
     interesting.sort(key=lambda f: (f.outcome not in ("failed", "rejected"), f.source, f.name))
     if interesting:
         widths = (10, 16, 10, 11, 6)
@@ -97,6 +98,8 @@ def print_report(report: RunReport) -> None:
             )
             if f.reason:
                 print(f"{'':<{widths[0]}} reason: {f.reason}")
+            if f.deleted_from_server:
+                print(f"{'':<{widths[0]}} deleted from the server (delete_after_archive; its archive copies verified)")
         if len(interesting) > MAX_ROWS:
             print(f"... and {len(interesting) - MAX_ROWS} more (see the run record)")
     for source, message in report.source_errors.items():

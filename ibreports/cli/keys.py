@@ -19,27 +19,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pgp-bits", type=int, default=4096, help="PGP RSA key size (default 4096, 2048..4096)")
     p.add_argument("--pgp-expire", default="0", help="PGP key expiry: 0 = never (default), or e.g. 365, 2y")
     p.add_argument("--force", action="store_true", help="retire existing keys into <dir>/retired/<timestamp>/")
-    p.add_argument("--passphrase-file", help=f"file holding the key passphrase (else ${KEY_PASSPHRASE_ENV} or a prompt)")
+    p.add_argument("--passphrase-file", metavar="PATH", help=f"file holding the key passphrase (else ${KEY_PASSPHRASE_ENV} or a prompt)")
     p.set_defaults(handler=keygen)
 
     keys = sub.add_parser("keys", help="back up, restore or check the key folder")
     ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     pass_help = f"file holding the backup passphrase (else ${BACKUP_PASSPHRASE_ENV} or a prompt)"
+    from_help = ("the bundle: a local path or s3://bucket/key, or the folder keys backup --to wrote to "
+                 "(a local folder or a URL ending in '/': its newest bundle)")
     b = ksub.add_parser("backup", help="write an encrypted bundle of the key folder to a path or s3://")
     b.add_argument("--to", required=True, metavar="URL",
                    help="local path or s3://bucket/key (a folder, or a URL ending in '/', gets a dated file name)")
     b.add_argument("--dir", default="keys", help="key folder (default: keys)")
-    b.add_argument("--passphrase-file", help=pass_help)
+    b.add_argument("--passphrase-file", metavar="PATH", help=pass_help)
     b.set_defaults(handler=backup)
     r = ksub.add_parser("restore", help="restore a bundle after checking it; refuses to overwrite different keys")
-    r.add_argument("--from", required=True, dest="source", metavar="URL", help="local path or s3://bucket/key")
+    r.add_argument("--from", required=True, dest="source", metavar="URL", help=from_help)
     r.add_argument("--dir", default="keys", help="key folder (default: keys)")
     r.add_argument("--force", action="store_true", help="retire different existing files into <dir>/retired/<timestamp>/")
-    r.add_argument("--passphrase-file", help=pass_help)
+    r.add_argument("--passphrase-file", metavar="PATH", help=pass_help)
     r.set_defaults(handler=restore)
     v = ksub.add_parser("verify", help="decrypt and check a bundle without writing anything")
-    v.add_argument("--from", required=True, dest="source", metavar="URL", help="local path or s3://bucket/key")
-    v.add_argument("--passphrase-file", help=pass_help)
+    v.add_argument("--from", required=True, dest="source", metavar="URL", help=from_help)
+    v.add_argument("--passphrase-file", metavar="PATH", help=pass_help)
     v.set_defaults(handler=verify)
 
 
@@ -102,7 +104,7 @@ def restore(args: argparse.Namespace) -> int:
         print(rep.folder_note)
     if rep.retired:
         print(f"Different existing files moved to {rep.retired}")
-    print(f"Restored {len(rep.written)} files into {rep.dir} ({len(rep.unchanged)} already identical):")
+    print(f"Restored {len(rep.written)} files from {rep.url} into {rep.dir} ({len(rep.unchanged)} already identical):")
     for rel in rep.written:
         print(f"  {rel}")
     _print_fingerprints(rep.fingerprints)
@@ -115,7 +117,7 @@ def verify(args: argparse.Namespace) -> int:
     archive = archive_settings(args.config) if args.source.startswith("s3://") else None
     passphrase = _existing_backup_passphrase(args)
     manifest = verify_backup(args.source, passphrase, archive)
-    print(f"{args.source}: OK, {len(manifest.files)} files, made {manifest.created}; "
+    print(f"{manifest.url}: OK, {len(manifest.files)} files, made {manifest.created}; "
           "every checksum and fingerprint matches.")
     _print_fingerprints(manifest.fingerprints)
     return 0

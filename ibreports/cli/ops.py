@@ -67,6 +67,10 @@ def run_flow(folder: Path, config: Path) -> None:
     for handler in handlers:
         handler.addFilter(_quiet_prefect)
     try:
+        if not already_running and not os.environ.get("PREFECT_API_URL"):
+            from flows.local_api import start_local_api
+
+            start_local_api()  # a first start migrates a database: progress shown, a generous wait
         state = retrieve_statements(config=str(config), return_state=True)
         if not already_running:
             _stop_ephemeral_server()

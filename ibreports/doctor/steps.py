@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -10,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import SourceConfig
-from ..errors import ConnectionFailure, IbreportsError
+from ..errors import IbreportsError
+from ..remote import Remote, RemoteFile, net
 
 CAP = 10.0  # seconds: doctor never waits longer than this for one network step
 
@@ -97,67 +97,19 @@ def _ms(start: float) -> int:
     return int(round((time.monotonic() - start) * 1000))
 
 
-# -- network steps shared by sFTP and FTP ------------------------------------------------------
+# -- network steps shared by sFTP and FTP: the same functions fetch connects with ----------------
 
 def resolve(source: SourceConfig) -> tuple[list[str], str]:
     """DNS: the host's addresses."""
-    try:
-        infos = socket.getaddrinfo(source.settings.host, source.settings.port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ConnectionFailure(
-            f"Cannot resolve host {source.settings.host} ({exc.strerror}).",
-            "Check the host name in the config (IBKR: xfer.interactivebrokers.com for sFTP, "
-            "ftp2.interactivebrokers.com for FTP) and this machine's DNS settings.",
-        ) from None
-    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    addresses = net.resolve(source)
     return addresses, f"{source.settings.host} -> {', '.join(addresses)}"
-
-
-def egress_address(ip: str, port: int) -> str:
-    """The local address this machine uses towards ``ip`` (a UDP connect sends no packet)."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.connect((ip, port))
-            return probe.getsockname()[0]
-    except OSError:
-        return "an unknown address"
 
 
 def connect_tcp(source: SourceConfig, addresses: list[str]) -> tuple[socket.socket, str]:
     """TCP: a connected socket to the first address that answers."""
-    where = f"{source.settings.host}:{source.settings.port}"
-    failure: ConnectionFailure | None = None
-    for ip in addresses:
-        try:
-            sock = socket.create_connection((ip, source.settings.port), timeout=source.timeout)
-        except ConnectionRefusedError:
-            failure = ConnectionFailure(
-                f"{where} ({ip}) refused the connection: nothing listens on port {source.settings.port}.",
-                f"Wrong port or host: {source.settings.ibkr_server}; check host and port in the config, and that no "
-                "local firewall rejects the connection.",
-            )
-        except TimeoutError:
-            failure = ConnectionFailure(
-                f"No answer from {where} ({ip}) within {source.timeout:g} s: the connection attempt was dropped.",
-                "A firewall or IBKR's IP whitelisting: IBKR must whitelist your public IP; this machine connected "
-                f"from {egress_address(ip, source.settings.port)} (behind NAT your public IP is your gateway's). Also make "
-                f"sure outgoing TCP port {source.settings.port} is open.",
-            )
-        except OSError as exc:
-            unreachable = exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH)
-            failure = ConnectionFailure(
-                f"Cannot connect to {where} ({ip}): {exc.strerror or exc}.",
-                "This machine has no network route to the server: check its network connection, default route "
-                f"and proxy settings (it would connect from {egress_address(ip, source.settings.port)})."
-                if unreachable else "Check the network, host and port.",
-            )
-        else:
-            sock.settimeout(source.timeout)
-            local = sock.getsockname()[0]
-            return sock, f"{ip}:{source.settings.port} from {local}"
-    assert failure is not None
-    raise failure
+    sock = net.connect_tcp(source, addresses)
+    ip, local = sock.getpeername()[0], sock.getsockname()[0]
+    return sock, f"{ip}:{source.settings.port} from {local}"
 
 
 # -- the sample file each source offers for the PGP check ---------------------------------------
@@ -175,12 +127,25 @@ class Sample:
     path: Path
 
 
-def pick_sample(files: list[tuple[str, int]]) -> tuple[str, int] | None:
-    """The smallest encrypted (name, size) no bigger than SAMPLE_MAX, or None."""
-    candidates = [f for f in files if f[0].lower().endswith(ENCRYPTED_SUFFIXES) and 0 < f[1] <= SAMPLE_MAX]
-    return min(candidates, key=lambda f: (f[1], f[0])) if candidates else None
+def pick_sample(files: list[RemoteFile]) -> RemoteFile | None:
+    """The smallest encrypted file no bigger than SAMPLE_MAX, or None."""
+    candidates = [f for f in files if f.name.lower().endswith(ENCRYPTED_SUFFIXES) and 0 < f.size <= SAMPLE_MAX]
+    return min(candidates, key=lambda f: (f.size, f.name)) if candidates else None
 
 
-def count_detail(folder: str, names: list[str]) -> str:
+def count_detail(folder: str, names: list[str], skipped: int = 0) -> str:
     encrypted = sum(1 for n in names if n.lower().endswith(ENCRYPTED_SUFFIXES))
-    return f"{folder}: {len(names)} file(s), {encrypted} encrypted (.pgp/.gpg/.asc)"
+    extra = f", {skipped} listing entr{'y' if skipped == 1 else 'ies'} skipped (see the log)" if skipped else ""
+    return f"{folder}: {len(names)} file(s), {encrypted} encrypted (.pgp/.gpg/.asc){extra}"
+
+
+def listing_detail(folder: str, files: list[RemoteFile]) -> str:
+    """count_detail of a remote's listing, with the entries it skipped."""
+    return count_detail(folder, [f.name for f in files], len(getattr(files, "skipped", ())))
+
+
+def download_sample(source: SourceConfig, remote: Remote, chosen: RemoteFile, staging: Path) -> tuple[Sample, str]:
+    """The sample, downloaded with fetch's own download code."""
+    dest = staging / f"{source.name}.sample"
+    remote.download(chosen.name, dest, chosen.size)
+    return Sample(source.name, chosen.name, dest), f"{chosen.name} ({chosen.size} bytes) for the PGP check"

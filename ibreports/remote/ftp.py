@@ -6,9 +6,7 @@ connection (at most ``source.connections``).
 
 from __future__ import annotations
 
-import datetime
 import ftplib
-import posixpath
 import ssl
 import threading
 import time
@@ -17,10 +15,12 @@ from pathlib import Path
 from typing import Iterator
 
 from ..config import SourceConfig
-from ..errors import ConnectionFailure, FileChangedError, RemoteFileError
+from ..errors import ConnectionFailure, FileChangedError, IbreportsError, RemoteFileError
 from ..files import HashingWriter, create_private
-from . import Progress, RemoteFile
-from .ftpconn import NETWORK_ERRORS, DataChannelError, connect, supports_mlsd
+from . import Progress, net
+from .ftpconn import NETWORK_ERRORS, connect, ftp_failure, supports_mlsd
+from .ftplisting import list_mlsd, list_nlst
+from .listing import Listing
 
 BLOCK = 1 << 16
 IDLE_CHECK = 30  # seconds idle after which a pooled connection is probed with NOOP
@@ -30,24 +30,27 @@ class _LocalWriteError(Exception):
     """Wraps an OSError from writing the local file, so it is not taken for a network error."""
 
 
-def _mtime(value: str) -> float:
-    """RFC 3659 time-val (YYYYMMDDHHMMSS[.sss], UTC) to epoch seconds."""
-    stamp = datetime.datetime.strptime(value[:14], "%Y%m%d%H%M%S").replace(tzinfo=datetime.timezone.utc)
-    frac = float("0" + value[14:]) if value[14:15] == "." else 0.0
-    return stamp.timestamp() + frac
-
-
 class FtpRemote:
     """Logged-in FTP session(s) for one source; thread-safe, reconnects as needed."""
 
-    def __init__(self, source: SourceConfig) -> None:
+    def __init__(self, source: SourceConfig, ftp: ftplib.FTP | None = None) -> None:
+        """Connect and log in; or take over ``ftp``, already logged in (``doctor`` runs the steps)."""
         self.source = source
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(source.connections)
         self._idle: list[tuple[ftplib.FTP, float]] = []
-        first = connect(source)
-        self._mlsd = supports_mlsd(first)
+        first = ftp if ftp is not None else connect(source)
+        try:
+            self._mlsd = supports_mlsd(first)
+        except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
+            first.close()
+            raise ftp_failure(exc, source, "FEAT") from None
         self._idle.append((first, time.monotonic()))
+
+    @property
+    def uses_mlsd(self) -> bool:
+        """True while listings use MLSD (the server offers it), False for NLST + SIZE + MDTM."""
+        return self._mlsd
 
     def _take(self) -> ftplib.FTP:
         while True:
@@ -83,21 +86,8 @@ class FtpRemote:
         with self._lock:
             self._idle.append((ftp, time.monotonic()))
 
-    def _broken(self, exc: BaseException, what: str) -> ConnectionFailure:
-        where = f"{self.source.settings.host}:{self.source.settings.port}"
-        if isinstance(exc, DataChannelError):
-            remedy = (
-                "Passive mode is on: a firewall blocks outgoing connections to the server's passive data ports "
-                "(above 1024); allow them." if self.source.settings.passive else
-                "Active mode needs the server to connect back to you, which firewalls and NAT block: set passive = true."
-            )
-            return ConnectionFailure(f"Cannot open the FTP data connection for {what} ({exc}).", remedy)
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return ConnectionFailure(f"The FTPS data channel certificate of {where} could not be verified.", "Set ca_file.")
-        return ConnectionFailure(
-            f"The connection to {where} broke during {what} ({type(exc).__name__}: {exc}).",
-            "Retried automatically; if it persists, check the network.",
-        )
+    def _broken(self, exc: BaseException, what: str) -> IbreportsError:
+        return ftp_failure(exc, self.source, what)
 
     @staticmethod
     def _check(name: str) -> str:
@@ -105,65 +95,31 @@ class FtpRemote:
             raise RemoteFileError(f"Refusing remote name {name!r}.", "Only plain file names are fetched.")
         return name
 
-    def list(self) -> list[RemoteFile]:
-        """Regular files in remote_dir, via MLSD when offered, else NLST + SIZE + MDTM."""
+    def list(self) -> Listing:
+        """Regular files in remote_dir, via MLSD when offered, else NLST + SIZE + MDTM.
+
+        Entries with an impossible size or time are skipped and named (``Listing.skipped``);
+        a listing beyond MAX_ENTRIES / MAX_BYTES stops with RemoteFileError.
+        """
         with self._conn() as ftp:
             try:
                 if self._mlsd:
                     try:
-                        return self._list_mlsd(ftp)
+                        return list_mlsd(ftp, self.source)
                     except ftplib.error_perm as exc:
                         if not str(exc)[:3] in ("500", "501", "502", "504"):
                             raise
                         self._mlsd = False  # advertised but refused: fall back for good
-                return self._list_nlst(ftp)
+                return list_nlst(ftp, self.source)
             except ftplib.error_perm as exc:
                 raise RemoteFileError(
                     f"The server refused to list {self.source.settings.remote_dir!r} ({exc}).",
                     "Check remote_dir and ask IBKR to check the folder's permissions.",
                 ) from None
-            except (*NETWORK_ERRORS, ssl.SSLError) as exc:
+            except IbreportsError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
                 raise self._broken(exc, "the listing") from None
-
-    def _list_mlsd(self, ftp: ftplib.FTP) -> list[RemoteFile]:
-        entries = list(ftp.mlsd())
-        ftp.voidcmd("TYPE I")  # listing switched to ASCII; SIZE and RETR need binary
-        files = []
-        for name, facts in entries:
-            if facts.get("type", "").lower() != "file" or "/" in name:
-                continue
-            size = int(facts["size"]) if "size" in facts else ftp.size(name)
-            mtime = _mtime(facts["modify"]) if "modify" in facts else self._mdtm(ftp, name)
-            files.append(RemoteFile(name, int(size or 0), mtime))
-        return files
-
-    def _list_nlst(self, ftp: ftplib.FTP) -> list[RemoteFile]:
-        try:
-            names = ftp.nlst()
-        except ftplib.error_perm as exc:
-            if str(exc)[:3] in ("450", "550"):  # some servers answer an empty folder with "no files"
-                return []
-            raise
-        ftp.voidcmd("TYPE I")  # listing switched to ASCII; SIZE and RETR need binary
-        files = []
-        for raw in names:
-            name = posixpath.basename(raw.rstrip("/"))
-            if name in ("", ".", ".."):
-                continue
-            try:
-                size = ftp.size(name)  # refused for folders: that is how they are told apart here
-            except ftplib.error_perm:
-                continue
-            files.append(RemoteFile(name, int(size or 0), self._mdtm(ftp, name)))
-        return files
-
-    @staticmethod
-    def _mdtm(ftp: ftplib.FTP, name: str) -> float:
-        try:
-            reply = ftp.voidcmd(f"MDTM {name}")
-        except ftplib.error_perm:
-            return 0.0  # unknown age: treated as old, so it is fetched rather than waited for
-        return _mtime(reply.split()[-1])
 
     def download(self, name: str, dest: Path, expected_size: int, progress: Progress | None = None) -> str:
         """Stream ``name`` into a new 0600 ``dest``; returns its SHA-256. RemoteFileError (dest removed) on a size mismatch."""
@@ -176,6 +132,7 @@ class FtpRemote:
                 try:
                     with self._conn() as ftp:
                         ftp.voidcmd("TYPE I")  # every transfer in binary, whatever ran before
+                        guard = net.RateGuard(self.source, f"the download of {name}")
                         with ftp.transfercmd(f"RETR {name}") as conn:
                             while data := conn.recv(BLOCK):
                                 try:
@@ -183,6 +140,7 @@ class FtpRemote:
                                 except OSError as exc:
                                     raise _LocalWriteError() from exc
                                 written += len(data)
+                                guard.feed(len(data))
                                 if progress:
                                     progress(len(data))
                             if isinstance(conn, ssl.SSLSocket):
@@ -196,12 +154,14 @@ class FtpRemote:
                     raise exc.__cause__ from None
                 except ftplib.error_perm as exc:
                     raise RemoteFileError(f"The server refused {name} ({exc}).", "It may have been purged or deleted.") from None
-                except (*NETWORK_ERRORS, ssl.SSLError) as exc:
+                except IbreportsError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
                     raise self._broken(exc, f"the download of {name}") from None
             if written != expected_size and current == expected_size:
                 raise ConnectionFailure(
                     f"The FTP data connection for {name} closed after {written} of {expected_size} bytes.",
-                    "Retried automatically; if it persists, check the network.",
+                    net.RETRY,
                 )
             if written != expected_size:
                 raise FileChangedError(
@@ -234,7 +194,9 @@ class FtpRemote:
                     except ftplib.error_perm:
                         return  # gone
                     raise RemoteFileError(f"The server refused to delete {name} ({exc}).", "Check the folder's permissions.") from None
-            except (*NETWORK_ERRORS, ssl.SSLError) as exc:
+            except IbreportsError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
                 raise self._broken(exc, f"deleting {name}") from None
 
     def close(self) -> None:

@@ -10,9 +10,12 @@ import socket
 import ssl
 
 from ..config import SourceConfig
-from ..errors import AuthenticationError, ConfigError, ConnectionFailure, HostKeyError, IbreportsError
+from ..errors import AuthenticationError, CertificateError, ConfigError, ConnectionFailure, IbreportsError
+from . import net
 
 NETWORK_ERRORS = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply, ftplib.error_proto)
+# OpenSSL verify codes (X509_V_ERR_*) that each have their own remedy.
+EXPIRED, SELF_SIGNED, SELF_SIGNED_IN_CHAIN, UNKNOWN_ISSUER, HOSTNAME_MISMATCH, IP_MISMATCH = 10, 18, 19, 20, 62, 64
 
 
 class DataChannelError(OSError):
@@ -65,64 +68,140 @@ class PassiveFTPS(_PassiveMixin, ftplib.FTP_TLS):
         return self.context.wrap_socket(conn, server_hostname=self.host, session=self.sock.session)
 
 
-def connect(source: SourceConfig) -> ftplib.FTP:
-    """A logged-in connection in binary mode, inside remote_dir; errors carry a remedy."""
-    where = f"{source.settings.host}:{source.settings.port}"
-    password = source.settings.password.get() if source.settings.password else ""
-    if source.settings.tls:
-        context = ssl.create_default_context(cafile=str(source.settings.ca_file) if source.settings.ca_file else None)
-        ftp: ftplib.FTP = PassiveFTPS(context=context, timeout=source.timeout)
-    else:
-        ftp = PassiveFTP(timeout=source.timeout)
-    try:
-        ftp.connect(source.settings.host, source.settings.port, timeout=source.timeout)
-    except socket.gaierror:
-        raise ConnectionFailure(f"Cannot resolve host {source.settings.host}.", "Check host in the config and this machine's DNS.") from None
-    except ConnectionRefusedError:
-        raise ConnectionFailure(f"{where} refused the connection.", "Check host and port (IBKR's FTP server listens on port 21).") from None
-    except TimeoutError:
-        raise ConnectionFailure(
-            f"No answer from {where} within {source.timeout:g} s.",
-            f"A firewall may block outgoing TCP port {source.settings.port}, or IBKR has not whitelisted your public IP.",
-        ) from None
-    except (OSError, EOFError, ftplib.Error) as exc:
-        raise ConnectionFailure(f"Cannot connect to {where} ({exc}).", "Check the network, host and port.") from None
-    try:
-        _login(ftp, source, password)
-    except IbreportsError:
-        ftp.close()
-        raise
-    except ssl.SSLCertVerificationError as exc:
-        ftp.close()
-        raise certificate_error(where, exc) from None
-    except (*NETWORK_ERRORS, ftplib.error_perm) as exc:
-        ftp.close()
-        raise ConnectionFailure(
-            f"The connection to {where} failed during login ({type(exc).__name__}: {exc}).", "Try again."
-        ) from None
-    return ftp
+def ftp_failure(exc: BaseException, source: SourceConfig, during: str) -> IbreportsError:
+    """The error table of the FTP backend: ftplib, ssl and socket errors -> our errors and remedies.
+
+    ``error_perm`` replies mean different things per command; callers handle them before this.
+    """
+    at = net.where(source)
+    if isinstance(exc, IbreportsError):
+        return exc
+    if isinstance(exc, DataChannelError):
+        remedy = (
+            "Passive mode: a firewall must allow outbound connections to the server's passive data ports "
+            "(high ports above 1024), not only to port 21; allow them." if source.settings.passive else
+            "Active mode needs the server to connect back to you, which firewalls and NAT block: set passive = true."
+        )
+        return ConnectionFailure(f"Cannot open the FTP data connection for {during} ({exc}).", remedy)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return certificate_error(source, exc)
+    if isinstance(exc, ssl.SSLError):
+        return ConnectionFailure(
+            f"The TLS handshake with {at} failed during {during} ({exc.reason or exc}).",
+            "Check host, port and tls (IBKR's FTP server speaks explicit FTPS on port 21).",
+        )
+    if isinstance(exc, TimeoutError):
+        return net.idle(source, during)
+    if isinstance(exc, ftplib.error_temp):
+        return ConnectionFailure(f"{at} turned us away during {during} ({str(exc)[:80]}).", net.TRY_LATER)
+    if isinstance(exc, (ftplib.error_proto, ftplib.error_reply, UnicodeDecodeError)):
+        return ConnectionFailure(
+            f"{at} answered {during} with something an FTP server does not say ({str(exc)[:60]!r}).",
+            f"Check host and port ({net.server_hint(source)}).",
+        )
+    return net.broke(source, during, exc)
 
 
-def certificate_error(where: str, exc: ssl.SSLCertVerificationError) -> HostKeyError:
-    """Like a host key: an unverifiable certificate is refused, never retried."""
-    return HostKeyError(
-        f"The certificate of the FTPS server {where} could not be verified ({exc.verify_message}).",
+def certificate_error(source: SourceConfig, exc: ssl.SSLCertVerificationError) -> CertificateError:
+    """Like a host key: an unverifiable certificate is refused, never retried; the remedy fits the cause."""
+    at = net.where(source)
+    cause = f"The certificate of the FTPS server {at} could not be verified ({exc.verify_message})."
+    code = exc.verify_code
+    pin = (
+        f"openssl s_client -connect {at} -starttls ftp -showcerts </dev/null | openssl x509 > keys/ftps_server.pem"
+    )
+    if code in (HOSTNAME_MISMATCH, IP_MISMATCH):
+        return CertificateError(
+            cause,
+            f"The certificate is trusted but issued for another name than host = \"{source.settings.host}\": set host to a "
+            f"name the certificate lists (openssl s_client -connect {at} -starttls ftp </dev/null | openssl x509 "
+            "-noout -ext subjectAltName); ca_file cannot fix a name mismatch.",
+        )
+    if code == EXPIRED:
+        return CertificateError(cause, "The server's certificate has expired: ask IBKR; do not connect until it is renewed.")
+    if source.settings.ca_file:
+        return CertificateError(
+            cause,
+            f"ca_file {source.settings.ca_file} does not hold this server's certificate or the CA that signed it: the "
+            "server's certificate changed or ca_file is the wrong file. Ask IBKR before replacing it; to pin the "
+            f"certificate it shows now: {pin}",
+        )
+    if code in (SELF_SIGNED, SELF_SIGNED_IN_CHAIN, UNKNOWN_ISSUER):
+        return CertificateError(
+            cause,
+            "The server's own (self-signed or privately signed) certificate can be pinned as ca_file: if this really "
+            f"is the right server (compare its fingerprint with IBKR's), save it with: {pin} and set "
+            "ca_file = \"keys/ftps_server.pem\"; otherwise do not connect.",
+        )
+    return CertificateError(
+        cause,
         "If this really is the right server, set ca_file to the certificate of the CA that signed it; "
         "otherwise do not connect.",
     )
 
 
-def _login(ftp: ftplib.FTP, source: SourceConfig, password: str) -> None:
+def welcome(source: SourceConfig, sock: socket.socket) -> ftplib.FTP:
+    """Hand the connected socket to ftplib and read the greeting (what FTP.connect does).
+
+    The greeting is awaited first with a peek, so a server that accepts TCP and never
+    speaks fails with the sentence doctor prints for it, in fetch and status alike.
+    """
     if source.settings.tls:
-        try:
-            ftp.auth()
-        except ftplib.error_perm as exc:
-            raise ConnectionFailure(
-                f"{source.settings.host}:{source.settings.port} does not offer FTPS (AUTH TLS refused: {exc}).",
-                "Set tls = false for this source, or check host and port.",
-            ) from None
-    login(ftp, source, password)
-    change_dir(ftp, source)
+        context = ssl.create_default_context(cafile=str(source.settings.ca_file) if source.settings.ca_file else None)
+        ftp: ftplib.FTP = PassiveFTPS(context=context, timeout=source.timeout)
+    else:
+        ftp = PassiveFTP(timeout=source.timeout)
+    ftp.host, ftp.port, ftp.sock, ftp.af = source.settings.host, source.settings.port, sock, sock.family
+    ftp.file = sock.makefile("r", encoding=ftp.encoding)
+    try:
+        line = net.wait_first_line(source, sock)
+        if not line[:3].isdigit():
+            raise net.wrong_protocol(source, line.decode("ascii", "replace").strip()[:60])
+        ftp.welcome = ftp.getresp()
+    except BaseException as exc:
+        ftp.close()
+        if isinstance(exc, ftplib.error_temp):
+            raise ConnectionFailure(f"{net.where(source)} turned us away ({exc}).", net.TRY_LATER) from None
+        if isinstance(exc, ftplib.error_perm):  # a 5xx greeting: an FTP server that will not serve us
+            raise ConnectionFailure(f"{net.where(source)} refused the session at its greeting ({str(exc)[:60]}).",
+                                    net.WHITELIST) from None
+        if isinstance(exc, (ftplib.error_proto, ftplib.error_reply, UnicodeDecodeError)):
+            raise net.wrong_protocol(source, str(exc)[:60]) from None
+        if isinstance(exc, TimeoutError):
+            raise net.silent(source, source.timeout) from None
+        if isinstance(exc, (OSError, EOFError)):
+            raise net.closed_before_greeting(source) from None
+        raise
+    return ftp
+
+
+def secure(source: SourceConfig, ftp: ftplib.FTP_TLS) -> None:
+    """AUTH TLS and a verified certificate (FTPS sources only)."""
+    try:
+        ftp.auth()
+    except ftplib.error_perm as exc:
+        raise ConnectionFailure(
+            f"{net.where(source)} refused AUTH TLS ({str(exc)[:60]}): it does not offer FTPS here.",
+            "Without TLS the password and the statements cross the network in clear, readable and forgeable on the "
+            "way. Check host and port first (IBKR's FTP server offers FTPS on port 21); set tls = false only if "
+            "this server offers no TLS at all, and keep allow_plain = false so only PGP-encrypted files are accepted.",
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
+        raise ftp_failure(exc, source, "the TLS handshake") from None
+
+
+def connect(source: SourceConfig) -> ftplib.FTP:
+    """A logged-in connection in binary mode, inside remote_dir; errors carry a remedy."""
+    ftp = welcome(source, net.open_tcp(source))
+    try:
+        if source.settings.tls:
+            secure(source, ftp)
+        login(ftp, source, source.settings.password.get() if source.settings.password else "")
+        change_dir(ftp, source)
+    except BaseException:
+        ftp.close()
+        raise
+    return ftp
 
 
 def login(ftp: ftplib.FTP, source: SourceConfig, password: str) -> None:
@@ -134,10 +213,15 @@ def login(ftp: ftplib.FTP, source: SourceConfig, password: str) -> None:
             f"The FTP server refused the username or password for user {source.settings.username} ({str(exc)[:3]}).",
             "Check the username and the password (IBREPORTS_FTP_PASSWORD); IBKR can reset it.",
         ) from None
-    if source.settings.tls:
-        ftp.prot_p()  # the statements travel on the data channel: protect it too
-    ftp.set_pasv(source.settings.passive)
-    ftp.voidcmd("TYPE I")
+    except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
+        raise ftp_failure(exc, source, "login") from None
+    try:
+        if source.settings.tls:
+            ftp.prot_p()  # the statements travel on the data channel: protect it too
+        ftp.set_pasv(source.settings.passive)
+        ftp.voidcmd("TYPE I")
+    except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
+        raise ftp_failure(exc, source, "login") from None
 
 
 def change_dir(ftp: ftplib.FTP, source: SourceConfig) -> None:
@@ -147,8 +231,10 @@ def change_dir(ftp: ftplib.FTP, source: SourceConfig) -> None:
     except ftplib.error_perm as exc:
         raise ConfigError(
             f"Remote folder {source.settings.remote_dir!r} is not accessible on {source.settings.host} ({exc}).",
-            "Set remote_dir to the folder IBKR delivers to (usually 'outgoing').",
+            net.REMOTE_DIR,
         ) from None
+    except Exception as exc:  # noqa: BLE001 - the backend's error table classifies it
+        raise ftp_failure(exc, source, "changing to remote_dir") from None
 
 
 def supports_mlsd(ftp: ftplib.FTP) -> bool:

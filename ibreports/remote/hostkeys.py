@@ -1,7 +1,7 @@
 """Pinned SSH host keys: read known_hosts, compare, fingerprint, record.
 
 Trust is decided here and only here; nothing is ever added to known_hosts
-implicitly (``record_host_key`` is for ``ibreports trust-host``).
+implicitly (recording is ``ibreports trust-host``'s, in ibreports/trust.py).
 """
 
 from __future__ import annotations
@@ -66,8 +66,10 @@ def check_host_key(source: SourceConfig, key: paramiko.PKey, known: dict[str, pa
     where = host_id(source.settings.host, source.settings.port)
     if not known:
         raise HostKeyError(
-            f"Host key for {where} is not in {source.settings.known_hosts}.",
-            f"Verify the fingerprint with IBKR and run: ibreports trust-host --source {source.name}",
+            f"Host key for {where} is not in {source.settings.known_hosts} (the server shows {key.get_name()} "
+            f"{fingerprint(key)}).",
+            f"Verify this fingerprint with IBKR, then run: ibreports trust-host --source {source.name} "
+            f"--fingerprint {fingerprint(key)}",
         )
     recorded = known.get(key.get_name())
     if recorded is not None and recorded.asbytes() == key.asbytes():
@@ -79,18 +81,3 @@ def check_host_key(source: SourceConfig, key: paramiko.PKey, known: dict[str, pa
         "Do not connect: ask IBKR whether the host key changed and its new fingerprint; only then remove the "
         f"old line and run: ibreports trust-host --source {source.name} --fingerprint SHA256:...",
     )
-
-
-def record_host_key(source: SourceConfig, key: paramiko.PKey) -> Path:
-    """Append ``key`` for this source's host to its known_hosts (created if missing)."""
-    path = source.settings.known_hosts
-    if path is None:
-        raise ConfigError(f"Source {source.name} has no known_hosts file.", "Set known_hosts in its [[sources]] table.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = path.read_text() if path.exists() else ""
-    with open(path, "a", encoding="utf-8") as fh:
-        if text and not text.endswith("\n"):
-            fh.write("\n")
-        fh.write(f"{host_id(source.settings.host, source.settings.port)} {key_line(key)}\n")
-    return path
