@@ -67,3 +67,11 @@ def test_an_untrusted_certificate_fails_the_https_step(flexweb, monkeypatch):
     steps = diagnose(flexweb, token, [flexweb.add_query("DailyActivity", ["U1234567"])])
     assert steps["https"].ok is False and "did not verify" in steps["https"].cause
     assert steps["token"].ok is None and flexweb.hits == []
+
+
+def test_a_url_that_is_not_the_flex_web_service_fails_the_https_step(flexweb):
+    token = flexweb.add_token().value
+    flexweb.faults.append("html")  # e.g. a captive portal or a wrong url
+    steps = diagnose(flexweb, token, [flexweb.add_query("DailyActivity", ["U1234567"])])
+    assert steps["https"].ok is False and "something other than a Flex Web Service response" in steps["https"].cause
+    assert steps["token"].ok is None

@@ -201,7 +201,8 @@ class FlexClient:
         """The service answers over verified TLS (a request without the token: IBKR refuses it, and says so)."""
         where = f"The Flex Web Service at {self.host}"
         try:
-            resp = self._http.get(self.url, params={"v": "3"})
+            with self._http.stream("GET", self.url, params={"v": "3"}) as resp:
+                body = self._read(resp, self.host, None) if resp.status_code == 200 else b""
         except httpx.TransportError as exc:
             if _verify_failure(exc):
                 raise _tls_failure(self.host) from None
@@ -212,7 +213,7 @@ class FlexClient:
         if resp.status_code != 200:
             raise ConnectionFailure(f"{where} answered HTTP {resp.status_code}.",
                                     "Check the source's url (leave it out for IBKR's) and any proxy.")
-        return parse_status(resp.content[:STATUS_MAX], where)
+        return parse_status(body or b"", where)
 
     def send_request(self, query_id: str, fd: str | None = None, td: str | None = None) -> tuple[str, str]:
         """Step 1: ask IBKR to generate the statement; returns (reference code, GetStatement URL)."""
