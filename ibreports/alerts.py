@@ -9,6 +9,7 @@ first failing run after its last successful one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -214,7 +215,8 @@ def _known_secrets(config: Config) -> list[str]:
     """Secret values to blank out of any message: defence in depth behind secret-free errors."""
     found: list[Secret | None] = [config.pgp.passphrase, *config.alerts.urls]
     for source in config.sources:
-        found += [value for value in vars(source.settings).values() if isinstance(value, Secret)]
+        settings = source.settings
+        found += [v for v in (getattr(settings, f.name) for f in dataclasses.fields(settings)) if isinstance(v, Secret)]
     values = []
     for secret in found:
         if secret is None or secret.reference.startswith("prefect:"):

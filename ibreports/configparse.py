@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,7 @@ class Parser:
         kind = get_kind(raw.get("kind"), f"{self.file}: '{where}.kind'")
         fields = {f.name: f for f in dataclasses.fields(kind.settings)}
         elsewhere = {key: other for other, keys in reversed(keys_of.items()) for key in keys}
-        self.known(raw, where, SOURCE_KEYS | set(fields), f"a {kind.name} source", elsewhere)
+        self.known(raw, where, SOURCE_KEYS | set(fields), f"a source of kind {kind.name}", elsewhere)
         hints = typing.get_type_hints(kind.settings)
         values = {key: self.field(raw, where, key, hints[key], spec) for key, spec in fields.items()}
         try:
@@ -169,16 +170,34 @@ class Parser:
         return src
 
     def field(self, raw: dict[str, Any], where: str, key: str, wanted: Any, spec: dataclasses.Field) -> Any:
-        """One key of a kind's settings, parsed by the type its dataclass declares."""
-        default = spec.default if spec.default is not dataclasses.MISSING else None
-        args = [a for a in typing.get_args(wanted) if a is not type(None)]
-        base = args[0] if typing.get_args(wanted) and len(args) == 1 else wanted
-        base = typing.get_origin(base) or base
-        if base is Path:
-            return self.path(raw, where, key) if key in raw else default
-        if base is Secret:
-            return self.secret(raw, where, key) if key in raw else default
-        return self.get(raw, where, key, base, default)
+        """One key of a kind's settings, parsed by the type its dataclass declares.
+
+        ``Path`` resolves against the config file's folder, ``Secret`` is a secret reference;
+        other types are checked as they are (``dict[str, list[str]]`` as a table: the kind's
+        ``checked()`` looks inside); ``X | None`` means X or absent; ``X | Y`` takes either."""
+        if spec.default is not dataclasses.MISSING:
+            default = spec.default
+        elif spec.default_factory is not dataclasses.MISSING:
+            default = spec.default_factory()
+        else:
+            default = None
+        union = typing.get_origin(wanted) in (typing.Union, types.UnionType)
+        options = [typing.get_origin(a) or a for a in (typing.get_args(wanted) if union else (wanted,))
+                   if a is not type(None)]
+        if key not in raw:
+            return default
+        if options == [Path]:
+            return self.path(raw, where, key)
+        if options == [Secret]:
+            return self.secret(raw, where, key)
+        for option in options:
+            try:
+                return self.get(raw, where, key, option, default)
+            except ConfigError:
+                if option is options[-1]:
+                    raise self.fail(f"{where}.{key}", " or ".join(TYPE_NAMES.get(o, f"a {o.__name__}")
+                                                                  for o in options), raw[key]) from None
+        return default
 
     def pgp(self, data: dict[str, Any]) -> PgpConfig:
         raw = self.table(data, "pgp", {"secret_key_file", "passphrase"})

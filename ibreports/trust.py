@@ -49,7 +49,7 @@ def scan(source: SourceConfig) -> ScannedKey:
     """Connect, negotiate, read the host key and close: no authentication is attempted."""
     if not kind_of(source).capabilities.host_keys:
         raise ConfigError(
-            f"Source {source.name} is an {source.kind} source: trust-host is for SSH host keys (sFTP sources).",
+            f"Source {source.name} is of kind {source.kind}: trust-host is for SSH host keys (sFTP sources).",
             "FTPS servers prove who they are with TLS certificates: set tls = true (and ca_file if the CA is private).",
         )
     known = known_keys(source)

@@ -13,5 +13,6 @@ pytest_plugins = [
     "tests.fixtures.ftp",
     "tests.fixtures.s3",
     "tests.fixtures.pgpkeys",
+    "tests.fixtures.deliveries",
     "tests.fixtures.flexweb",
 ]

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,46 +18,10 @@ from ibreports.config import load_config, parse_config
 from ibreports.pipeline import fetch
 from ibreports.report import FileOutcome, RunReport
 from tests.fixtures.pgpkeys import encrypt_bytes
+from tests.helpers import TOKEN, Receiver
 
-TOKEN = "hook-9f2c1e7d-s3cr3t"
 DAY = 86400
 XML = b'<FlexQueryResponse queryName="DailyActivity" type="AF"><FlexStatements count="0"/></FlexQueryResponse>\n'
-
-
-class Receiver:
-    """An HTTP endpoint that records every JSON body posted to it."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.messages: list[dict] = []
-        self.raw: list[bytes] = []  # bodies only: the path is the target URL itself
-        self.paths: list[str] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.paths.append(self.path)
-                receiver.raw.append(body)
-                receiver.messages.append(json.loads(body))
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"json://127.0.0.1:{self.port}/{TOKEN}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
 
 
 @pytest.fixture(autouse=True)

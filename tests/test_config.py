@@ -247,6 +247,7 @@ def test_a_source_keeps_the_common_keys_and_its_kind_settings(tmp_path):
     assert sftp.settings.known_hosts == tmp_path / "keys/known_hosts"
     assert (sftp.timeout, sftp.connections, sftp.settle_seconds) == (30.0, 4, 120)
     assert not hasattr(sftp.settings, "password") and not hasattr(ftp.settings, "key_file")
+    assert (sftp.allow_plain, ftp.allow_plain) == (True, False)  # the kinds' defaults
 
 
 def test_a_key_of_another_kind_is_named_as_such(tmp_path):
@@ -261,6 +262,11 @@ def test_a_kind_registered_by_a_test_needs_no_username_and_may_refuse_delete(tmp
     # READ_ONLY (below) is registered by this test module only; the library knows nothing of it.
     cfg = parse_config("[[sources]]\nname='r'\nkind='read-only-toy'\nfolder='x'\n", tmp_path / "ibreports.toml")
     assert cfg.sources[0].settings == ReadOnlySettings(folder="x")
+    cfg = parse_config("[[sources]]\nname='r'\nkind='read-only-toy'\nfolder='x'\ntags=['a']\naccount='U1'\nkey='k'\n",
+                       tmp_path / "ibreports.toml")
+    assert cfg.sources[0].settings == ReadOnlySettings(folder="x", tags=["a"], account="U1", key=tmp_path / "k")
+    with pytest.raises(ConfigError, match="'sources.r.account' must be an integer or a string \\(got a list\\)"):
+        parse_config("[[sources]]\nname='r'\nkind='read-only-toy'\nfolder='x'\naccount=[1]\n", tmp_path / "x.toml")
     assert cfg.sources[0].allow_plain is False  # the kind's default
     with pytest.raises(ConfigError, match="sources.r.folder"):
         parse_config("[[sources]]\nname='r'\nkind='read-only-toy'\n", tmp_path / "ibreports.toml")
@@ -273,6 +279,9 @@ def test_a_kind_registered_by_a_test_needs_no_username_and_may_refuse_delete(tmp
 @dataclasses.dataclass(frozen=True)
 class ReadOnlySettings:
     folder: str = ""
+    tags: list[str] = dataclasses.field(default_factory=list)
+    account: int | str = 0
+    key: Path | None = None
 
     def checked(self) -> "ReadOnlySettings":
         if not self.folder:
@@ -283,7 +292,7 @@ class ReadOnlySettings:
 # An on-demand kind (listing=False): the remote contract suite, which is for listing kinds, leaves it out.
 READ_ONLY = register(SourceKind(
     name="read-only-toy", settings=ReadOnlySettings, open=lambda source: None, doctor=lambda *args: None,
-    slots=lambda source: [], capabilities=Capabilities(listing=False, delete=False), allow_plain_default=False,
+    slots=lambda source: ["toy"], capabilities=Capabilities(listing=False, delete=False), allow_plain_default=False,
 ))
 
 
@@ -335,3 +344,11 @@ def test_type_errors_name_the_key_by_source_name_and_the_type_in_words(tmp_path,
     with pytest.raises(ConfigError) as err:
         parse_config(text, tmp_path / "ibreports.toml")
     assert message in err.value.message
+
+
+def test_a_kind_name_is_registered_once():
+    sftp = get_kind("sftp")
+    assert register(sftp) is sftp  # the same kind again: nothing changes
+    with pytest.raises(ValueError, match="'sftp' is already registered"):
+        register(dataclasses.replace(sftp, capabilities=Capabilities(delete=False)))
+    assert get_kind("sftp") is sftp and known_kinds()[:2] == ["sftp", "ftp"]

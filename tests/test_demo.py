@@ -15,10 +15,10 @@ from xml.etree import ElementTree
 
 import pytest
 
+from flows.demo import run_flow
 from flows.local_api import DEFAULT_TIMEOUT, TIMEOUT_SETTING, startup_timeout
 from ibreports import statements
 from ibreports.cli import main
-from ibreports.cli.ops import run_flow
 from ibreports.errors import ConfigError
 from ibreports.demo import MARKER, PASSPHRASE_ENV, SOURCE, deliveries, run_demo
 from ibreports.pgp import is_openpgp
@@ -147,7 +147,7 @@ def test_demo_archives_and_decrypts_every_seeded_statement(tmp_path, capfd, pref
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
     (tmp_path / "precious.txt").write_text("keep me")
-    assert main(["demo", "--dir", str(tmp_path)]) == 2
+    assert main(["demo", "--dir", str(tmp_path)], flow_runner=run_flow) == 2
     assert "not made by `ibreports demo`" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["precious.txt"]
 

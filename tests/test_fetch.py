@@ -13,86 +13,19 @@ import boto3
 import pytest
 
 from ibreports.cli import main
-from tests.configs import ftp_toml, sftp_toml  # noqa: F401 - sftp_toml re-used by test_flows
+from tests.configs import ftp_toml, sftp_toml
 from tests.fixtures.pgpkeys import encrypt_bytes
-from tests.test_alerts import Receiver
+from tests.helpers import (
+    PLAIN, UNENCRYPTED, UNPARSEABLE, UNPARSEABLE_MTIME, Receiver, archived_files, local_archive, seed, write_config,
+)
 
-PLAIN = {
-    "U1234567.DailyActivity.20261101.20261101.xml": b"<FlexQueryResponse queryName='DailyActivity'>one</FlexQueryResponse>\n",
-    "U7654321.DailyActivity.20261102.20261102.xml": b"<FlexQueryResponse queryName='DailyActivity'>two</FlexQueryResponse>\n",
-    "F1234567.TradeConfirms.20261103.20261103.xml": b"<FlexQueryResponse queryName='TradeConfirms'>three</FlexQueryResponse>\n",
-}
-UNENCRYPTED = ("DU1234567.Activity.20261104.20261104.csv", b"Header,Value\nCash,100\n")
-# Outside IBKR's name grammar: archived under statements/_unsorted/, by the file's UTC date.
-UNPARSEABLE = ("activity_export.xml.pgp", b"<FlexQueryResponse>unsorted</FlexQueryResponse>\n")
-UNPARSEABLE_MTIME = int(time.time()) - 2 * 86400
 DAY = 86400
-
-
-def seed(outgoing: Path, public_file: Path, unparseable: bool = False) -> dict[str, bytes]:
-    """Encrypted deliveries (binary and armored) plus one plain file, and optionally one name
-    outside the grammar; returns name -> server bytes."""
-    outgoing.mkdir(parents=True, exist_ok=True)
-    delivered = {}
-    for i, (name, data) in enumerate(PLAIN.items()):
-        suffix = ".asc" if i == 1 else ".pgp"
-        encrypt_bytes(public_file, data, outgoing / (name + suffix), armor=suffix == ".asc")
-        delivered[name + suffix] = (outgoing / (name + suffix)).read_bytes()
-    (outgoing / UNENCRYPTED[0]).write_bytes(UNENCRYPTED[1])
-    delivered[UNENCRYPTED[0]] = UNENCRYPTED[1]
-    if unparseable:
-        path = outgoing / UNPARSEABLE[0]
-        encrypt_bytes(public_file, UNPARSEABLE[1], path)
-        os.utime(path, (UNPARSEABLE_MTIME, UNPARSEABLE_MTIME))
-        delivered[UNPARSEABLE[0]] = path.read_bytes()
-    return delivered
 
 
 def age(path: Path, days: float) -> None:
     """Back-date a server file: the purge horizon counts from its mtime."""
     then = time.time() - days * DAY
     os.utime(path, (then, then))
-
-
-def write_config(tmp: Path, source_toml: str, pgp_key, archive_toml: str) -> Path:
-    cfg = tmp / "ibreports.toml"
-    cfg.write_text(
-        f"""{source_toml}
-[pgp]
-secret_key_file = "{pgp_key.secret_file}"
-passphrase = "env:TEST_PGP_PASSPHRASE"
-
-{archive_toml}
-"""
-    )
-    return cfg
-
-
-@pytest.fixture
-def env(monkeypatch, pgp_key, sftp_client_key):
-    monkeypatch.setenv("TEST_PGP_PASSPHRASE", pgp_key.passphrase)
-    monkeypatch.setenv("TEST_SSH_PASSPHRASE", sftp_client_key[2])
-
-
-@pytest.fixture
-def sftp_setup(tmp_path, sshd_factory, sftp_client_key, pgp_key, env):
-    server = sshd_factory([sftp_client_key[1]])
-    known_hosts = tmp_path / "known_hosts"
-    server.write_known_hosts(known_hosts)
-    delivered = seed(server.root / "outgoing", pgp_key.public_file, unparseable=True)
-    return server, known_hosts, delivered
-
-
-def local_archive(tmp_path: Path) -> tuple[str, Path]:
-    return f'[archive]\nurl = "{tmp_path / "archive"}"\n', tmp_path / "archive"
-
-
-def archived_files(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in root.rglob("*")
-        if p.is_file() and not p.relative_to(root).parts[0] == "runs"
-    }
 
 
 def expected_keys(delivered: dict[str, bytes], source: str) -> dict[str, list[str]]:

@@ -35,12 +35,11 @@ from flows.keys import backup_keys, generate_keys
 from flows.local_api import startup_timeout
 from flows.retrieve import retrieve_statements
 from ibreports.cli import main
-from tests.configs import ftp_toml
+from tests.configs import ftp_toml, sftp_toml
 from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.fixtures.s3 import s3_test_client
-from tests.test_alerts import Receiver
 from tests.fixtures.sshd import free_port
-from tests.test_fetch import PLAIN, UNENCRYPTED, archived_files, seed, sftp_toml, write_config
+from tests.helpers import PLAIN, UNENCRYPTED, Receiver, archived_files, seed, write_config
 from tests.waiting import eventually
 
 
@@ -303,6 +302,10 @@ def test_a_host_key_failure_is_not_retried(tmp_path, server, sshd_factory, sftp_
     assert server.log_text().count("Connection from") == 1
     (summary,) = artifacts(flow_run_id(state), SUMMARY_ARTIFACT_KEY)
     assert "ibkr-sftp" in summary.data and "host key" in summary.data.lower()
+    # A security refusal, said as one: never "unreachable", in the run's state or its artifact.
+    assert "source **ibkr-sftp** host key refused:" in summary.data
+    assert "1 source(s) host key refused" in state.message and "unreachable" not in state.message
+    assert "unreachable" not in summary.data
 
 
 def test_a_refused_connection_is_retried(tmp_path, server, sftp_client_key, pgp_key):

@@ -19,7 +19,7 @@ import pytest
 
 from ibreports.cli import main
 from tests.configs import sftp_toml
-from tests.test_fetch import PLAIN, env, sftp_setup, write_config  # noqa: F401 - fixtures
+from tests.helpers import PLAIN, write_config
 
 NOBODY = 65534
 S1 = "statements/U1234567/2026/11/U1234567.DailyActivity.20261101.20261101.xml"

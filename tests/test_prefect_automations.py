@@ -20,9 +20,7 @@ import yaml
 
 from tests.configs import sftp_toml
 from tests.prefect_harness import PYTHON, REPO, PrefectStack
-from tests.test_alerts import Receiver
-from tests.test_fetch import seed, write_config
-from tests.test_prefect_deploy import run_id_of
+from tests.helpers import Receiver, run_id_of, seed, write_config
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.slow

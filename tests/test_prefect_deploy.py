@@ -6,7 +6,6 @@ a real sshd, archiving into a local folder.
 
 from __future__ import annotations
 
-import re
 import stat
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -15,7 +14,8 @@ import pytest
 
 from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.prefect_harness import REPO, PrefectStack
-from tests.test_fetch import PLAIN, archived_files, seed, sftp_toml, write_config
+from tests.configs import sftp_toml
+from tests.helpers import PLAIN, archived_files, run_id_of, seed, write_config
 from tests.waiting import eventually
 
 
@@ -34,10 +34,6 @@ def stack(tmp_path_factory):
 
 
 LATE = ("U5555555.DailyActivity.20261110.20261110.xml", b"<FlexQueryResponse>late</FlexQueryResponse>\n")
-
-
-def run_id_of(output: str) -> str:
-    return re.search(r"UUID: ([0-9a-f-]{36})", output).group(1)
 
 
 @pytest.mark.timeout(600)  # includes the module's server start and deploy

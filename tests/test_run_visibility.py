@@ -14,7 +14,7 @@ from pathlib import Path
 from ibreports.cli import main
 from ibreports.report import RunReport, table_rows
 from tests.configs import sftp_toml
-from tests.test_fetch import env, local_archive, sftp_setup, write_config  # noqa: F401 - fixtures
+from tests.helpers import local_archive, write_config
 
 NOBODY = 65534
 

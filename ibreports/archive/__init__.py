@@ -81,12 +81,14 @@ def validate_key(key: str) -> str:
     return key
 
 
-def open_archive(config: ArchiveConfig) -> Archive:
-    """The archive for ``config.url``: a local folder or ``s3://bucket/prefix``."""
+def open_archive(config: ArchiveConfig, quick: bool = False) -> Archive:
+    """The archive for ``config.url``: a local folder or ``s3://bucket/prefix``.
+
+    ``quick``: give up early on a store that does not answer (doctor), instead of retrying."""
     if config.is_s3:
         from .s3 import S3Archive
 
-        return S3Archive(config)
+        return S3Archive(config, quick=quick)
     from .local import LocalArchive
 
     return LocalArchive(config)

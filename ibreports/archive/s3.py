@@ -38,6 +38,10 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+# One attempt and short time-outs: doctor reports a dead endpoint in seconds, not minutes.
+QUICK = {"max_attempts": 1, "connect_timeout": 3, "read_timeout": 10}
+
+
 class S3Archive:
     """Archive objects under ``s3://bucket/prefix``."""
 
@@ -47,14 +51,14 @@ class S3Archive:
     part_size = 16 * MiB
     page_size = 1000  # list_objects_v2's maximum
 
-    def __init__(self, config: ArchiveConfig, client=None) -> None:
+    def __init__(self, config: ArchiveConfig, client=None, quick: bool = False) -> None:
         self.config = config
         self.bucket, self.prefix = parse_s3_url(config.url)
         self.description = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         if config.endpoint_url:
             self.description += f" at {config.endpoint_url}"
         try:
-            self.client = client or make_s3_client(config)
+            self.client = client or make_s3_client(config, **(QUICK if quick else {}))
         except BotoCoreError as exc:  # e.g. AWS_PROFILE names a profile that does not exist
             raise s3_error(exc, "open", self.bucket, self.prefix, config.endpoint_url) from None
         self._conditional = True  # False once the store answered 501 to If-None-Match

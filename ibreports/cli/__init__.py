@@ -1,7 +1,8 @@
 """Thin command layer: parse arguments, call the library, print, map errors to exit codes.
 
 Each submodule registers its commands with ``register(subparsers)``; a handler takes
-the parsed arguments and returns the exit code.
+the parsed arguments and returns the exit code. The CLI imports no Prefect: the entry
+point hands ``main`` the flow runner the demo needs (``flows.cli`` is the installed one).
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ import argparse
 import logging
 import sys
 from importlib import import_module
+from pathlib import Path
+from typing import Callable
 
 from .. import __version__
 from ..errors import IbreportsError
 
 COMMAND_MODULES = ("keys", "fetch", "ops", "diagnose")
+# Runs flow retrieve-statements for the demo: (demo folder, config file) -> None.
+FlowRunner = Callable[[Path, Path], object]
 CONFIG_HELP = "config file (default: $IBREPORTS_CONFIG or ./ibreports.toml)"
 DEBUG_HELP = "verbose logs and tracebacks"
 
@@ -86,12 +91,14 @@ def _describe(sub: argparse._SubParsersAction, exit_codes: str | None = None) ->
                 _describe(action, codes)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, flow_runner: FlowRunner | None = None) -> int:
+    """Run one command; ``flow_runner`` is what ``demo`` runs the flow with (None: demo unavailable)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: usage errors exit 2, --help/--version exit 0
         return int(exc.code or 0)
+    args.flow_runner = flow_runner
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",
@@ -122,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
+    """The CLI without a flow runner (``python -m ibreports.cli``); the installed command is flows.cli:run."""
     sys.exit(main())
 
 

@@ -6,7 +6,7 @@ import secrets
 from contextlib import ExitStack
 from pathlib import Path
 
-from ..archive import Archive
+from ..archive import Archive, open_archive
 from ..config import ArchiveConfig, Config
 from ..errors import ArchiveError, ConfigError, DecryptionError
 from ..pgp import Decryptor, recipients
@@ -83,15 +83,7 @@ def check_archive(config: ArchiveConfig, cl: Checklist, staging: Path) -> None:
 
 
 def _open(config: ArchiveConfig) -> tuple[Archive, str]:
-    if config.is_s3:
-        from ..archive.s3 import S3Archive, make_s3_client
-
-        # One attempt and short time-outs: doctor reports a dead endpoint in seconds, not minutes.
-        archive: Archive = S3Archive(config, client=make_s3_client(config, max_attempts=1, connect_timeout=3, read_timeout=10))
-    else:
-        from ..archive.local import LocalArchive
-
-        archive = LocalArchive(config)
+    archive = open_archive(config, quick=True)
     return archive, archive.description
 
 

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 class FtpSettings:
     """Keys of an ``kind = "ftp"`` source beyond the common ones."""
 
-    ibkr_server: ClassVar[str] = "IBKR\'s FTP server is ftp2.interactivebrokers.com port 21"  # for remedies
+    ibkr_server: ClassVar[str] = "IBKR's FTP server is ftp2.interactivebrokers.com port 21"  # for remedies
+    greeting: ClassVar[str] = "FTP greeting"  # what the server sends first
     host: str = "ftp2.interactivebrokers.com"
     port: int = 21
     username: str = ""
@@ -67,4 +68,5 @@ FTP = register(SourceKind(
     doctor=_doctor,
     slots=_slots,
     capabilities=Capabilities(listing=True, delete=True, host_keys=False),
+    allow_plain_default=False,  # IBKR requires PGP on FTP: a plain file there may be forged in transit
 ))

@@ -14,7 +14,6 @@ import time
 from ..config import SourceConfig
 from ..errors import ConnectionFailure, TooSlowError
 
-PROTOCOL = {"sftp": "SSH banner", "ftp": "FTP greeting"}
 MIN_RATE = 1024  # bytes/s: a transfer slower than this over a whole window is dropped
 WHITELIST = (
     "IBKR turns away public IPs it has not whitelisted: ask IBKR's Reporting Integration team to whitelist "
@@ -30,6 +29,11 @@ REMOTE_DIR = "Set remote_dir to the folder IBKR delivers to (usually 'outgoing')
 def server_hint(source: SourceConfig) -> str:
     """The kind's own "IBKR's ... server is host port N" line, for remedies."""
     return getattr(source.settings, "ibkr_server", "") or "the server's host and port"
+
+
+def greeting(source: SourceConfig) -> str:
+    """What the kind's server sends first ("SSH banner", "FTP greeting"), for messages."""
+    return getattr(source.settings, "greeting", "") or "greeting"
 
 
 def where(source: SourceConfig) -> str:
@@ -124,7 +128,7 @@ def broke(source: SourceConfig, during: str, exc: BaseException) -> ConnectionFa
 def silent(source: SourceConfig, waited: float) -> ConnectionFailure:
     """The server accepted TCP and said nothing: a firewall, a stuck proxy, or not our kind of server."""
     return ConnectionFailure(
-        f"{where(source)} accepted the TCP connection but sent no {PROTOCOL.get(source.kind, 'greeting')} "
+        f"{where(source)} accepted the TCP connection but sent no {greeting(source)} "
         f"within {waited:g} s.",
         "Something other than the server holds this port, or a firewall or proxy on the path holds the "
         f"connection: check host and port ({server_hint(source)}).",
@@ -133,13 +137,13 @@ def silent(source: SourceConfig, waited: float) -> ConnectionFailure:
 
 def closed_before_greeting(source: SourceConfig) -> ConnectionFailure:
     return ConnectionFailure(
-        f"{where(source)} closed the connection before sending an {PROTOCOL.get(source.kind, 'greeting')}.",
+        f"{where(source)} closed the connection before sending an {greeting(source)}.",
         WHITELIST,
     )
 
 
 def wrong_protocol(source: SourceConfig, said: str) -> ConnectionFailure:
-    protocol = PROTOCOL.get(source.kind, "greeting").split()[0]
+    protocol = greeting(source).split()[0]
     return ConnectionFailure(
         f"{where(source)} answered, but not as an {protocol} server (it said {said!r}).",
         f"Wrong port or kind: {server_hint(source)} (IBKR's sFTP server listens on port 32, kind = \"sftp\"; "

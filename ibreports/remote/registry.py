@@ -28,8 +28,9 @@ if TYPE_CHECKING:
     from ..doctor.steps import Checklist, Sample
     from . import Remote
 
-# Modules that register the built-in kinds when imported (a new kind adds its module here).
-BUILTIN = ("ibreports.remote.sftpkind", "ibreports.remote.ftpkind", "ibreports.remote.flexwebkind")
+# The built-in kinds and the modules that register them when imported (a new kind adds itself here).
+BUILTIN = {"sftp": "ibreports.remote.sftpkind", "ftp": "ibreports.remote.ftpkind",
+           "flexweb": "ibreports.remote.flexwebkind"}
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class SourceKind:
     settings: type
     open: Callable[["SourceConfig"], "Remote"]  # connect + authenticate (imports lazily)
     doctor: DoctorSteps  # the kind's doctor steps (same connect code as open)
-    slots: Callable[["SourceConfig"], list[str]]  # concurrency-limit names, one per connection held at once
+    slots: Callable[["SourceConfig"], list[str]]  # concurrency-limit names, one per connection held at once (>= 1)
     capabilities: Capabilities = Capabilities()
     allow_plain_default: bool = True  # may unencrypted deliveries be archived unless the source says otherwise
 
@@ -104,14 +105,14 @@ def _load_builtins() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        for module in BUILTIN:
+        for module in BUILTIN.values():
             importlib.import_module(module)
 
 
 def known_kinds() -> list[str]:
-    """Names of every registered kind, built-in ones first."""
+    """Names of every registered kind, built-in ones first (in BUILTIN's order)."""
     _load_builtins()
-    return list(_KINDS)
+    return [*BUILTIN, *(name for name in _KINDS if name not in BUILTIN)]
 
 
 def get_kind(name: Any, where: str = "kind") -> SourceKind:
@@ -119,7 +120,7 @@ def get_kind(name: Any, where: str = "kind") -> SourceKind:
     _load_builtins()
     kind = _KINDS.get(name) if isinstance(name, str) else None
     if kind is None:
-        known = ", ".join(f"'{k}'" for k in _KINDS)
+        known = ", ".join(f"'{k}'" for k in known_kinds())
         shown = "missing" if name is None else repr(name)
         raise ConfigError(
             f"{where} must be a known source kind, one of {known} (got {shown}).",

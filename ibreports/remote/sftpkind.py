@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 class SftpSettings:
     """Keys of an ``kind = "sftp"`` source beyond the common ones."""
 
-    ibkr_server: ClassVar[str] = "IBKR\'s sFTP server is xfer.interactivebrokers.com port 32"  # for remedies
+    ibkr_server: ClassVar[str] = "IBKR's sFTP server is xfer.interactivebrokers.com port 32"  # for remedies
+    greeting: ClassVar[str] = "SSH banner"  # what the server sends first
     host: str = "xfer.interactivebrokers.com"
     port: int = 32
     username: str = ""
