@@ -76,7 +76,9 @@ class SourceKind:
     ``settings`` is a dataclass whose fields are the kind's own config keys (str, int, float, bool,
     ``Path | None`` resolved against the config file, ``Secret | None``, ``dict | None``), each with
     a default; it may define ``checked(self) -> Self`` (raise :class:`SettingError`, may fill in
-    derived defaults) and an ``address`` property (shown by doctor).
+    derived defaults), an ``address`` property (shown by doctor) and, for servers, the class
+    attributes ``ibkr_server`` ("IBKR's ... server is HOST port N") and ``greeting`` (what the
+    server sends first, e.g. "SSH banner") that the shared network remedies quote.
     """
 
     name: str  # "sftp" | "ftp" | ... | a test's toy kind
