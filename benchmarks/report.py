@@ -75,6 +75,10 @@ def lines(results: dict) -> list[str]:
                 f"`retrieve-statements` over the same {w.get('small', {}).get('files', '')} small files: "
                 f"{_s(r['flow_median'])} for the whole subprocess (ephemeral API server start included), "
                 f"{_s(r['flow_own_median'])} for the flow call; plain `ibreports fetch`: {_s(r['fetch_median'])}.", ""]
+    if "coverage" in w:
+        from coverage_bench import lines as coverage_lines
+
+        out += coverage_lines(w["coverage"])
     out += ["## Targets", "", "| target | value | limit | result |", "|---|---|---|---|"]
     out += [f"| {t['target']} | {t['value']} | {t['limit']} | {'PASS' if t['pass'] else 'FAIL'} |" for t in results["targets"]]
     out += ["", f"Whole benchmark: {results['elapsed_s']:.0f} s (workload generation {results.get('generation_s')})."]

@@ -1,9 +1,9 @@
-"""ibreports benchmarks (issue 7): ``python benchmarks/run.py [--quick] [--only small,bulk,rerun,memory,s3,flow]``.
+"""ibreports benchmarks (issue 7): ``python benchmarks/run.py [--quick] [--only small,bulk,rerun,memory,s3,flow,coverage]``.
 
 Builds the workload on a real OpenSSH sshd (keys made on the spot by ``ibreports keygen``),
 measures OpenSSH sftp (a), the hand-written script (b), ibreports to a local archive (c) and
-to S3 over HTTP (d), a re-run over 10,000 archived files (e) and peak RSS on a 1 GB file (f),
-then prints medians, ratios and PASS/FAIL and writes benchmarks/results/results.{json,md}.
+to S3 over HTTP (d), a re-run over 10,000 archived files (e), peak RSS on a 1 GB file (f) and
+``coverage``/``verify`` over 10,000 archived statements (coverage_bench.py), then prints medians, ratios and PASS/FAIL and writes benchmarks/results/results.{json,md}.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import infra  # noqa: E402
+import coverage_bench  # noqa: E402
 import workload  # noqa: E402
 from report import print_table, write_results  # noqa: E402
 from scenarios import Bench, same_plaintexts  # noqa: E402
@@ -30,7 +31,7 @@ SIZES = {
     "full": {"small": 2000, "sample": 200, "bulk": (3, 200 * workload.MB), "rerun": 10_000, "memory": 1024 * workload.MB},
     "quick": {"small": 300, "sample": 30, "bulk": (3, 50 * workload.MB), "rerun": 10_000, "memory": 1024 * workload.MB},
 }
-ALL = ("small", "bulk", "rerun", "memory", "s3", "flow")
+ALL = ("small", "bulk", "rerun", "memory", "s3", "flow", "coverage")
 
 
 def med(values: list[float]) -> float:
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             gen["memory"] = round(time.perf_counter() - t, 1)
             results["workloads"]["memory"] = memory_workload(b)
             shutil.rmtree(b.remote("memory"))
+        if "coverage" in only:
+            results["workloads"]["coverage"] = coverage_bench.coverage_workload(b, runs, log)
         if "flow" in only and (HERE.parent / "flows" / "retrieve.py").exists():
             results["workloads"]["flow"] = flow_workload(b, runs)
         results["generation_s"] = gen
@@ -273,6 +276,8 @@ def summarize(results: dict) -> None:
         peak = w["memory"]["peak_rss_mb"]
         targets.append({"target": "1 GB file: peak RSS of ibreports <= 200 MB", "value": peak, "limit": 200,
                         "pass": peak <= 200})
+    if "coverage" in w:
+        coverage_bench.summarize(w["coverage"], med, targets)
     if "flow" in w:
         r = w["flow"]
         r.update(flow_median=med(r["flow"]), flow_own_median=med(r["flow_own"]), fetch_median=med(r["fetch"]))

@@ -15,6 +15,7 @@ from prefect.states import Cancelling, Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from ibreports.config import load_config
+from ibreports.coverage_publish import daily_coverage
 
 from flows.common import (
     MAX_PARALLEL_SOURCES, SUMMARY_ARTIFACT_KEY, finish, publish, resolve_config, run_failed, run_name, run_sources,
@@ -25,6 +26,7 @@ from flows.common import (
 FAN_OUT_DEPLOYMENT = "retrieve-statements/per-source"
 FAN_OUT_TIMEOUT = 4 * 3600.0  # seconds the parent waits for its children
 POLL_SECONDS = 2.0
+COVERAGE_ARTIFACT_KEY = "ibreports-coverage"
 
 
 @flow(
@@ -64,6 +66,9 @@ def retrieve_statements(
         return _fan_out(config, names, since, until, dry_run, fan_out_deployment, fan_out_timeout)
     report = run_sources(path, names, since, until, dry_run, force=False)
     publish(report, "Statement retrieval")
+    if not dry_run and sources is None:  # the whole run: what the archive now covers, and alerts on new gaps
+        summary = daily_coverage(load_config(path), report)
+        create_markdown_artifact(markdown=summary, key=COVERAGE_ARTIFACT_KEY, description="Statement coverage")
     return finish(report, path)
 
 

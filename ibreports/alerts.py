@@ -48,12 +48,13 @@ DAY = 86400
 
 @dataclass(frozen=True)
 class Alert:
-    cause: str  # "failed" | "at-risk" | "unreachable"
+    cause: str  # "failed" | "at-risk" | "unreachable" | "coverage"
     title: str
     body: str
 
 
-def send_alerts(config: Config, report: RunReport | None = None, status_rows: Iterable | None = None) -> int:
+def send_alerts(config: Config, report: RunReport | None = None, status_rows: Iterable | None = None,
+                extra: Iterable[Alert] = ()) -> int:
     """Send one message per cause to every ``[alerts] urls`` target; returns messages delivered.
 
     Never raises for a delivery problem: alerting must not turn a run into a failure.
@@ -75,7 +76,7 @@ def send_alerts(config: Config, report: RunReport | None = None, status_rows: It
         return 0
     secrets = _known_secrets(config)
     sent = 0
-    for alert in build_alerts(config, report, status_rows):
+    for alert in [*build_alerts(config, report, status_rows), *extra]:
         kind = apprise.NotifyType.FAILURE if alert.cause != "at-risk" else apprise.NotifyType.WARNING
         if targets.notify(title=_scrub(alert.title, secrets), body=_scrub(alert.body, secrets), notify_type=kind):
             sent += 1

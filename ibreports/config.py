@@ -15,6 +15,8 @@ from .configmodel import (
     AlertsConfig,
     ArchiveConfig,
     Config,
+    CoverageConfig,
+    ObjectLock,
     PgpConfig,
     RetentionConfig,
     RunConfig,
@@ -25,7 +27,7 @@ from .errors import ConfigError
 from .secrets import Secret
 
 __all__ = [
-    "AlertsConfig", "ArchiveConfig", "Config", "PgpConfig", "RetentionConfig", "RunConfig", "Secret",
+    "AlertsConfig", "ArchiveConfig", "Config", "CoverageConfig", "ObjectLock", "PgpConfig", "RetentionConfig", "RunConfig", "Secret",
     "SourceConfig", "config_path", "load_config", "parse_config",
 ]
 

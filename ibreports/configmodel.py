@@ -34,6 +34,14 @@ class PgpConfig:
     passphrase: Secret | None = None
 
 
+@dataclass(frozen=True)
+class ObjectLock:
+    """S3 Object Lock retention applied to every archive write."""
+
+    mode: str  # "COMPLIANCE" | "GOVERNANCE"
+    days: int
+
+
 @dataclass
 class ArchiveConfig:
     url: str = "archive"
@@ -42,6 +50,7 @@ class ArchiveConfig:
     server_side_encryption: str = "AES256"
     kms_key_id: str = ""
     keep_encrypted: bool = True
+    object_lock: ObjectLock | None = None
 
     @property
     def is_s3(self) -> bool:
@@ -61,6 +70,12 @@ class AlertsConfig:
 
 
 @dataclass
+class CoverageConfig:
+    grace_days: int = 3
+    calendar: str = "NYSE"  # a financial calendar of the holidays package, or "none" (weekdays only)
+
+
+@dataclass
 class RunConfig:
     workers: int = 4
     staging_dir: Path | None = None
@@ -75,6 +90,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    coverage: CoverageConfig = field(default_factory=CoverageConfig)
 
     def source(self, name: str) -> SourceConfig:
         for src in self.sources:

@@ -19,6 +19,8 @@ from .configmodel import (
     AlertsConfig,
     ArchiveConfig,
     Config,
+    CoverageConfig,
+    ObjectLock,
     PgpConfig,
     RetentionConfig,
     RunConfig,
@@ -103,7 +105,7 @@ class Parser:
         return Secret(value, f"{where}.{key}", self.base) if value else None
 
     def config(self, data: dict[str, Any]) -> Config:
-        top = {"sources", "pgp", "archive", "retention", "alerts", "run"}
+        top = {"sources", "pgp", "archive", "retention", "alerts", "run", "coverage"}
         self.known(data, "", top, "the top level")
         raw_sources = data.get("sources", [])
         if not isinstance(raw_sources, list) or not all(isinstance(s, dict) for s in raw_sources):
@@ -130,6 +132,7 @@ class Parser:
             retention=self.retention(data),
             alerts=self.alerts(data),
             run=self.run(data),
+            coverage=self.coverage(data),
         )
 
     def source(self, index: int, raw: dict[str, Any]) -> SourceConfig:
@@ -214,7 +217,7 @@ class Parser:
     def archive(self, data: dict[str, Any]) -> ArchiveConfig:
         raw = self.table(
             data, "archive",
-            {"url", "endpoint_url", "region", "server_side_encryption", "kms_key_id", "keep_encrypted"},
+            {"url", "endpoint_url", "region", "server_side_encryption", "kms_key_id", "keep_encrypted", "object_lock"},
         )
         url = self.get(raw, "archive", "url", str, "archive")
         if not url:
@@ -239,7 +242,28 @@ class Parser:
             server_side_encryption="" if sse == "none" else sse,
             kms_key_id=kms,
             keep_encrypted=self.get(raw, "archive", "keep_encrypted", bool, True),
+            object_lock=self.object_lock(raw),
         )
+
+    def object_lock(self, raw: dict[str, Any]) -> ObjectLock | None:
+        if "object_lock" not in raw:
+            return None
+        lock = raw["object_lock"]
+        if not isinstance(lock, dict):
+            raise self.fail("archive.object_lock", '{ mode = "COMPLIANCE" | "GOVERNANCE", days = N }', lock)
+        self.known(lock, "archive.object_lock", {"mode", "days"}, "archive.object_lock")
+        mode = self.get(lock, "archive.object_lock", "mode", str, "")
+        if mode not in ("COMPLIANCE", "GOVERNANCE"):
+            raise self.fail("archive.object_lock.mode", "'COMPLIANCE' or 'GOVERNANCE'")
+        if "days" not in lock:
+            raise self.fail("archive.object_lock.days", "set: the retention in days, e.g. 2190 for six years")
+        return ObjectLock(mode=mode, days=self.nonneg(lock, "archive.object_lock", "days", 0, low=1))
+
+    def coverage(self, data: dict[str, Any]) -> CoverageConfig:
+        raw = self.table(data, "coverage", {"grace_days", "calendar"})
+        # The name is checked when a calendar is needed (coverage): other commands never import holidays.
+        calendar = self.get(raw, "coverage", "calendar", str, "NYSE")
+        return CoverageConfig(grace_days=self.nonneg(raw, "coverage", "grace_days", 3), calendar=calendar)
 
     def retention(self, data: dict[str, Any]) -> RetentionConfig:
         raw = self.table(data, "retention", {"purge_days", "warn_days"})

@@ -256,7 +256,7 @@ def run_demo(folder: Path, run_flow: Callable[[Path], object], out: TextIO = sys
 
 
 def tree(root: Path) -> str:
-    """The archive as an indented tree with sizes and modes (statements are 0600)."""
+    """The archive as an indented tree with sizes and modes (statements are 0400: read-only)."""
     lines = []
     for path in sorted(root.rglob("*")):
         if path.name.startswith(".tmp-"):

@@ -76,6 +76,10 @@ def fetch(
         origin=dict(origin or {}),
     )
     archive = open_archive(config.archive)
+    if config.archive.object_lock is not None:  # a bucket that would not keep the retention: refuse before any download
+        from .archive.objectlock import check_lock
+
+        check_lock(archive)
     inventory = archive.inventory()
     with _Run(config, archive, inventory, report, progress) as run:
         for source in selected:

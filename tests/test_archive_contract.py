@@ -73,7 +73,7 @@ def backend(request, tmp_path) -> Backend:
 
 
 # What each archive declares; a feature's tests run on the archives that declare it.
-DECLARED = {"local": frozenset(), "s3": frozenset()}
+DECLARED = {"local": frozenset(), "s3": frozenset({"object_lock"})}
 
 
 def test_each_archive_declares_its_features(backend):

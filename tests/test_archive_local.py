@@ -98,8 +98,8 @@ def test_every_file_is_0600(tmp_path):
     archive.put("originals/enc.xml.pgp", path, sha, {}, private=False)
     archive.put_bytes("runs/r.json", b"{}")
     root = tmp_path / "archive"
-    assert stat.S_IMODE((root / "statements/plain.xml").stat().st_mode) == 0o600
-    assert stat.S_IMODE((root / "originals/enc.xml.pgp").stat().st_mode) == 0o600
+    assert stat.S_IMODE((root / "statements/plain.xml").stat().st_mode) == 0o400
+    assert stat.S_IMODE((root / "originals/enc.xml.pgp").stat().st_mode) == 0o400
     assert stat.S_IMODE((root / "runs/r.json").stat().st_mode) == 0o600
 
 
@@ -230,5 +230,5 @@ def test_a_staged_file_is_taken_over_not_copied_and_never_shared_twice(tmp_path)
     assert (root / "statements/a.xml").stat().st_ino == path.stat().st_ino  # same file system: a hard link
     assert archive.put("encrypted/a.xml", path, sha, {})  # already archived once: copied
     assert (root / "encrypted/a.xml").stat().st_ino != path.stat().st_ino
-    assert (root / "statements/a.xml").stat().st_mode & 0o777 == 0o600
-    assert (root / "encrypted/a.xml").stat().st_mode & 0o777 == 0o600
+    assert (root / "statements/a.xml").stat().st_mode & 0o777 == 0o400
+    assert (root / "encrypted/a.xml").stat().st_mode & 0o777 == 0o400

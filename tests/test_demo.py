@@ -94,7 +94,7 @@ def test_demo_archives_and_decrypts_every_seeded_statement(tmp_path, capfd, pref
         st = statements.parse(item.name, item.mtime)
         plain = archive / statements.statement_key(st)
         assert plain.read_bytes() == item.plaintext, item.name
-        assert stat.S_IMODE(plain.stat().st_mode) == 0o600
+        assert stat.S_IMODE(plain.stat().st_mode) == 0o400
         original = archive / statements.original_key(SOURCE, st)
         if item.encrypted:
             assert is_openpgp(original) and original.read_bytes() != item.plaintext
@@ -115,7 +115,7 @@ def test_demo_archives_and_decrypts_every_seeded_statement(tmp_path, capfd, pref
     assert len(flagged) == 1
     assert f"{len(items)} file(s) on the server, {len(items)} archived, 0 at risk" in printed
     assert "ibreports keygen" in printed and "trust-host" in printed and "doctor" in printed
-    assert "statements/" in printed and "encrypted/" in printed and "bytes, mode 0600)" in printed
+    assert "statements/" in printed and "encrypted/" in printed and "bytes, mode 0400)" in printed
     assert "[alerts] urls" in printed.split("For real use:")[1]
 
     # Clean output: ibreports' run summary once, no Prefect chatter, the temporary server already stopped

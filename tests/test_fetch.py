@@ -79,7 +79,7 @@ def test_sftp_to_local_archive_then_rerun_writes_nothing(tmp_path, sftp_setup, p
     assert_complete(files, delivered, "ibkr-sftp")
     for key in files:
         if key.startswith("statements/"):
-            assert (root / key).stat().st_mode & 0o777 == 0o600
+            assert (root / key).stat().st_mode & 0o777 == 0o400
     before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
     out = capsys.readouterr().out
     assert f"{len(delivered)} archived" in out

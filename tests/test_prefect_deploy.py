@@ -103,13 +103,15 @@ def test_daily_deployment_has_its_cron_schedule_and_time_zone(stack):
 def test_every_deployment_of_the_interface_exists(stack):
     for flow, name in [
         ("backfill-statements", "backfill"), ("generate-keys", "generate-keys"),
-        ("backup-keys", "backup-keys"), ("retrieve-statements", "per-source"),
+        ("backup-keys", "backup-keys"), ("retrieve-statements", "per-source"), ("verify-archive", "verify"),
     ]:
         deployment = stack.get(f"/deployments/name/{flow}/{name}")
         assert deployment["work_pool_name"] == "ibreports"
     assert stack.get("/deployments/name/backfill-statements/backfill")["schedules"] == []
     backup = stack.get("/deployments/name/backup-keys/backup-keys")["schedules"][0]["schedule"]
     assert (backup["cron"], backup["timezone"]) == ("0 7 * * 0", "America/New_York")
+    verify = stack.get("/deployments/name/verify-archive/verify")["schedules"][0]["schedule"]
+    assert (verify["cron"], verify["timezone"]) == ("0 8 1 * *", "America/New_York")
     schema = stack.get("/deployments/name/backfill-statements/backfill")["parameter_openapi_schema"]
     assert {"start", "end", "sources", "force"} <= set(schema["properties"])
     assert set(schema["required"]) == {"start", "end"}

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..config import ArchiveConfig
-from ..errors import ArchiveError
+from ..errors import ArchiveError, ConfigError
 
 MAX_KEY_BYTES = 1024  # S3's limit; also keeps local paths within PATH_MAX
 
@@ -42,13 +42,17 @@ class Archive(Protocol):
         reader never sees a partial object. ``sha256`` (hex) is verified by the store; None when
         the caller has no independent hash (a file it just produced): S3 then computes one for
         ``ChecksumSHA256``, a local archive writes it as it is.
-        ``private`` marks plaintext statements (local: 0600). The archive may take ``path``
+        ``private`` marks plaintext statements (local: every put object is 0400, read-only from birth).
+        The content's SHA-256 is recorded with the object (S3 metadata ``sha256``, local extended
+        attribute ``user.ibreports.sha256``) for ``ibreports verify``; with ``[archive] object_lock``
+        an S3 object is written under that retention. The archive may take ``path``
         over (a local archive on the same file system hard-links it): the caller must not
         modify the file afterwards, only delete it.
         """
 
-    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
-        """Write a small object (run records, probes), replacing any existing one."""
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None, retain: bool = True) -> None:
+        """Write a small object (run records, probes), replacing any existing one. ``retain=False``
+        leaves out ``[archive] object_lock`` retention (doctor's probe)."""
 
     def get(self, key: str, dest: Path) -> None:
         """Stream ``key`` into ``dest`` (created 0600); ArchiveError if missing."""
@@ -81,14 +85,26 @@ def validate_key(key: str) -> str:
     return key
 
 
+def archive_class(config: ArchiveConfig) -> type:
+    """The archive class for ``config.url``, once the features the configuration asks for are
+    known to be declared by it (ConfigError, exit 2, otherwise)."""
+    if config.is_s3:
+        from .s3 import S3Archive as cls
+    else:
+        from .local import LocalArchive as cls
+    if config.object_lock is not None and "object_lock" not in cls.features:
+        raise ConfigError(
+            f"archive.object_lock is unsupported by the archive {config.url}: only S3 Object Lock "
+            "gives write-once retention.",
+            "Remove object_lock from [archive], or archive to an s3:// bucket with Object Lock enabled "
+            "(a local folder: see the chattr +i recipe in docs/coverage.md).",
+        )
+    return cls
+
+
 def open_archive(config: ArchiveConfig, quick: bool = False) -> Archive:
     """The archive for ``config.url``: a local folder or ``s3://bucket/prefix``.
 
     ``quick``: give up early on a store that does not answer (doctor), instead of retrying."""
-    if config.is_s3:
-        from .s3 import S3Archive
-
-        return S3Archive(config, quick=quick)
-    from .local import LocalArchive
-
-    return LocalArchive(config)
+    cls = archive_class(config)
+    return cls(config, quick=quick) if config.is_s3 else cls(config)

@@ -30,6 +30,8 @@ from ..errors import ArchiveError
 from ..files import CHUNK, UnsafeEntry, create_private, descend, open_dir, private_base, sha256_file
 from . import ObjectInfo, validate_key
 
+SHA256_XATTR = "user.ibreports.sha256"  # the content's SHA-256 (hex), recorded when the object is written
+READ_ONLY_MODE = 0o400  # archived statements and originals: nothing rewrites them
 TMP_PREFIX = ".tmp-"  # reserved in the root only: keys always start with a folder (statements/, runs/, ...)
 FILE_MODE = 0o600  # statements, encrypted originals and run records alike
 log = logging.getLogger(__name__)
@@ -86,7 +88,8 @@ class LocalArchive:
         return found
 
     def put(self, key: str, path: Path, sha256: str | None, metadata: dict[str, str], private: bool = False) -> bool:
-        """Create ``key`` from ``path`` unless it exists; metadata is not kept locally."""
+        """Create ``key`` from ``path`` unless it exists, read-only (0400), with its SHA-256 as an
+        extended attribute (other metadata is not kept locally)."""
         self._check_key(key)
         tmp, fd, parent = None, -1, -1
         try:
@@ -95,11 +98,15 @@ class LocalArchive:
                 with open(path, "rb") as src:
                     while chunk := src.read(CHUNK):
                         _write_all(fd, chunk)
-            if sha256 is not None and sha256_file(tmp) != sha256.lower():  # what is in the archive
+            actual = sha256_file(tmp)  # what is in the archive
+            if sha256 is not None and actual != sha256.lower():
                 raise ArchiveError(
                     f"Refused to archive {key}: its SHA-256 does not match the verified download.",
                     "The staged file changed or was corrupted; run fetch again.",
                 )
+            record_sha256(fd, actual)
+            # Read-only from birth: nothing rewrites an archived object (--force compares, never writes).
+            os.fchmod(fd, READ_ONLY_MODE)
             os.fsync(fd)
             parent, name = self._parent(key, create=True)  # only now: a refused put leaves no empty folders
             try:
@@ -115,7 +122,7 @@ class LocalArchive:
             _release(tmp, fd)
             _close(parent)
 
-    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None, retain: bool = True) -> None:
         """Write ``data`` to ``key`` atomically, replacing any existing object."""
         self._check_key(key)
         tmp, fd, parent = None, -1, -1
@@ -242,6 +249,27 @@ class LocalArchive:
             os.close(fd)
         raise ArchiveError(f"Could not create a temporary file in {self.root}: it kept disappearing.",
                            "Check what else removes files in the archive folder.")
+
+
+def record_sha256(fd: int, sha256: str) -> None:
+    """Keep the SHA-256 with the file (an extended attribute: no sidecar, so listing stays one walk).
+
+    File systems without user extended attributes keep none; ``verify`` then reports the
+    object as unrecorded instead of checked.
+    """
+    try:
+        os.setxattr(fd, SHA256_XATTR, sha256.encode("ascii"))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES):
+            raise
+
+
+def recorded_sha256(path: Path | str) -> str | None:
+    """The SHA-256 recorded when ``path`` was archived, or None."""
+    try:
+        return os.getxattr(path, SHA256_XATTR).decode("ascii", "replace")
+    except OSError:
+        return None
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import os
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -27,6 +28,7 @@ from .s3client import encode_metadata, error_code, make_s3_client, s3_error  # n
 
 MiB = 1 << 20
 MAX_PARTS = 10_000
+SHA256_META = "sha256"  # x-amz-meta-sha256: the whole content's SHA-256 (hex), recorded at write time
 CONFLICT_RETRIES = 5  # 409 ConditionalRequestConflict: another writer is mid-flight on the key
 
 
@@ -45,8 +47,7 @@ QUICK = {"max_attempts": 1, "connect_timeout": 3, "read_timeout": 10}
 class S3Archive:
     """Archive objects under ``s3://bucket/prefix``."""
 
-    features: frozenset[str] = frozenset()  # names from archive.FEATURES (none yet)
-
+    features: frozenset[str] = frozenset({"object_lock"})  # S3 Object Lock retention ([archive] object_lock)
     single_put_limit = 16 * MiB  # above this, multipart: memory stays bounded by one part
     part_size = 16 * MiB
     page_size = 1000  # list_objects_v2's maximum
@@ -83,14 +84,18 @@ class S3Archive:
         """Create ``key`` from ``path`` unless it exists (``private`` is moot: objects are never public)."""
         if sha256 is None:  # the store still gets a checksum to verify what it receives
             sha256 = sha256_file(Path(path))
-        return self._upload(self._name(key), path, sha256, metadata, conditional=True)
+        # The content's SHA-256 also as metadata: a multipart object's own checksum is one of its parts'.
+        return self._upload(self._name(key), path, sha256, {**metadata, SHA256_META: sha256.lower()}, conditional=True)
 
-    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
-        """Write a small object, replacing any existing one."""
+    def put_bytes(self, key: str, data: bytes, metadata: dict[str, str] | None = None, retain: bool = True) -> None:
+        """Write a small object, replacing any existing one (a new version on a versioned bucket).
+        ``retain=False``: without ibreports' Object Lock retention (doctor's probe)."""
         name = self._name(key)
+        digest = hashlib.sha256(data)
+        meta = {**(metadata or {}), SHA256_META: digest.hexdigest()}
         try:
-            self.client.put_object(Bucket=self.bucket, Key=name, Body=data, **self._write_args(metadata or {}),
-                                   ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(hashlib.sha256(data).digest()))
+            self.client.put_object(Bucket=self.bucket, Key=name, Body=data, **self._write_args(meta, retain),
+                                   ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(digest.digest()))
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, "put", name) from None
 
@@ -132,8 +137,15 @@ class S3Archive:
         validate_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _write_args(self, metadata: dict[str, str]) -> dict:
+    def _write_args(self, metadata: dict[str, str], retain: bool = True) -> dict:
         args: dict = {"Metadata": encode_metadata(metadata)}
+        lock = self.config.object_lock
+        if lock is not None and retain:
+            # With ChecksumAlgorithm on every write, as S3 requires for Object Lock (instead of Content-MD5).
+            args["ObjectLockMode"] = lock.mode
+            # Whole seconds on the wire: rounded up, so the retention is never shorter than configured.
+            until = datetime.now(timezone.utc) + timedelta(days=lock.days, seconds=1)
+            args["ObjectLockRetainUntilDate"] = until.replace(microsecond=0)
         sse = self.config.server_side_encryption
         if sse:
             args["ServerSideEncryption"] = sse
@@ -141,28 +153,29 @@ class S3Archive:
             args["SSEKMSKeyId"] = self.config.kms_key_id
         return args
 
-    def _upload(self, name: str, path: Path, sha256: str, metadata: dict[str, str], conditional: bool) -> bool:
+    def _upload(self, name: str, path: Path, sha256: str, metadata: dict[str, str], conditional: bool,
+                retain: bool = True) -> bool:
         try:
             size = os.stat(path).st_size
         except OSError as exc:
             raise ArchiveError(f"Could not read {path}: {exc.strerror or exc}.", "Check the staging folder.") from None
         if size > self.single_put_limit:
-            return self._multipart(name, path, size, sha256, metadata, conditional)
+            return self._multipart(name, path, size, sha256, metadata, conditional, retain)
         with open(path, "rb") as fh:
             data = fh.read()
         _check_digest(hashlib.sha256(data).hexdigest(), sha256, name)
         args = dict(Bucket=self.bucket, Key=name, Body=data, ChecksumAlgorithm="SHA256",
                     ChecksumSHA256=_b64(bytes.fromhex(sha256)),
-                    **self._write_args(metadata))
+                    **self._write_args(metadata, retain))
         return self._create(name, lambda cond: self.client.put_object(**args, **cond), conditional)
 
     def _multipart(self, name: str, path: Path, size: int, sha256: str, metadata: dict[str, str],
-                   conditional: bool) -> bool:
+                   conditional: bool, retain: bool) -> bool:
         """Upload part by part, each with its own SHA-256; complete only if the whole file matches."""
-        part_size = max(self.part_size, -(-size // MAX_PARTS))
+        part_size = multipart_part_size(size, self.part_size)
         try:
             upload_id = self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=name, ChecksumAlgorithm="SHA256", **self._write_args(metadata))["UploadId"]
+                Bucket=self.bucket, Key=name, ChecksumAlgorithm="SHA256", **self._write_args(metadata, retain))["UploadId"]
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, "put", name) from None
         done = False
@@ -235,7 +248,7 @@ def upload_file(config: ArchiveConfig, url: str, path: Path) -> None:
         sha256 = sha256_file(Path(path))
     except OSError as exc:
         raise ArchiveError(f"Could not read {path}: {exc.strerror or exc}.", "Check the file.") from None
-    archive._upload(name, Path(path), sha256, {}, conditional=False)
+    archive._upload(name, Path(path), sha256, {}, conditional=False, retain=False)  # a key bundle, not the archive
 
 
 def download_file(config: ArchiveConfig, url: str, dest: Path) -> None:
@@ -250,6 +263,11 @@ def _single(config: ArchiveConfig, url: str) -> tuple[S3Archive, str]:
         raise ArchiveError(f"{url!r} names a bucket, not an object.", "Write it as s3://bucket/path/file.")
     validate_key(key)
     return S3Archive(dataclasses.replace(config, url=f"s3://{bucket}")), key
+
+
+def multipart_part_size(size: int, part_size: int = 16 * MiB) -> int:
+    """The part size a multipart upload of ``size`` bytes uses (``verify`` recomputes its checksum)."""
+    return max(part_size, -(-size // MAX_PARTS))
 
 
 def _check_digest(actual: str, expected: str, name: str) -> None:

@@ -54,7 +54,8 @@ def make_s3_client(config: ArchiveConfig, *, max_attempts: int = 8, connect_time
         return boto3.session.Session(botocore_session=botocore_session).client("s3", **kwargs)
 
 
-PERMISSIONS = {"list": "s3:ListBucket", "put": "s3:PutObject", "get": "s3:GetObject", "delete": "s3:DeleteObject"}
+PERMISSIONS = {"list": "s3:ListBucket", "put": "s3:PutObject", "get": "s3:GetObject", "delete": "s3:DeleteObject",
+               "read the Object Lock settings of": "s3:GetBucketObjectLockConfiguration and s3:GetBucketVersioning"}
 
 
 def s3_error(exc: Exception, action: str, bucket: str, name: str, endpoint: str = "") -> ArchiveError:

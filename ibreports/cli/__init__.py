@@ -17,7 +17,7 @@ from typing import Callable
 from .. import __version__
 from ..errors import IbreportsError
 
-COMMAND_MODULES = ("keys", "fetch", "ops", "diagnose")
+COMMAND_MODULES = ("keys", "fetch", "ops", "diagnose", "ledger")
 # Runs flow retrieve-statements for the demo: (demo folder, config file) -> None.
 FlowRunner = Callable[[Path, Path], object]
 CONFIG_HELP = "config file (default: $IBREPORTS_CONFIG or ./ibreports.toml)"

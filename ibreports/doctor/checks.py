@@ -73,13 +73,30 @@ def _check_sample(sample: Sample, held: list[Decryptor], staging: Path):
 
 
 def check_archive(config: ArchiveConfig, cl: Checklist, staging: Path) -> None:
-    """Write, read back and delete a probe object ``doctor/probe-<random>``."""
+    """Object Lock (when configured), then write, read back and delete a probe object ``doctor/probe-<random>``.
+
+    On a bucket with Object Lock the probe cannot be relied on to be deletable: it is written
+    without ibreports' retention to the one key ``doctor/probe`` and left there.
+    """
     archive = cl.step("open", _open, config)
-    key = f"doctor/probe-{secrets.token_hex(8)}"
+    locked = False
+    if archive is not None and config.object_lock is not None:  # only archives declaring the feature open
+        state = cl.step("object lock", _lock, archive)
+        locked = state is not None and state.enabled
+    key = "doctor/probe" if locked else f"doctor/probe-{secrets.token_hex(8)}"
     data = f"ibreports doctor probe {key}\n".encode()
     cl.step("write", _write, archive, key, data)
     cl.step("read", _read, archive, key, data, staging, blocking=False)
-    cl.step("delete", _delete, archive, key)
+    if locked:
+        cl.skip("delete", "not needed: the bucket is write-once (Object Lock); doctor reuses the key doctor/probe")
+    else:
+        cl.step("delete", _delete, archive, key)
+
+
+def _lock(archive):
+    from ..archive.objectlock import check_lock
+
+    return check_lock(archive)
 
 
 def _open(config: ArchiveConfig) -> tuple[Archive, str]:
@@ -88,7 +105,7 @@ def _open(config: ArchiveConfig) -> tuple[Archive, str]:
 
 
 def _write(archive: Archive, key: str, data: bytes):
-    archive.put_bytes(key, data, {"purpose": "ibreports doctor probe"})
+    archive.put_bytes(key, data, {"purpose": "ibreports doctor probe"}, retain=False)
     return None, key
 
 

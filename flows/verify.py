@@ -1,0 +1,29 @@
+"""Flow ``verify-archive``: the monthly re-read of archived objects against their recorded SHA-256."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from ibreports.config import load_config
+from ibreports.verify import format_result, verify_archive
+
+from flows.common import RunFailed, resolve_config
+
+VERIFY_ARTIFACT_KEY = "ibreports-verify"
+
+
+@flow(name="verify-archive", persist_result=False)
+def verify_archive_flow(config: str | None = None, since: date | None = None) -> dict[str, Any]:
+    """Re-read every archived statement and original (dated from ``since``); fails on any mismatch or missing object."""
+    result = verify_archive(load_config(resolve_config(config)).archive, since)
+    text = format_result(result)
+    get_run_logger().info("%s", text.splitlines()[-1])
+    create_markdown_artifact(markdown="# Archive verification\n\n```\n" + text + "\n```\n", key=VERIFY_ARTIFACT_KEY,
+                             description="Archive verification")
+    if result.exit_code:
+        raise RunFailed(text.splitlines()[-1])
+    return result.to_dict()

@@ -1,0 +1,247 @@
+"""`ibreports coverage`: gaps per account and kind from a real archive, cross-checked against a real sshd."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from ibreports.archive.local import LocalArchive
+from ibreports.calendars import BusinessDays
+from ibreports.cli import main
+from ibreports.config import ArchiveConfig
+from ibreports.coverage import compute, new_gaps, previous_run, remote_ranges
+from ibreports.statements import parse, statement_key
+
+TOP = {"generated", "calendar", "grace_days", "since", "until", "kinds", "unsorted", "sources", "gaps"}
+KIND = {"account", "query", "cadence", "first", "last", "count", "gaps"}
+GAP = {"from", "to", "business_days", "status", "files"}
+
+
+def key(name: str) -> str:
+    return statement_key(parse(name, 0))
+
+
+def daily(account: str, day: date, query: str = "DailyActivity") -> str:
+    return f"{account}.{query}.{day:%Y%m%d}.{day:%Y%m%d}.xml"
+
+
+def days(start: date, end: date) -> list[date]:
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def test_daily_gaps_skip_weekends_and_nyse_holidays():
+    # November 2026: Thanksgiving (Thu 26th) is an NYSE holiday; the 21st/22nd and 28th/29th are weekends.
+    held = [d for d in days(date(2026, 11, 16), date(2026, 11, 30)) if d not in (date(2026, 11, 19), date(2026, 11, 20))]
+    keys = [key(daily("U1234567", d)) for d in held if d.weekday() < 5 and d != date(2026, 11, 26)]
+    report = compute(keys, {}, {"s": "ok"}, today=date(2026, 12, 4), grace_days=3)
+    [kind] = report.kinds
+    assert (kind.account, kind.query, kind.cadence) == ("U1234567", "DailyActivity", "daily")
+    assert (kind.first, kind.last, kind.count) == (date(2026, 11, 16), date(2026, 11, 30), len(keys))
+    assert [(g.start, g.end, g.business_days, g.status) for g in kind.gaps] == [
+        (date(2026, 11, 19), date(2026, 11, 20), 2, "purged")]
+    assert report.exit_code == 1
+
+
+def test_trailing_days_are_gaps_only_after_the_grace_period():
+    keys = [key(daily("U1234567", date(2026, 11, 27))), key(daily("U1234567", date(2026, 11, 30)))]
+    # Dec 1-4 (Tue-Fri) have no statement; on Dec 7 with grace 3 only Dec 1-3 are old enough.
+    report = compute(keys, {}, {"s": "ok"}, today=date(2026, 12, 7), grace_days=3)
+    assert [(g.start, g.end, g.business_days) for g in report.kinds[0].gaps] == [(date(2026, 12, 1), date(2026, 12, 3), 3)]
+    relaxed = compute(keys, {}, {"s": "ok"}, today=date(2026, 12, 7), grace_days=10)
+    assert relaxed.gaps == [] and relaxed.exit_code == 0
+
+
+def test_a_single_period_has_no_cadence_yet_so_no_gaps():
+    report = compute([key(daily("U1234567", date(2026, 10, 1)))], {}, {"s": "ok"}, today=date(2026, 12, 7))
+    assert [(k.cadence, k.count, k.gaps) for k in report.kinds] == [("single", 1, [])] and report.exit_code == 0
+
+
+def test_calendar_is_configurable():
+    # 2026-12-25 is a holiday on both NYSE and LSE; 2026-12-28 (Boxing Day substitute) only on the LSE.
+    keys = [key(daily("U1234567", d)) for d in (date(2026, 12, 24), date(2026, 12, 29))]
+    nyse = compute(keys, {}, {}, calendar="NYSE", today=date(2026, 12, 30), grace_days=0)
+    lse = compute(keys, {}, {}, calendar="LSE", today=date(2026, 12, 30), grace_days=0)
+    weekdays = compute(keys, {}, {}, calendar="none", today=date(2026, 12, 30), grace_days=0)
+    assert [(g.start, g.end) for g in nyse.kinds[0].gaps] == [(date(2026, 12, 28), date(2026, 12, 28))]
+    assert lse.kinds[0].gaps == []
+    assert [(g.start, g.end, g.business_days) for g in weekdays.kinds[0].gaps] == [
+        (date(2026, 12, 25), date(2026, 12, 28), 2)]
+    assert nyse.kinds[0].gaps[0].status == "unknown"  # no source listed: neither on-server nor purged
+
+
+def test_monthly_and_range_kinds():
+    months = [(date(2026, m, 1), date(2026, m + 1, 1) - timedelta(days=1)) for m in (1, 2, 5, 6)]
+    weeks = [(date(2026, 3, 2), date(2026, 3, 6)), (date(2026, 3, 16), date(2026, 3, 20))]
+    keys = [key(f"F1234567.Monthly.{a:%Y%m%d}.{b:%Y%m%d}.csv") for a, b in months]
+    keys += [key(f"F1234567.Weekly.{a:%Y%m%d}.{b:%Y%m%d}.csv") for a, b in weeks]
+    keys += ["statements/_unsorted/2026/03/notes.txt", "encrypted/s/2026/03/F1234567.Weekly.20260309.20260313.csv.pgp"]
+    report = compute(keys, {}, {"s": "ok"}, today=date(2026, 8, 5), grace_days=3)
+    monthly, weekly = report.kinds
+    assert monthly.cadence == "monthly" and weekly.cadence == "ranges"
+    # March, April and July missing (June's statement ended June 30; July ended 5 days ago).
+    assert [(g.start, g.end) for g in monthly.gaps] == [(date(2026, 3, 1), date(2026, 4, 30)),
+                                                         (date(2026, 7, 1), date(2026, 7, 31))]
+    assert [(g.start, g.end, g.business_days) for g in weekly.gaps] == [(date(2026, 3, 9), date(2026, 3, 13), 5)]
+    assert report.unsorted == 1
+
+
+def test_server_listing_marks_gaps_on_server_or_purged_and_filters_apply():
+    held = [date(2026, 11, 2), date(2026, 11, 6)]
+    keys = [key(daily("U1234567", d)) for d in held] + [key(daily("U7654321", date(2026, 11, 2)))]
+    remote = remote_ranges([("ibkr-sftp", daily("U1234567", date(2026, 11, 4)) + ".pgp"),
+                            ("ibkr-sftp", "junk \x00 name"), ("ibkr-sftp", "readme.txt")])
+    report = compute(keys, remote, {"ibkr-sftp": "ok"}, accounts=["U1234567"], until=date(2026, 11, 6),
+                     today=date(2026, 12, 1))
+    [kind] = report.kinds
+    assert [(g.start, g.end, g.status, g.files) for g in kind.gaps] == [
+        (date(2026, 11, 3), date(2026, 11, 3), "purged", []),
+        (date(2026, 11, 4), date(2026, 11, 4), "on-server", ["ibkr-sftp/U1234567.DailyActivity.20261104.20261104.xml.pgp"]),
+        (date(2026, 11, 5), date(2026, 11, 5), "purged", []),
+    ]
+    since = compute(keys, remote, {"ibkr-sftp": "ok"}, accounts=["U1234567"], since=date(2026, 11, 5),
+                    until=date(2026, 11, 6), today=date(2026, 12, 1))
+    assert [(g.start, g.status) for g in since.kinds[0].gaps] == [(date(2026, 11, 5), "purged")]
+    assert (since.kinds[0].first, since.kinds[0].count) == (date(2026, 11, 6), 1)
+
+
+def test_new_gaps_are_those_overdue_since_the_previous_run():
+    keys = [key(daily("U1234567", date(2026, 11, 2))), key(daily("U1234567", date(2026, 11, 10)))]
+    report = compute(keys, {}, {}, today=date(2026, 11, 11), grace_days=0)
+    assert len(report.gaps) == 1  # Nov 3..9
+    runs = ["runs/2026/11/20261109T063000Z-abc123.json", "runs/2026/11/20261111T063000Z-def456.json", "runs/x.json"]
+    current = datetime(2026, 11, 11, 6, 30, tzinfo=timezone.utc).timestamp()
+    before = previous_run(runs, before=current)
+    assert before == datetime(2026, 11, 9, 6, 30, tzinfo=timezone.utc).timestamp()
+    assert new_gaps(report, before) == report.gaps  # Nov 9 became overdue after the Nov 9 run
+    later = datetime(2026, 11, 10, 12, 0, tzinfo=timezone.utc).timestamp()
+    assert new_gaps(report, later) == []  # a run on Nov 10 had seen it already
+    assert new_gaps(report, None) == report.gaps
+
+
+# -- the command, on a real local archive and a real sshd ------------------------------------------
+
+@pytest.fixture
+def setup(tmp_path, sshd_factory, sftp_client_key, monkeypatch):
+    monkeypatch.setenv("TEST_SFTP_PASSPHRASE", sftp_client_key[2])
+    server = sshd_factory([sftp_client_key[1]])
+    (server.root / "outgoing").mkdir(exist_ok=True)
+    archive = LocalArchive(ArchiveConfig(url=str(tmp_path / "archive")))
+    return tmp_path, server, archive, sftp_client_key
+
+
+def write_config(tmp_path: Path, server, key, port: int | None = None, extra: str = "") -> Path:
+    kh = server.write_known_hosts(tmp_path / "known_hosts")
+    path = tmp_path / "ibreports.toml"
+    path.write_text(f"""
+[[sources]]
+name = "ibkr-sftp"
+kind = "sftp"
+host = "{server.host}"
+port = {port or server.port}
+username = "{server.username}"
+key_file = "{key[0]}"
+key_passphrase = "env:TEST_SFTP_PASSPHRASE"
+known_hosts = "{kh}"
+remote_dir = "{server.root / 'outgoing'}"
+timeout = 5
+
+[archive]
+url = "{tmp_path / 'archive'}"
+{extra}
+""")
+    return path
+
+
+def test_command_reports_gaps_with_server_state_json_and_table(setup, capsys):
+    tmp_path, server, archive, ssh_key = setup
+    today = date.today()
+    business = BusinessDays("NYSE").between(today - timedelta(days=40), today - timedelta(days=10))
+    missing_on_server, missing_purged = business[5], business[10]
+    for day in business:
+        if day in (missing_on_server, missing_purged):
+            continue
+        name = daily("U1234567", day)
+        (tmp_path / name).write_bytes(b"<x/>")
+        archive.put(statement_key(parse(name, 0)), tmp_path / name, None, {}, private=True)
+    (server.root / "outgoing" / (daily("U1234567", missing_on_server) + ".pgp")).write_bytes(b"x")
+    config = write_config(tmp_path, server, ssh_key, extra="[coverage]\ngrace_days = 3\ncalendar = \"NYSE\"\n")
+    until = business[-1].isoformat()
+
+    rc = main(["--config", str(config), "coverage", "--until", until, "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    assert set(doc) == TOP and doc["sources"] == {"ibkr-sftp": "ok"} and doc["gaps"] == 2
+    [kind] = doc["kinds"]
+    assert set(kind) == KIND and all(set(g) == GAP for g in kind["gaps"])
+    assert kind["count"] == len(business) - 2
+    assert [(g["from"], g["status"]) for g in kind["gaps"]] == [
+        (missing_on_server.isoformat(), "on-server"), (missing_purged.isoformat(), "purged")]
+
+    rc = main(["--config", str(config), "coverage", "--until", until])
+    text = capsys.readouterr().out
+    assert rc == 1
+    assert "on the server, not archived: run `ibreports fetch`" in text
+    assert "purged: ask IBKR to regenerate it (or use a Flex Web Service backfill)" in text
+
+    rc = main(["--config", str(config), "coverage", "--since", business[11].isoformat(), "--until", until])
+    assert rc == 0 and "no gap older than 3 day(s)" in capsys.readouterr().out
+    rc = main(["--config", str(config), "coverage", "--account", "U0000001", "--until", until, "--json"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["kinds"] == []
+
+
+def test_unreachable_server_is_named_and_the_report_still_comes(setup, capsys):
+    tmp_path, server, archive, ssh_key = setup
+    for day in (date(2026, 11, 2), date(2026, 11, 4)):
+        name = daily("U1234567", day)
+        (tmp_path / name).write_bytes(b"<x/>")
+        archive.put(statement_key(parse(name, 0)), tmp_path / name, None, {}, private=True)
+    from tests.fixtures.sshd import free_port
+
+    config = write_config(tmp_path, server, ssh_key, port=free_port())
+    rc = main(["--config", str(config), "coverage", "--until", "2026-11-04", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    assert doc["sources"]["ibkr-sftp"].startswith("could not be listed: ")
+    assert [(g["from"], g["status"]) for g in doc["kinds"][0]["gaps"]] == [("2026-11-03", "unknown")]
+    rc = main(["--config", str(config), "coverage", "--until", "2026-11-04"])
+    out = capsys.readouterr().out
+    assert "source ibkr-sftp: could not be listed" in out and "unknown: not on the servers that were listed" in out
+
+
+def test_bad_calendar_is_a_configuration_error(setup, capsys):
+    tmp_path, server, _archive, ssh_key = setup
+    config = write_config(tmp_path, server, ssh_key, extra="[coverage]\ncalendar = \"MOON\"\n")
+    assert main(["--config", str(config), "coverage"]) == 2
+    assert "coverage.calendar" in capsys.readouterr().err
+
+
+def test_coverage_of_an_s3_archive_with_one_listing(s3_server, s3_bucket, tmp_path, capsys, monkeypatch):
+    from ibreports.archive.s3 import S3Archive
+    from tests.fixtures.s3 import s3_archive_config
+
+    archive = S3Archive(s3_archive_config(s3_server, s3_bucket))
+    for day in (date(2026, 11, 2), date(2026, 11, 3), date(2026, 11, 5)):
+        name = daily("U1234567", day)
+        (tmp_path / name).write_bytes(b"<x/>")
+        archive.put(statement_key(parse(name, 0)), tmp_path / name, None, {}, private=True)
+    config = tmp_path / "ibreports.toml"
+    config.write_text(f'[archive]\nurl = "s3://{s3_bucket}/ib"\nendpoint_url = "{s3_server}"\nregion = "us-east-1"\n')
+    requests: list[str] = []
+    from ibreports.archive import s3client
+
+    original = s3client.make_s3_client
+
+    def counting(*args, **kwargs):  # observe the wire: which S3 operations the command sends
+        client = original(*args, **kwargs)
+        client.meta.events.register("before-call.s3.*", lambda model, **_: requests.append(model.name))
+        return client
+
+    monkeypatch.setattr("ibreports.archive.s3.make_s3_client", counting)  # the same client, only observed
+    rc = main(["--config", str(config), "coverage", "--offline", "--json", "--until", "2026-11-05"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 1 and doc["sources"] == {}
+    assert [(g["from"], g["status"]) for g in doc["kinds"][0]["gaps"]] == [("2026-11-04", "unknown")]
+    assert requests == ["ListObjectsV2"]  # one page: no request per object
