@@ -28,7 +28,8 @@ def backfill_statements(
 ) -> State:
     """Archive every statement dated ``start``..``end`` (inclusive) still on the servers.
 
-    IBKR purges files after about 100 days, so older dates are simply not there.
+    IBKR purges files after about 100 days, so older dates are not on its file servers; a
+    flexweb source asks IBKR to make the dates the archive lacks again (docs/flexweb.md).
 
     Args:
         start: First statement date of the range (YYYY-MM-DD, inclusive).

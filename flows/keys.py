@@ -8,8 +8,6 @@ shown in the UI) and never logged, returned or put into an artifact.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from ibreports.config import ArchiveConfig, config_path, load_config
 from ibreports.errors import ConfigError, KeyMaterialError
+from ibreports.files import claim_workdir, release_workdir
+from ibreports.pgp import disable_core_dumps, sweep_abandoned_homes
 from ibreports.keys import backup_keys as backup_key_folder
 from ibreports.keys import generate_keys as generate_key_pairs
 from ibreports.keys import restore_keys
@@ -46,6 +46,12 @@ def _passphrase(block: str | None, envs: tuple[str, ...], what: str) -> str:
         f"No {what} was given.",
         f"Pass passphrase_block=<Secret block name> or set {' or '.join(envs)} in the worker's environment.",
     )
+
+
+def _clean_start() -> None:
+    """No core dumps while passphrases are in memory; a killed run's GnuPG homes and scratch key folders go."""
+    disable_core_dumps()
+    sweep_abandoned_homes()
 
 
 def _archive_settings(config: str | None) -> ArchiveConfig | None:
@@ -79,6 +85,7 @@ def generate_keys(
             $IBREPORTS_KEY_PASSPHRASE in the worker's environment.
     """
     logger = get_run_logger()
+    _clean_start()
     folder = Path(dir).absolute()
     passphrase = _passphrase(passphrase_block, (KEY_PASSPHRASE_ENV,), "key passphrase")
     report = generate_key_pairs(
@@ -156,6 +163,7 @@ def backup_keys(
             $IBREPORTS_CONFIG, else ibreports.toml in IBREPORTS_HOME.
     """
     logger = get_run_logger()
+    _clean_start()
     url = to or os.environ.get(BACKUP_URL_ENV)
     if not url:
         raise ConfigError(
@@ -167,13 +175,14 @@ def backup_keys(
     logger.info("backing up key folder %s%s", folder, "" if dir else " (the folder of the config's key files)")
     made = backup_key_folder(folder, url, passphrase, archive)
     logger.info("backup written to %s (%d files, %d bytes)", made.url, len(made.files), made.size)
-    # A backup only counts once it restores: restore into a private scratch folder
-    # (mkdtemp is 0700), compare fingerprints, then remove the restored keys.
-    scratch = Path(tempfile.mkdtemp(prefix="ibreports-verify-"))
+    # A backup only counts once it restores: restore into a private scratch folder (0700,
+    # locked while used so a killed run's copy is swept by the next command), compare
+    # fingerprints, then remove the restored keys.
+    scratch, lock = claim_workdir("ibreports-verify-")
     try:
         restored = restore_keys(made.url, scratch / "keys", passphrase, archive)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        release_workdir(scratch, lock)
     if restored.fingerprints != made.fingerprints:
         raise KeyMaterialError(
             f"The backup {made.url} restores keys with other fingerprints than the key folder's.",

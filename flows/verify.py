@@ -18,7 +18,13 @@ VERIFY_ARTIFACT_KEY = "ibreports-verify"
 
 @flow(name="verify-archive", persist_result=False)
 def verify_archive_flow(config: str | None = None, since: date | None = None) -> dict[str, Any]:
-    """Re-read every archived statement and original (dated from ``since``); fails on any mismatch or missing object."""
+    """Re-read every archived statement and original; fails on any mismatch or missing object.
+
+    Args:
+        config: Config file on the worker (for the archive). Default: $IBREPORTS_CONFIG,
+            else ibreports.toml in IBREPORTS_HOME.
+        since: Only objects of statements dated on or after this day (YYYY-MM-DD). Default: all.
+    """
     result = verify_archive(load_config(resolve_config(config)).archive, since)
     text = format_result(result)
     get_run_logger().info("%s", text.splitlines()[-1])

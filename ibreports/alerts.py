@@ -214,7 +214,8 @@ def _safe(name: str) -> str:
 
 def _known_secrets(config: Config) -> list[str]:
     """Secret values to blank out of any message: defence in depth behind secret-free errors."""
-    found: list[Secret | None] = [config.pgp.passphrase, *config.alerts.urls]
+    found: list[Secret | None] = [config.pgp.passphrase, *(e.passphrase for e in config.pgp.key_entries),
+                                  *config.alerts.urls]
     for source in config.sources:
         settings = source.settings
         found += [v for v in (getattr(settings, f.name) for f in dataclasses.fields(settings)) if isinstance(v, Secret)]

@@ -28,10 +28,33 @@ class SourceConfig:
     allow_plain: bool = True
 
 
+# Decompression bombs: plaintext bytes allowed per encrypted byte, at least OUTPUT_FLOOR, at most max_output.
+DEFAULT_MAX_EXPANSION = 100.0  # compressed Flex XML expands ~5-30x
+DEFAULT_MAX_OUTPUT = 4 << 30
+OUTPUT_FLOOR = 64 << 20
+
+
+@dataclass
+class PgpKeyEntry:
+    """One ``[pgp] secret_key_file`` entry: a path, or ``{ file = ..., passphrase = ... }``."""
+
+    file: Path
+    passphrase: Secret | None = None  # its own; None: [pgp] passphrase applies
+
+
 @dataclass
 class PgpConfig:
     secret_key_files: list[Path] = field(default_factory=list)
     passphrase: Secret | None = None
+    key_entries: list[PgpKeyEntry] = field(default_factory=list)  # same order as secret_key_files
+    signer_keys: list[Path] = field(default_factory=list)  # public key files; set: a good signature is required
+    max_expansion: float = DEFAULT_MAX_EXPANSION
+    max_output: int = DEFAULT_MAX_OUTPUT
+
+    def passphrase_for(self, index: int) -> Secret | None:
+        """The passphrase that applies to secret key file ``index``: its own, else [pgp] passphrase."""
+        own = self.key_entries[index].passphrase if index < len(self.key_entries) else None
+        return own or self.passphrase
 
 
 @dataclass(frozen=True)

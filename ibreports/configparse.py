@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from .configmodel import (
+    DEFAULT_MAX_EXPANSION,
+    DEFAULT_MAX_OUTPUT,
     AlertsConfig,
     ArchiveConfig,
     Config,
     CoverageConfig,
     ObjectLock,
     PgpConfig,
+    PgpKeyEntry,
     RetentionConfig,
     RunConfig,
     SourceConfig,
@@ -203,16 +206,39 @@ class Parser:
         return default
 
     def pgp(self, data: dict[str, Any]) -> PgpConfig:
-        raw = self.table(data, "pgp", {"secret_key_file", "passphrase"})
+        raw = self.table(data, "pgp", {"secret_key_file", "passphrase", "signer_keys", "max_expansion", "max_output"})
         files = raw.get("secret_key_file", [])
-        if isinstance(files, str):
+        if isinstance(files, (str, dict)):
             files = [files]
-        if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
-            raise self.fail("pgp.secret_key_file", "a path or a list of paths", files)
+        if not isinstance(files, list):
+            raise self.fail("pgp.secret_key_file", "a path, an inline table or a list of them", files)
+        entries = [self.pgp_key(i, f) for i, f in enumerate(files)]
+        signers = raw.get("signer_keys", [])
+        if not isinstance(signers, list) or not all(isinstance(f, str) and f for f in signers):
+            raise self.fail("pgp.signer_keys", "a list of public key file paths", signers)
+        expansion = self.get(raw, "pgp", "max_expansion", float, DEFAULT_MAX_EXPANSION)
+        if expansion < 1:
+            raise self.fail("pgp.max_expansion", "a number >= 1 (plaintext bytes per encrypted byte)")
         return PgpConfig(
-            secret_key_files=[resolve_path(f, self.base) for f in files],
+            secret_key_files=[e.file for e in entries],
             passphrase=self.secret(raw, "pgp", "passphrase"),
+            key_entries=entries,
+            signer_keys=[resolve_path(f, self.base) for f in signers],
+            max_expansion=expansion,
+            max_output=self.nonneg(raw, "pgp", "max_output", DEFAULT_MAX_OUTPUT, low=1),
         )
+
+    def pgp_key(self, index: int, entry: Any) -> PgpKeyEntry:
+        where = f"pgp.secret_key_file[{index}]"
+        if isinstance(entry, str) and entry:
+            return PgpKeyEntry(resolve_path(entry, self.base))
+        if not isinstance(entry, dict):
+            raise self.fail(where, "a path or { file = \"...\", passphrase = \"env:NAME\" }", entry)
+        self.table({where: entry}, where, {"file", "passphrase"})
+        path = self.path(entry, where, "file")
+        if path is None:
+            raise self.fail(f"{where}.file", "the path of an armored PGP secret key")
+        return PgpKeyEntry(path, self.secret(entry, where, "passphrase"))
 
     def archive(self, data: dict[str, Any]) -> ArchiveConfig:
         raw = self.table(

@@ -80,6 +80,13 @@ class RemoteFileError(IbreportsError):
     """One remote file could not be fetched (hostile name, size changed, ...)."""
 
 
+class StatementUnavailable(RemoteFileError):
+    """An on-demand source could not make one statement (not ready in time, not available, an
+    unreadable answer): that statement failed, the others were archived (exit 1, not 3)."""
+
+    source_exit_code = 1
+
+
 class FileChangedError(RemoteFileError):
     """The file changed between listing and download (still being written): it waits for the next run."""
 
@@ -88,7 +95,8 @@ class DecryptionError(IbreportsError):
     """A file failed strict decryption; its output was deleted.
 
     ``reason`` is the short word shown for the refused file: ``integrity``, ``no-key``, ``no-mdc``,
-    ``locked``, ``malformed``, ``empty``, ``signature``, ``failed``, ... ("" when not a refusal)."""
+    ``locked``, ``malformed``, ``empty``, ``signature``, ``oversized``, ``timeout``, ``failed``, ...
+    ("" when not a refusal)."""
 
     def __init__(self, message: str, remedy: str = "", *, reason: str = "", report: dict | None = None) -> None:
         super().__init__(message, remedy, report=report)

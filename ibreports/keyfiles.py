@@ -13,11 +13,8 @@ import hashlib
 import os
 import re
 import secrets
-import shutil
 import stat
 import struct
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -249,16 +246,15 @@ def ssh_public_from_private(data: bytes) -> str:
 
 @contextlib.contextmanager
 def gnupg_home() -> Iterator[Path]:
-    """A throwaway GnuPG home (0700); its agent is killed and the folder removed afterwards."""
-    home = Path(tempfile.mkdtemp(prefix="ibreports-gpg-"))
+    """A throwaway GnuPG home (0700, locked, watched); its agent is stopped and the folder
+    removed afterwards, or by the watchdog / the next command's sweep if we are killed."""
+    from .pgp import claim_home, release_home
+
+    home, lock = claim_home("ibreports-gpg-")
     try:
         yield home
     finally:
-        subprocess.run(
-            ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
-        )
-        shutil.rmtree(home, ignore_errors=True)
+        release_home(home, lock)
 
 
 def open_gpg(home: Path):
@@ -266,7 +262,10 @@ def open_gpg(home: Path):
     import gnupg
 
     try:
-        return gnupg.GPG(gnupghome=str(home))
+        from .pgp import minimal_env
+
+        # A passphrase in our environment (IBREPORTS_KEY_PASSPHRASE) must not reach gpg-agent's.
+        return gnupg.GPG(gnupghome=str(home), env=minimal_env())
     except (OSError, ValueError):
         raise KeyMaterialError(
             "The gpg program could not be run.", "Install GnuPG 2.2 or later (apt-get install gnupg)."

@@ -144,7 +144,9 @@ class Worker:
             else:
                 wrote_original = self.store(**kwargs)
         try:
-            meta["pgp-key"] = run.decryptor().decrypt(path, plain)
+            decrypted = run.decryptor().decrypt(path, plain)
+            meta["pgp-key"], meta["pgp-signature"] = decrypted.key, decrypted.signature
+            out.signature = decrypted.signature
         finally:
             if original is not None:
                 wrote_original = original.result()  # an archive failure outranks a decryption failure

@@ -68,6 +68,7 @@ class FileOutcome:
     days_left: int = 0
     code: Reason | str = Reason.NONE  # the reason as a stable code (e.g. "shadow", "conflict")
     deleted_from_server: bool = False  # delete_after_archive removed it after verifying the archive
+    signature: str = ""  # PGP deliveries: "unsigned" or "<signing key ID> verified|unverified"
 
 
 @dataclass
@@ -198,6 +199,7 @@ def table_rows(report: RunReport) -> list[dict[str, str]]:
             "reason": f.reason,
             "archive keys": " ".join(f.archive_keys),
             "deleted from server": "yes" if f.deleted_from_server else "",
+            "signature": f.signature,
         }
         for f in report.files
     ]

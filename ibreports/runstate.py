@@ -18,7 +18,7 @@ from .archive import Archive, ObjectInfo
 from .config import Config
 from .errors import ArchiveError, DecryptionError, IbreportsError
 from .files import claim_workdir, private_base, release_workdir, sweep_abandoned
-from .pgp import Decryptor, sweep_abandoned_homes
+from .pgp import Decryptor, decryptor_for, sweep_abandoned_homes
 from .report import RunReport
 
 log = logging.getLogger("ibreports.pipeline")
@@ -127,8 +127,10 @@ class RunState:
                 "The file is PGP-encrypted but no PGP secret key is configured.",
                 "Set [pgp] secret_key_file (ibreports keygen writes keys/ibkr_pgp_secret.asc).",
             )
-        passphrase = pgp.passphrase.get() if pgp.passphrase else None
-        return Decryptor(pgp.secret_key_files, passphrase, homes=min(2, os.cpu_count() or 1))
+        decryptor = decryptor_for(pgp)
+        for problem in decryptor.problems:  # once per run; only the files encrypted to that key fail
+            log.error("PGP key in %s cannot be used: %s", problem.file, problem.error)
+        return decryptor
 
 
 class Outage:

@@ -23,6 +23,11 @@ class Secret:
         self._value: str | None = None
 
     @property
+    def where(self) -> str:
+        """The config key that holds it (``pgp.passphrase``), for messages."""
+        return self._where
+
+    @property
     def reference(self) -> str:
         """The reference kind for messages (``env:NAME`` etc.), or ``inline``."""
         kind, _, rest = self._raw.partition(":")
@@ -31,6 +36,7 @@ class Secret:
     def get(self) -> str:
         """Resolve the secret; raises ConfigError naming the config key on failure."""
         if self._value is None:
+            _no_core_dumps()  # a secret in memory from here on
             self._value = _resolve_secret(self._raw, self._where, self._base)
         return self._value
 
@@ -38,6 +44,15 @@ class Secret:
         return f"Secret({self.reference if self.reference != 'inline' else '********'})"
 
     __str__ = __repr__
+
+
+def _no_core_dumps() -> None:
+    import resource
+
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    except (ValueError, OSError):
+        pass
 
 
 def _resolve_secret(raw: str, where: str, base: Path) -> str:

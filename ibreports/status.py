@@ -15,6 +15,8 @@ JSON schema (``ibreports status --json``), stable::
 ``files`` is sorted by days left (soonest purge first), then source and name.
 ``last_outcome``/``last_reason``: for a file not archived, what the latest run record that
 covered its source says happened to it (``failed``, ``rejected``, ``waiting``), else null.
+Sources without a file listing (the Flex Web Service) make statements when asked: nothing
+of theirs waits on a server to be purged, so they add no rows (the table names them).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .archive import Archive, open_archive
 from .config import Config, SourceConfig
 from .errors import IbreportsError
 from .remote import RemoteFile, open_remote
+from .remote.registry import kind_of
 
 
 @dataclass
@@ -62,6 +65,7 @@ class StatusReport:
     files: list[StatusRow] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # source -> one-line cause and remedy
     error_codes: dict[str, int] = field(default_factory=dict)  # source -> exit code of its error
+    on_demand: list[str] = field(default_factory=list)  # sources without a listing: nothing to purge
 
     @property
     def at_risk(self) -> list[StatusRow]:
@@ -99,6 +103,9 @@ def collect_status(config: Config, sources: list[str] | None = None, now: float 
     inventory = archive.inventory()
     last = last_outcomes(archive, inventory, [s.name for s in selected])
     for source in selected:
+        if not kind_of(source).capabilities.listing:
+            report.on_demand.append(source.name)
+            continue
         try:
             listing = _list(source)
         except IbreportsError as exc:
@@ -189,6 +196,8 @@ def format_table(report: StatusReport) -> str:
             lines.append(f"{'':>21}last run: {r.last_outcome}: {(r.last_reason or 'no reason recorded')[:300]}")
     if not report.files:
         lines.append("  (no files on the server)")
+    for source in report.on_demand:
+        lines.append(f"source {source}: on demand (statements are made when fetched; none wait on a server)")
     for source, message in sorted(report.errors.items()):
         lines.append(f"source {source}: {message}")
     risky = report.at_risk

@@ -14,4 +14,5 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.pgpkeys",
     "tests.fixtures.deliveries",
+    "tests.fixtures.flexweb",
 ]

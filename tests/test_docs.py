@@ -40,13 +40,17 @@ def _snippets(text: str) -> list[str]:
 
 
 def _shown_commands() -> list[tuple[str, str]]:
-    """(page, command line) for every `ibreports <command> ...` the docs show."""
+    """(page, command line) for every `ibreports <command> ...` the docs show: at the start of a
+    snippet or after a `$ ` prompt always; after `;`, `&&`, `|`, `(` or `:` (prose and sample
+    output use those too) when the next word names a command."""
+    names = {path[0] for path, _ in _commands(build_parser())}
     shown = []
     for page in PAGES:
         for snippet in _snippets(page.read_text()):
-            for match in re.finditer(r"(?:^|[;&|(:]\s*)(?:\S*/)?ibreports (\S.*)", snippet):
-                line = match.group(1).split(" #")[0]
-                shown.append((page.name, "ibreports " + line.strip()))
+            for match in re.finditer(r"(^|\$\s*|[;&|(:]\s*)(?:\S*/)?ibreports (\S.*)", snippet):
+                line = match.group(2).split(" #")[0].strip()
+                if match.group(1).strip() in ("", "$") or line.split()[0] in names or line.startswith("--"):
+                    shown.append((page.name, "ibreports " + line))
     return shown
 
 

@@ -163,6 +163,8 @@ def test_sftp_to_s3_second_run_adds_no_versions(tmp_path, sftp_setup, pgp_key, s
             assert (meta["remote-mtime"], meta["original-sha256"]) == (mtime, sha)
             decrypted = key.startswith("statements/") and name != UNENCRYPTED[0]
             assert meta.get("pgp-key") == (pgp_key.fingerprint if decrypted else None), key
+            assert meta.get("pgp-signature") == ("unsigned" if decrypted else None), key
+        assert rows[name]["signature"] == ("unsigned" if name != UNENCRYPTED[0] else "")
 
     assert main(["--config", str(cfg), "fetch"]) == 0
     assert versions() == count

@@ -61,8 +61,10 @@ DECRYPTOR_AND_DIE = """
 import os, signal, sys
 from pathlib import Path
 from ibreports.pgp import Decryptor
+from ibreports.pgp.homes import WATCHDOG
 d = Decryptor([Path(sys.argv[1])], sys.argv[2], homes=1)
 print(d.homes[0], flush=True)
+os.kill(WATCHDOG.pid, signal.SIGKILL)  # the watchdog would remove the home at once: the sweep is the last line
 os.kill(os.getpid(), signal.SIGKILL)
 """
 

@@ -133,7 +133,7 @@ def test_doctor_reports_the_lock_and_keeps_its_probe(s3_server, tmp_path, sftp_e
     steps = {s["name"]: s for s in archive["steps"]}
     assert steps["object lock"]["status"] == "ok"
     assert "Object Lock enabled, versioning on, default retention GOVERNANCE 1 days" in steps["object lock"]["detail"]
-    assert "ibreports writes GOVERNANCE 7 days" in steps["object lock"]["detail"]
+    assert "every object is written with GOVERNANCE retention for 7 days" in steps["object lock"]["detail"]
     assert (steps["write"]["status"], steps["read"]["status"], steps["delete"]["status"]) == ("ok", "ok", "skip")
     assert s3_test_client(s3_server).head_object(Bucket=bucket, Key="ib/doctor/probe")["ContentLength"] > 0
 

@@ -39,7 +39,7 @@ def _modes(root: Path) -> tuple[set[int], set[int]]:
     return folders, files
 
 
-def test_under_umask_0_every_folder_is_0700_and_every_file_0600(tmp_path, sftp_setup, sftp_client_key, pgp_key):
+def test_under_umask_0_every_folder_is_0700_and_every_file_private(tmp_path, sftp_setup, sftp_client_key, pgp_key):
     server, known_hosts, delivered = sftp_setup
     staging = tmp_path / "deep" / "staging"
     cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key,
@@ -48,7 +48,9 @@ def test_under_umask_0_every_folder_is_0700_and_every_file_0600(tmp_path, sftp_s
     assert done.returncode == 0, done.stderr
     root = tmp_path / "new" / "archive"
     folders, files = _modes(root)
-    assert folders == {0o700} and files == {0o600}
+    assert folders == {0o700}
+    assert files == {0o400, 0o600}  # archived statements and originals read-only, the run record 0600
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (root / "runs").rglob("*.json")} == {0o600}
     assert len(list((root / "runs").rglob("*.json"))) == 1 and any((root / "encrypted").rglob("*.pgp"))
     for level in (tmp_path / "new", tmp_path / "deep", staging):  # the parents we created too
         assert stat.S_IMODE(level.stat().st_mode) == 0o700, level

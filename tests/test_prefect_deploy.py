@@ -117,7 +117,8 @@ def test_every_deployment_of_the_interface_exists(stack):
     assert set(schema["required"]) == {"start", "end"}
     # Every parameter of every deployment is described in the UI.
     for flow, name in [("backfill-statements", "backfill"), ("retrieve-statements", "daily"),
-                       ("generate-keys", "generate-keys"), ("backup-keys", "backup-keys")]:
+                       ("generate-keys", "generate-keys"), ("backup-keys", "backup-keys"),
+                       ("verify-archive", "verify")]:
         props = stack.get(f"/deployments/name/{flow}/{name}")["parameter_openapi_schema"]["properties"]
         assert all(p.get("description") for p in props.values()), (flow, props)
     assert "inclusive" in schema["properties"]["start"]["description"]

@@ -71,4 +71,4 @@ def check_lock(archive) -> tuple[LockState, str]:
             f"({state.default_mode}, {state.default_days} days), and ibreports' own retention would replace it.",
             "Set [archive] object_lock to at least the bucket's default mode and days.",
         )
-    return state, f"{state.describe()}; ibreports writes {lock.mode} {lock.days} days"
+    return state, f"{state.describe()}; every object is written with {lock.mode} retention for {lock.days} days"

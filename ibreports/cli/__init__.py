@@ -44,6 +44,10 @@ EXIT_CODES = {
     "keys": "exit codes: 0 success, 2 a wrong passphrase, a damaged, missing or unreadable bundle, keys that\n"
             "  differ (restore without --force), or another usage error; with s3://, a store that refuses\n"
             "  the request or cannot be reached exits as the archive does (1, 2 or 3)",
+    "coverage": "exit codes: 0 no gap, 1 a gap exists (older than [coverage] grace_days),\n"
+                "  2 configuration error",
+    "verify": "exit codes: 0 every archived object matches its recorded SHA-256, 1 a mismatch, missing or\n"
+              "  unreadable object, 2 configuration error",
     "demo": "exit codes: 0 every demo statement archived, 1 a statement was not archived,\n"
             "  2 the folder is not the demo's (or another usage error)",
 }
@@ -55,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Interactive Brokers statements, off IBKR's servers and into storage you own.",
     )
     parser.add_argument("--version", action="version", version=f"ibreports {__version__}")
-    parser.add_argument("--config", help=CONFIG_HELP)
+    parser.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None, flow_runner: FlowRunner | None = None) -
     logging.getLogger("paramiko").setLevel(logging.WARNING if args.debug else logging.CRITICAL)
     # Our own level even where logging was configured before (basicConfig then does nothing).
     logging.getLogger("ibreports").setLevel(logging.DEBUG if args.debug else logging.INFO)
+    _clean_start()
     try:
         return int(args.handler(args) or 0)
     except IbreportsError as exc:
@@ -128,6 +133,17 @@ def main(argv: list[str] | None = None, flow_runner: FlowRunner | None = None) -
         print(f"error: unexpected {type(exc).__name__}; nothing was deleted on the server.", file=sys.stderr)
         print("  remedy: run again with --debug and report the traceback.", file=sys.stderr)
         return 1
+
+
+def _clean_start() -> None:
+    """Every command: no core dumps (secrets may be read), and the GnuPG homes and key folders
+    a killed command left behind are stopped and removed."""
+    from ..pgp import disable_core_dumps, sweep_abandoned_homes
+
+    disable_core_dumps()
+    if removed := sweep_abandoned_homes():
+        logging.getLogger("ibreports").warning(
+            "removed %d temporary GnuPG home(s) or key folder(s) left by an interrupted command", removed)
 
 
 def run() -> None:

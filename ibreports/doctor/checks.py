@@ -7,24 +7,29 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ..archive import Archive, open_archive
-from ..config import ArchiveConfig, Config
+from ..config import ArchiveConfig, Config, PgpConfig
 from ..errors import ArchiveError, ConfigError, DecryptionError
-from ..pgp import Decryptor, recipients
+from ..pgp import Decryptor, KeySpec, Limits, armor_fingerprints, key_specs, recipients
 from .steps import Checklist, Sample
 
 
 def check_pgp(config: Config, cl: Checklist, stack: ExitStack, samples: list[Sample], staging: Path) -> None:
-    """Each secret key file loads with the passphrase; each sample is encrypted to a key we hold and decrypts."""
-    files = config.pgp.secret_key_files
+    """Each secret key file loads on its own with its passphrase; the signature policy and each
+    signer key file; each sample is encrypted to a key we hold and decrypts."""
+    pgp = config.pgp
+    files = pgp.secret_key_files
     if not files:
         if samples:
             cl.step("keys", _no_keys, samples)
         else:
             cl.skip("keys", "no [pgp] secret_key_file configured (needed only for encrypted statements)")
         return
+    cl.step("signatures", _policy, pgp, blocking=False)
+    signers_ok = all([cl.step(f"signer {Path(path).name}", _signer, path, blocking=False) for path in pgp.signer_keys])
+    signers = pgp.signer_keys if signers_ok else []  # a broken signer file is its own failure, not the keys'
     held: list[Decryptor] = []
-    for path in files:
-        decryptor = cl.step(f"key {Path(path).name}", _load, config, path, blocking=False)
+    for spec in key_specs(pgp):
+        decryptor = cl.step(f"key {Path(spec.file).name}", _load, pgp, spec, signers, blocking=False)
         if decryptor is not None:
             stack.callback(decryptor.close)
             held.append(decryptor)
@@ -42,9 +47,27 @@ def _no_keys(samples: list[Sample]):
     )
 
 
-def _load(config: Config, path: Path):
-    passphrase = config.pgp.passphrase.get() if config.pgp.passphrase else None
-    decryptor = Decryptor([Path(path)], passphrase, homes=1)
+def _policy(pgp: PgpConfig):
+    bound = f"plaintext at most {pgp.max_expansion:g}x the encrypted size (at least 64 MiB), never over {pgp.max_output} bytes"
+    if not pgp.signer_keys:
+        return None, f"signatures recorded, not required ([pgp] signer_keys is empty); {bound}"
+    return None, f"a good signature by one of {len(pgp.signer_keys)} signer key file(s) is required; {bound}"
+
+
+def _signer(path: Path):
+    if not Path(path).is_file():
+        raise ConfigError(f"The signer key file {path} ([pgp] signer_keys) does not exist.",
+                          "Fix the path, or remove it from [pgp] signer_keys.")
+    fprs = armor_fingerprints(path)
+    if not fprs:
+        raise ConfigError(f"The signer key file {path} ([pgp] signer_keys) holds no PGP key.",
+                          "Point it at the signer's armored public key (gpg --armor --export KEYID).")
+    return True, f"signer {', '.join(fprs)}"
+
+
+def _load(pgp: PgpConfig, spec: KeySpec, signers: list[Path]):
+    # Each key on its own, so one key's problem never hides another's verdict.
+    decryptor = Decryptor([spec], homes=1, signer_keys=signers, limits=Limits(pgp.max_expansion, pgp.max_output))
     return decryptor, f"unlocks; key IDs {', '.join(decryptor.key_ids)}"
 
 
@@ -69,7 +92,8 @@ def _check_sample(sample: Sample, held: list[Decryptor], staging: Path):
         used = match.decrypt(sample.path, plain)
     finally:
         plain.unlink(missing_ok=True)  # only the verdict matters here
-    return None, f"{sample.name}: encrypted to {', '.join(needed)}, decrypts with {used[-16:]}"
+    return None, (f"{sample.name}: encrypted to {', '.join(needed)}, decrypts with {used.key[-16:]}; "
+                  f"signature: {used.signature}")
 
 
 def check_archive(config: ArchiveConfig, cl: Checklist, staging: Path) -> None:

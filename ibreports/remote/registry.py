@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from . import Remote
 
 # The built-in kinds and the modules that register them when imported (a new kind adds itself here).
-BUILTIN = {"sftp": "ibreports.remote.sftpkind", "ftp": "ibreports.remote.ftpkind"}
+BUILTIN = {"sftp": "ibreports.remote.sftpkind", "ftp": "ibreports.remote.ftpkind",
+           "flexweb": "ibreports.remote.flexwebkind"}
 
 
 @dataclass(frozen=True)
