@@ -8,6 +8,7 @@ recorded for that source and the run goes on; the run record is always written.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import secrets
 import threading
@@ -149,8 +150,11 @@ def _gather(run: RunState, source: SourceConfig, opts: RunOptions, remote: Remot
         if listing:
             return [Entry(f.name, f.size, f.mtime) for f in remote.list()]
         folder = run.private_folder(f"produced-{source.name}")  # on demand: made now, straight into staging
+        extra = {}
+        if "archived" in inspect.signature(remote.produce).parameters:  # it may skip what is archived already
+            extra["archived"] = {k.rsplit("/", 1)[-1] for k in run.snapshot() if k.startswith("statements/")}
         return [Entry(p.name, p.size, time.time(), Path(p.path), p.sha256)
-                for p in remote.produce(opts.since, opts.until, folder)]
+                for p in remote.produce(opts.since, opts.until, folder, **extra)]
     except Exception:
         if expired.is_set():
             raise _deadline_error(run, source, "while listing") from None

@@ -33,8 +33,10 @@ def sftp(tmp_path, sshd_factory, sftp_client_key, monkeypatch, pgp_key):
     return server, sftp_toml(server, sftp_client_key, known_hosts)
 
 
-def records(root) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((root / "runs").rglob("*.json"))]
+def last_record(root, out: str) -> dict:
+    """The run record the output names (two runs in one second sort by their random suffix)."""
+    key = out.rsplit("run record: ", 1)[1].split()[0]
+    return json.loads((root / key).read_text())
 
 
 def test_forged_plain_twin_is_refused_and_the_verified_statement_archived(tmp_path, sftp, pgp_key, capsys):
@@ -46,9 +48,9 @@ def test_forged_plain_twin_is_refused_and_the_verified_statement_archived(tmp_pa
     cfg = write_config(tmp_path, source, pgp_key, archive_toml)
     assert main(["--config", str(cfg), "fetch"]) == 1
     out = capsys.readouterr().out
-    assert f"rejected" in out and f"ibkr-sftp/{NAME}\n" in out and "only the encrypted one is trusted" in out
+    assert "rejected" in out and f"ibkr-sftp/{NAME}\n" in out and "only the encrypted one is trusted" in out
     assert (root / STATEMENT).read_bytes() == GENUINE
-    [row] = [f for f in records(root)[-1]["files"] if f["name"] == NAME]
+    [row] = [f for f in last_record(root, out)["files"] if f["name"] == NAME]
     assert (row["outcome"], row["code"]) == ("rejected", "shadow")
     # Next run: the same refusal, the archive unchanged.
     assert main(["--config", str(cfg), "fetch"]) == 1
@@ -85,7 +87,7 @@ def test_different_plain_content_for_an_archived_statement_is_a_conflict(tmp_pat
     assert (root / STATEMENT).read_bytes() == GENUINE  # never replaced
     [kept] = list((root / "conflicts" / "ibkr-sftp").rglob(f"{NAME}.*"))
     assert kept.read_bytes() == FORGED + b"<!-- longer -->"  # both originals kept
-    [row] = [f for f in records(root)[-1]["files"] if f["name"] == NAME]
+    [row] = [f for f in last_record(root, out)["files"] if f["name"] == NAME]
     assert (row["outcome"], row["code"]) == ("failed", "conflict")
 
 
