@@ -148,7 +148,10 @@ def _gather(run: RunState, source: SourceConfig, opts: RunOptions, remote: Remot
     """The source's listing, or what an on-demand source produced; SourceDeadline when the watchdog cut it."""
     try:
         if listing:
-            return [Entry(f.name, f.size, f.mtime) for f in remote.list()]
+            files = remote.list()
+            # Lines the remote could not read are planned too, so the run names them instead of a log line.
+            skipped = [Entry(name, 0, 0.0, defect=reason) for name, reason in getattr(files, "skipped", ())]
+            return [Entry(f.name, f.size, f.mtime) for f in files] + skipped
         folder = run.private_folder(f"produced-{source.name}")  # on demand: made now, straight into staging
         extra = {}
         if "archived" in inspect.signature(remote.produce).parameters:  # it may skip what is archived already

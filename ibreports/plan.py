@@ -64,6 +64,7 @@ class Entry:
     mtime: float
     path: Path | None = None  # produced files: already in staging
     sha256: str = ""
+    defect: str = ""  # a listing line the remote could not read (bad size or date): reported, never fetched
 
 
 @dataclass
@@ -101,6 +102,10 @@ def plan(listing: list[Entry], inventory: dict[str, ObjectInfo], rules: Rules, n
             statements.check_name(entry.name)
         except RemoteFileError as exc:
             _set(row, Outcome.REJECTED, Reason.BAD_NAME, exc.message)
+            result.rows.append(row)
+            continue
+        if entry.defect:
+            _set(row, Outcome.REJECTED, Reason.BAD_ENTRY, f"the server's listing line for it is unreadable ({entry.defect}); it was not downloaded.")
             result.rows.append(row)
             continue
         if not isinstance(entry.size, int) or entry.size < 0:  # it would wait for ever otherwise

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import socket
 import threading
 import time
@@ -215,4 +216,8 @@ url = "{tmp_path / 'archive'}"
     assert "raw-ftp: skipped listing entry 'U1234567.Bad.20261101.20261101.xml.pgp': size 'abc' is not a number" \
         in caplog.text
     assert [p.read_bytes() for p in (tmp_path / "archive" / "statements").rglob("*.xml")] == [statement]
-    assert code in (0, 1)  # the good file is archived; whether the skipped one counts as failed is the pipeline's
+    assert code == 1  # the good file is archived; the unreadable line is named as a rejected file
+    record = json.loads(next((tmp_path / "archive" / "runs").rglob("*.json")).read_text())
+    rejected = [f for f in record["files"] if f["outcome"] == "rejected"]
+    assert [(f["name"], f["code"]) for f in rejected] == [("U1234567.Bad.20261101.20261101.xml.pgp", "bad-entry")]
+    assert "size 'abc' is not a number" in rejected[0]["reason"]
