@@ -154,7 +154,8 @@ def _gather(run: RunState, source: SourceConfig, opts: RunOptions, remote: Remot
             return [Entry(f.name, f.size, f.mtime) for f in files] + skipped
         folder = run.private_folder(f"produced-{source.name}")  # on demand: made now, straight into staging
         extra = {}
-        if "archived" in inspect.signature(remote.produce).parameters:  # it may skip what is archived already
+        # It may skip what is archived already (--force: it makes everything again, to be verified).
+        if not opts.force and "archived" in inspect.signature(remote.produce).parameters:
             extra["archived"] = {k.rsplit("/", 1)[-1] for k in run.snapshot() if k.startswith("statements/")}
         return [Entry(p.name, p.size, time.time(), Path(p.path), p.sha256)
                 for p in remote.produce(opts.since, opts.until, folder, **extra)]
