@@ -61,7 +61,7 @@ def test_a_partial_report_travels_as_a_declared_field():
         (["ConfigError", "KeyMaterialError"], 2),
         (["ConfigError", "ConnectionFailure"], 3),
         (["RemoteFileError"], 3),  # a source whose folder cannot be listed is as good as unreachable
-        (["ServerBusy"], 3),  # not one of ours: counted as unreachable
+        (["ServerBusy"], 1),  # not one of ours: an unexpected failure of that source, not "unreachable"
     ],
 )
 def test_run_and_status_exit_codes_come_from_the_error_classes(kinds, code):
