@@ -112,6 +112,11 @@ def collect_status(config: Config, sources: list[str] | None = None, now: float 
             report.errors[source.name] = str(exc)
             report.error_codes[source.name] = exc.source_exit_code
             continue
+        except Exception as exc:  # noqa: BLE001 - one source's bug must not hide the others' files
+            log.debug("%s: listing failed", source.name, exc_info=True)
+            report.errors[source.name] = f"unexpected {type(exc).__name__} while listing (run with --debug for the traceback)."
+            report.error_codes[source.name] = 1  # as fetch counts it: a failure of ours, not an unreachable server
+            continue
         for rf in listing:
             row = _row(config, source.name, rf, inventory, now)
             if not row.archived and (source.name, rf.name) in last:
