@@ -26,7 +26,7 @@ def backfill_statements(
     force: bool = False,
     config: str | None = None,
 ) -> State:
-    """Archive every statement dated ``start``..``end`` (inclusive) still on the servers.
+    """Archive every statement dated ``start``..``end`` (inclusive) still on the file servers, or made again by a Flex Web Service source.
 
     IBKR purges files after about 100 days, so older dates are not on its file servers; a
     flexweb source asks IBKR to make the dates the archive lacks again (docs/flexweb.md).

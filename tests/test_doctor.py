@@ -275,7 +275,8 @@ def test_missing_bucket(tmp_path, ftp_factory, pgp_key, s3_server, capsys):
     archive = f'[archive]\nurl = "s3://ibr-no-such-bucket/ib"\nendpoint_url = "{s3_server}"\nregion = "us-east-1"\n'
     code, report = doctor(write_config(tmp_path, [ftp_toml(ftp)], pgp_key, archive), capsys)
     write = report["archive"]["write"]
-    assert code == 2 and "Bucket ibr-no-such-bucket does not exist" in write["cause"]  # configuration and "Create it" in write["fix"]
+    assert code == 2  # a missing bucket is a configuration error
+    assert "Bucket ibr-no-such-bucket does not exist" in write["cause"] and "Create it" in write["fix"]
     assert report["archive"]["delete"]["status"] == "skip"
 
 

@@ -7,6 +7,7 @@ from datetime import date
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.local_api import startup_timeout
 from flows.backfill import backfill_statements
 from ibreports.cli import main
 from tests.test_flexweb_fetch import files, flex  # noqa: F401 - the fixture
@@ -14,7 +15,7 @@ from tests.test_flexweb_fetch import files, flex  # noqa: F401 - the fixture
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=startup_timeout()):
         yield
 
 

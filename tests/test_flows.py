@@ -23,7 +23,7 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, DeploymentFilter, DeploymentFilterId,
+    DeploymentFilter, DeploymentFilterId,
     FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId,
 )
 from prefect.flow_engine import run_flow
@@ -40,6 +40,7 @@ from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.fixtures.s3 import s3_test_client
 from tests.fixtures.sshd import free_port
 from tests.helpers import PLAIN, UNENCRYPTED, Receiver, archived_files, seed, write_config
+from tests.flowhelpers import artifacts, flow_run_id
 from tests.waiting import eventually
 
 
@@ -130,17 +131,6 @@ def make_config(folder: Path, server, key, pgp_key, known_hosts: Path | None = N
     if known_hosts is None:
         known_hosts = server.write_known_hosts(folder / "known_hosts")
     return write_config(folder, sftp_toml(server, key, known_hosts, **source), pgp_key, (archive or Archive()).toml(folder))
-
-
-def flow_run_id(state) -> UUID:
-    return state.state_details.flow_run_id
-
-
-def artifacts(run_id: UUID, key: str) -> list:
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
-        )
 
 
 def table(run_id: UUID) -> list[dict]:

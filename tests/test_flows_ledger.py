@@ -6,22 +6,22 @@ from __future__ import annotations
 import json
 import os
 from datetime import date, timedelta
-from pathlib import Path
 
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.local_api import startup_timeout
 from flows.retrieve import COVERAGE_ARTIFACT_KEY, retrieve_statements
 from flows.verify import VERIFY_ARTIFACT_KEY, verify_archive_flow
 from ibreports.calendars import BusinessDays
 from tests.configs import sftp_toml
-from tests.test_alerts import Receiver
-from tests.test_flows import artifacts, flow_run_id
+from tests.flowhelpers import artifacts, flow_run_id
+from tests.helpers import Receiver
 
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_server():
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=startup_timeout()):
         yield
 
 
