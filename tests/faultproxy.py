@@ -111,7 +111,18 @@ class FaultProxy:
                                           route.listen_host, port, reuse_address=True)
 
     async def _watchdog(self) -> None:
-        self._spawn(self._expire())
+        self._expiry = self._spawn(self._expire())
+
+    def cut_connections(self) -> None:
+        """Close every open connection now (listeners stay): the far end went away."""
+
+        async def cut() -> None:
+            for task in list(self._tasks):
+                if task is not self._expiry and task is not asyncio.current_task():
+                    task.cancel()
+            await asyncio.sleep(0.05)
+
+        self._call(cut())
 
     async def _expire(self) -> None:
         await asyncio.sleep(max(0.0, self.deadline - time.monotonic()))

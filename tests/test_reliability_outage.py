@@ -8,6 +8,7 @@ Real OpenSSH sshd, stopped and started again; a rate-limited proxy keeps the run
 from __future__ import annotations
 
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.faultproxy import FaultProxy, Rule
+from tests.fixtures.s3 import s3_test_client
 from tests.reliability import (
-    assert_archived_exactly, cli_env, ftp_toml, ftp_via_proxy, local_archive_toml, local_objects, run_cli, seed,
-    sftp_toml, start_cli, write_config,
+    assert_archived_exactly, cli_env, ftp_toml, ftp_via_proxy, local_archive_toml, local_objects, run_cli,
+    s3_archive_toml, s3_objects, seed, sftp_toml, start_cli, write_config,
 )
 from tests.waiting import eventually
 
@@ -139,4 +141,67 @@ def test_a_trickled_listing_is_cut_at_the_deadline(tmp_path, sshd_factory, sftp_
     assert result.returncode == 3, (result.stdout + result.stderr).decode()[-2000:]
     assert b"source_deadline_minutes (0.05) while listing" in result.stdout
     assert b"Traceback" not in result.stderr
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
+def _dead_port() -> int:
+    """A loopback port nothing listens on: connections to it are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _s3_outage_run(tmp_path, sshd_factory, sftp_client_key, pgp_key, tmpdir_, proxy, s3_server, bucket,
+                   reconnect_minutes: float):
+    """Start a run archiving to S3 through the proxy; once it is uploading, the endpoint goes away.
+
+    Returns (route, process, delivery, connections seen when the endpoint went away, moto's port).
+    """
+    server = sshd_factory([sftp_client_key[1]])
+    delivery = seed(server.root / "outgoing", pgp_key.public_file, "ibkr-sftp", count=8, size=300_000, plain_every=4)
+    known_hosts = server.write_known_hosts(tmp_path / "known_hosts")
+    route = proxy.route(int(s3_server.rsplit(":", 1)[1]))
+    route.rate = 200_000  # a slow link to the store: the run is mid-upload when the endpoint goes away
+    source = sftp_toml("ibkr-sftp", server.port, server, sftp_client_key, known_hosts)
+    cfg = write_config(tmp_path, source, pgp_key, s3_archive_toml(f"http://127.0.0.1:{route.port}", bucket),
+                       tmp_path / "staging")
+    cfg.write_text(cfg.read_text() + f"reconnect_minutes = {reconnect_minutes}\n")  # [run] is the last table
+    proc = start_cli(cfg, cli_env(pgp_key, sftp_client_key, tmpdir_), "fetch")
+    assert eventually(lambda: route.bytes_up >= 300_000, timeout=60, step=0.005)
+    moto_port = route.target_port
+    route.target_port = _dead_port()  # new connections are accepted and closed at once
+    proxy.cut_connections()  # and the open ones (boto3's keep-alive pool, uploads in flight) are cut
+    return route, proc, delivery, route.connections, moto_port
+
+
+def test_s3_endpoint_back_within_the_window_the_run_finishes(tmp_path, sshd_factory, sftp_client_key, pgp_key,
+                                                            tmpdir_, s3_server, s3_bucket):
+    with FaultProxy(max_seconds=180) as proxy:
+        route, proc, delivery, before, moto_port = _s3_outage_run(
+            tmp_path, sshd_factory, sftp_client_key, pgp_key, tmpdir_, proxy, s3_server, s3_bucket,
+            reconnect_minutes=5)
+        time.sleep(20)  # away for a while (not a timing assertion: the run must simply outlast it)
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]  # still trying, not failed
+        assert route.connections > before  # it did try the store while it was away
+        route.target_port = moto_port
+        out, err = proc.communicate(timeout=150)
+    assert proc.returncode == 0, (out + err).decode()[-3000:]
+    assert b"archive: " in err and b"trying again" in err and b"Traceback" not in err
+    assert_archived_exactly(s3_objects(s3_test_client(s3_server), s3_bucket), delivery.expected())
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
+def test_s3_endpoint_away_past_the_window_fails_with_exit_3(tmp_path, sshd_factory, sftp_client_key, pgp_key,
+                                                            tmpdir_, s3_server, s3_bucket):
+    with FaultProxy(max_seconds=180) as proxy:
+        route, proc, delivery, _, moto_port = _s3_outage_run(
+            tmp_path, sshd_factory, sftp_client_key, pgp_key, tmpdir_, proxy, s3_server, s3_bucket,
+            reconnect_minutes=0.05)  # 3 s
+        out, err = proc.communicate(timeout=150)
+    assert proc.returncode == 3, (out + err).decode()[-3000:]
+    assert b"archive unreachable" in out and b"Could not reach the S3 endpoint" in out + err
+    assert b"Traceback" not in err
+    expected = delivery.expected()
+    objects = s3_objects(s3_test_client(s3_server), s3_bucket)
+    assert len(objects) < len(expected) and all(expected[k] == v for k, v in objects.items())
     assert list((tmp_path / "staging").iterdir()) == []
