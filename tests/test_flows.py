@@ -550,6 +550,9 @@ def test_backfill_archives_exactly_what_fetch_since_until_archives(tmp_path, ser
     ]
     assert not any(UNENCRYPTED[0] in k for k in files)
     assert sorted(r["file"][:9] for r in table(flow_run_id(state))) == ["F1234567.", "U7654321."]
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id(state))
+    assert run.name == "backfill-2026-11-02..2026-11-03"  # says what it is: the range it backfilled
 
 
 def test_backfill_of_named_sources_touches_only_those(tmp_path, server, sftp_client_key, pgp_key):
@@ -620,6 +623,29 @@ def test_backfill_with_start_after_end_fails_clearly(tmp_path):
     )
     assert state.is_failed()
     assert "start 2026-08-31 is after end 2026-08-01" in state.message
+
+
+def test_a_failed_flow_run_leaves_nothing_readable_by_others_under_prefect_home(tmp_path):
+    """A flow-run process (it imports the flows) makes a PREFECT_HOME left open by the umask private,
+    and what Prefect keeps there after a failed run (its state, the exception) stays inside it."""
+    from prefect.settings import PREFECT_API_URL
+
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    home.chmod(0o755)  # as a umask of 022 creates it
+    command = ("from datetime import date; from flows.backfill import backfill_statements; "
+               "state = backfill_statements(start=date(2026, 8, 31), end=date(2026, 8, 1), "
+               f"config={str(tmp_path / 'absent.toml')!r}, return_state=True); print(state.type.value)")
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    done = subprocess.run([sys.executable, "-c", command], env=env, cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert done.returncode == 0 and done.stdout.strip().endswith("FAILED"), done.stdout + done.stderr
+    assert stat.S_IMODE(home.stat().st_mode) & 0o077 == 0  # nobody else can enter the folder
+    kept = list(home.rglob("*"))
+    assert any(p.is_file() for p in kept)  # the failed run's persisted state is there (storage/, 0644 inside)
+    inside = home.resolve()
+    for path in kept:  # and nothing under it leads out of it (a symlink elsewhere)
+        assert path.resolve().is_relative_to(inside), path
 
 
 # -- keys -----------------------------------------------------------------------------------
