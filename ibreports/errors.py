@@ -20,11 +20,12 @@ class IbreportsError(Exception):
     retryable: ClassVar[bool] = False
     summary: ClassVar[str] = "failed"  # how a run summary and alerts name a source failed with it
 
-    def __init__(self, message: str, remedy: str = "", *, report: dict | None = None) -> None:
+    def __init__(self, message: str, remedy: str = "", *, report: dict | None = None, code: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.remedy = remedy
         self.report = report  # a run report (as a dict) of the files handled before a source failed
+        self.code = code  # the server's own error code when it gave one (a Flex Web Service code), else None
 
     def __str__(self) -> str:
         return f"{self.message} {self.remedy}".strip()

@@ -78,6 +78,11 @@ def local_archive(tmp_path: Path) -> tuple[str, Path]:
     return f'[archive]\nurl = "{tmp_path / "archive"}"\n', tmp_path / "archive"
 
 
+def s3_archive(s3_server: str, bucket: str) -> str:
+    """The [archive] table of an S3 archive under the ib/ prefix of ``bucket`` at ``s3_server``."""
+    return f'[archive]\nurl = "s3://{bucket}/ib"\nendpoint_url = "{s3_server}"\nregion = "us-east-1"\n'
+
+
 def archived_files(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()

@@ -9,39 +9,16 @@ from pathlib import Path
 import pytest
 
 from ibreports.cli import main
-from tests import configs
+from tests.doctorhelpers import ENCRYPTED, doctor, ftp_toml, sftp_toml
 from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.fixtures.sshd import Sha1OnlySshd, free_port, make_client_key
 
 STATEMENT = b"<FlexQueryResponse queryName='DailyActivity'>one</FlexQueryResponse>\n"
-ENCRYPTED = "U1234567.DailyActivity.20261101.20261101.xml.pgp"
-
-
-def sftp_toml(server, key, known_hosts: Path, **extra) -> str:
-    """Secrets inline: doctor reads them like any reference."""
-    return configs.sftp_toml(server, key, known_hosts, **{"key_passphrase": key[2], "timeout": 5, **extra})
-
-
-def ftp_toml(server, **extra) -> str:
-    fields = {"password": server.password, "timeout": 5, "tls": server.tls}
-    if server.ca_file:
-        fields["ca_file"] = str(server.ca_file)
-    return configs.ftp_toml(server, **{**fields, **extra})
-
-
 def write_config(tmp_path: Path, sources: list[str], pgp_key, archive: str | None = None, passphrase: str | None = None) -> Path:
     cfg = tmp_path / "ibreports.toml"
     pgp = f'[pgp]\nsecret_key_file = "{pgp_key.secret_file}"\npassphrase = {json.dumps(passphrase or pgp_key.passphrase)}\n'
     cfg.write_text("\n".join(sources) + "\n" + pgp + (archive or f'[archive]\nurl = "{tmp_path / "archive"}"\n'))
     return cfg
-
-
-def doctor(cfg: Path, capsys) -> tuple[int, dict[str, dict[str, dict]]]:
-    """Run doctor --json; returns (exit code, {section name: {step name: step}})."""
-    code = main(["--config", str(cfg), "doctor", "--json"])
-    data = json.loads(capsys.readouterr().out)
-    assert data["exit_code"] == code
-    return code, {s["name"]: {step["name"]: step for step in s["steps"]} for s in data["sections"]}
 
 
 def statuses(section: dict[str, dict]) -> dict[str, str]:

@@ -16,7 +16,8 @@ from ibreports.cli import main
 from tests.configs import ftp_toml, sftp_toml
 from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.helpers import (
-    PLAIN, UNENCRYPTED, UNPARSEABLE, UNPARSEABLE_MTIME, Receiver, archived_files, local_archive, seed, write_config,
+    PLAIN, UNENCRYPTED, UNPARSEABLE, UNPARSEABLE_MTIME, Receiver, archived_files, local_archive, s3_archive, seed,
+    write_config,
 )
 
 DAY = 86400
@@ -53,10 +54,6 @@ def assert_complete(files: dict[str, bytes], delivered: dict[str, bytes], source
         assert files[statement] == plain[statement.rsplit("/", 1)[1]]
         assert all(files[k] == data for k in original)
     assert len(files) == sum(len(k) for k in keys.values())
-
-
-def s3_archive(s3_server: str, bucket: str) -> str:
-    return f'[archive]\nurl = "s3://{bucket}/ib"\nendpoint_url = "{s3_server}"\nregion = "us-east-1"\n'
 
 
 def s3_objects(s3_server: str, bucket: str) -> dict[str, bytes]:

@@ -14,7 +14,7 @@ import pytest
 from ibreports.cli import main
 from tests.configs import sftp_toml
 from tests.fixtures.pgpkeys import encrypt_bytes
-from tests.test_fetch import local_archive, s3_archive, write_config
+from tests.helpers import local_archive, s3_archive, write_config
 
 NAME = "U1234567.DailyActivity.20261101.20261101.xml"
 GENUINE = b"<FlexQueryResponse>genuine</FlexQueryResponse>\n"

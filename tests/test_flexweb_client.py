@@ -118,7 +118,7 @@ def test_final_codes_map_to_our_errors_with_a_remedy_and_are_not_retried(flexweb
     with pytest.raises(FINAL[code]) as caught:
         produce(flexweb, token, [query], tmp_path)
     err = caught.value
-    assert f"error {code}" in err.message and err.remedy == CODES[code].remedy
+    assert f"error {code}" in err.message and err.remedy == CODES[code].remedy and err.code == code
     assert flexweb.answers(token).count(str(code)) == 1  # asked once: retrying cannot help
 
 

@@ -6,36 +6,14 @@ import json
 from datetime import date, timedelta
 from pathlib import Path
 
-import pytest
-
 from ibreports.cli import main
-from tests.flexsource import flex_toml
-
-ACCOUNTS = ["U1234567", "U7654321"]
-
-
-def files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
-            if p.is_file() and p.relative_to(root).parts[0] != "runs"}
+from tests.fixtures.flexweb import FLEX_ACCOUNTS as ACCOUNTS
+from tests.helpers import archived_files
 
 
 def last_record(root: Path) -> dict:
     latest = max((root / "runs").rglob("*.json"), key=lambda p: p.stat().st_mtime_ns)  # ids sort by second only
     return json.loads(latest.read_text())
-
-
-@pytest.fixture
-def flex(flexweb, tmp_path, pgp_key, monkeypatch):
-    """(emulator, daily query, config file, archive folder) with the token in IBREPORTS_FLEX_TOKEN."""
-    token = flexweb.add_token().value
-    monkeypatch.setenv("IBREPORTS_FLEX_TOKEN", token)
-    monkeypatch.setenv("TEST_PGP_PASSPHRASE", pgp_key.passphrase)
-    query = flexweb.add_query("DailyActivity", ACCOUNTS)
-    cfg = tmp_path / "ibreports.toml"
-    cfg.write_text(flex_toml(flexweb, [query]) + f'\n[pgp]\nsecret_key_file = "{pgp_key.secret_file}"\n'
-                   f'passphrase = "env:TEST_PGP_PASSPHRASE"\n[archive]\nurl = "{tmp_path / "archive"}"\n')
-    flexweb.token = token
-    return flexweb, query, cfg, tmp_path / "archive"
 
 
 def _day(emulator) -> date:
@@ -49,7 +27,7 @@ def test_fetch_archives_one_statement_per_account_and_a_rerun_writes_nothing(fle
     emulator, query, cfg, archive = flex
     assert main(["--config", str(cfg), "fetch"]) == 0
     day = _day(emulator).strftime("%Y%m%d")
-    got = files(archive)
+    got = archived_files(archive)
     assert sorted(got) == sorted(
         f"statements/{a}/{day[:4]}/{day[4:6]}/{a}.DailyActivity.{day}.{day}.xml" for a in ACCOUNTS)
     assert all(b"<FlexStatements count=\"1\">" in data for data in got.values())
@@ -59,19 +37,19 @@ def test_fetch_archives_one_statement_per_account_and_a_rerun_writes_nothing(fle
 
     capsys.readouterr()
     assert main(["--config", str(cfg), "fetch"]) == 0  # IBKR makes the statements again: same bytes
-    assert files(archive) == got
+    assert archived_files(archive) == got
     assert "0 archived, 2 already archived" in capsys.readouterr().out
 
 
 def test_different_content_for_an_archived_statement_is_a_conflict(flex, capsys):
     emulator, query, cfg, archive = flex
     assert main(["--config", str(cfg), "fetch"]) == 0
-    before = files(archive)
+    before = archived_files(archive)
     query.version += 1  # IBKR corrected the statements after we archived them
     assert main(["--config", str(cfg), "fetch"]) == 1
     out = capsys.readouterr().out
     assert "conflict" in out
-    after = files(archive)
+    after = archived_files(archive)
     assert {k: v for k, v in after.items() if k.startswith("statements/")} == before  # never replaced
     assert sum(k.startswith("conflicts/") for k in after) == 2  # kept aside for a person to look at
 
@@ -84,7 +62,7 @@ def test_fetch_since_until_fills_only_the_missing_weekdays(flex):
     assert main(["--config", str(cfg), "fetch", "--since", "2026-11-06", "--until", "2026-11-12"]) == 0
     asked = [h.params.get("fd") for h in emulator.hits if h.path.endswith("SendRequest")]
     assert asked == ["20261106", "20261111", "20261112"]  # the 9th and 10th were archived already
-    days = {k.rsplit(".", 3)[-2] for k in files(archive)}
+    days = {k.rsplit(".", 3)[-2] for k in archived_files(archive)}
     assert days == {"20261106", "20261109", "20261110", "20261111", "20261112"}
 
 
@@ -108,4 +86,4 @@ def test_a_statement_not_ready_in_time_fails_alone_with_exit_1(flex, capsys):
     assert main(["--config", str(cfg), "fetch"]) == 1
     out = capsys.readouterr()
     assert "error 1019" in out.out + out.err
-    assert sorted(k.split("/")[1] for k in files(archive)) == ACCOUNTS  # the other query's statements are in
+    assert sorted(k.split("/")[1] for k in archived_files(archive)) == ACCOUNTS  # the other query's statements are in

@@ -10,7 +10,7 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.local_api import startup_timeout
 from flows.backfill import backfill_statements
 from ibreports.cli import main
-from tests.test_flexweb_fetch import files, flex  # noqa: F401 - the fixture
+from tests.helpers import archived_files
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,7 +33,7 @@ def test_backfill_fills_missing_dates_through_flexweb_within_the_limits(flex):
     assert state.is_completed(), state.message
     asked = [h.params["fd"] for h in emulator.hits if h.path.endswith("SendRequest")]
     assert asked == ["20261109", "20261111", "20261112", "20261113"]  # the 10th was there already
-    days = sorted({k.rsplit(".", 3)[-2] for k in files(archive)})
+    days = sorted({k.rsplit(".", 3)[-2] for k in archived_files(archive)})
     assert days == ["20261109", "20261110", "20261111", "20261112", "20261113"]
     assert "1018" not in emulator.answers(emulator.token)
     times = emulator.times(emulator.token)

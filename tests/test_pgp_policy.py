@@ -13,6 +13,7 @@ import pytest
 from ibreports.config import parse_config
 from ibreports.errors import ConfigError, DecryptionError
 from ibreports.pgp import Decryptor, KeySpec, decryptor_for, key_specs
+from tests.doctorhelpers import ENCRYPTED, doctor, ftp_toml
 from tests.fixtures.pgpkeys import PgpKey, encrypt_bytes, make_ecc_key
 
 XML = b'<?xml version="1.0"?>\n<FlexQueryResponse>' + b"<Trade/>" * 300 + b"</FlexQueryResponse>\n"
@@ -246,8 +247,6 @@ def test_config_errors_name_the_key(tmp_path, text, words):
 
 def test_doctor_checks_each_key_on_its_own_and_each_signer_file(tmp_path, ftp_factory, pgp_key, other_pgp_key,
                                                                  signers, capsys, monkeypatch):
-    from tests.test_doctor import ENCRYPTED, doctor, ftp_toml
-
     ftp = ftp_factory()
     signers["ibkr"].sign_encrypt(pgp_key.public_file, XML, ftp.root / "outgoing" / ENCRYPTED)
     monkeypatch.setenv("OLD_KEY_PASSPHRASE", "not the old passphrase")

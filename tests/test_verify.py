@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,18 @@ def test_s3_objects_from_before_the_metadata_verify_by_their_stored_checksum(s3_
     client.complete_multipart_upload(Bucket=s3_bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
     rc, doc = run_verify(config, capsys)
     assert rc == 0 and doc["ok"] == 2 and doc["unrecorded"] == [] and doc["mismatch"] == []
+
+
+@pytest.mark.parametrize("command", ["verify", "coverage"])
+def test_an_unreachable_archive_endpoint_exits_3_as_the_help_says(command, s3_server, tmp_path, capsys):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        config = write_config(tmp_path, f'[archive]\nurl = "s3://b/ib"\nendpoint_url = '
+                                        f'"http://127.0.0.1:{closed.getsockname()[1]}"\nregion = "us-east-1"\n')
+        assert main(["--config", str(config), command]) == 3
+    finally:
+        closed.close()
+    assert "Could not reach the S3 endpoint" in capsys.readouterr().err
+    assert main([command, "--help"]) == 0
+    assert "3 archive endpoint unreachable" in capsys.readouterr().out

@@ -45,9 +45,9 @@ EXIT_CODES = {
             "  differ (restore without --force), or another usage error; with s3://, a store that refuses\n"
             "  the request or cannot be reached exits as the archive does (1, 2 or 3)",
     "coverage": "exit codes: 0 no gap, 1 a gap exists (older than [coverage] grace_days),\n"
-                "  2 configuration error",
+                "  2 configuration error, 3 archive endpoint unreachable",
     "verify": "exit codes: 0 every archived object matches its recorded SHA-256, 1 a mismatch, missing or\n"
-              "  unreadable object, 2 configuration error",
+              "  unreadable object, 2 configuration error, 3 archive endpoint unreachable",
     "demo": "exit codes: 0 every demo statement archived, 1 a statement was not archived,\n"
             "  2 the folder is not the demo's (or another usage error)",
 }

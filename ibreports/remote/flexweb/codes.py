@@ -96,6 +96,5 @@ def flex_error(entry: FlexCode, what: str, server_message: str = "", waited: flo
     """The error to raise for ``entry`` about ``what`` (e.g. "query DailyActivity (123456)")."""
     said = f' (IBKR said: "{server_message}")' if server_message else ""
     after = f" after waiting {waited:.0f} s" if waited else ""
-    error = entry.error(f"Flex Web Service, {what}: error {entry.code}, {entry.meaning}{after}{said}.", entry.remedy)
-    error.flex_code = entry.code  # type: ignore[attr-defined] - lets callers tell 1003 from the rest
-    return error
+    return entry.error(f"Flex Web Service, {what}: error {entry.code}, {entry.meaning}{after}{said}.", entry.remedy,
+                       code=entry.code)  # the code lets callers tell 1003 from the rest

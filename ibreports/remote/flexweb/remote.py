@@ -155,7 +155,7 @@ class FlexRemote:
             try:
                 self.client.fetch(query.id, what, part, fd, td)
             except IbreportsError as exc:
-                if window.start is not None and getattr(exc, "flex_code", None) == 1003:
+                if window.start is not None and exc.code == 1003:
                     log.info("Flex Web Service: no statement for %s (IBKR: not available); nothing to archive", what)
                     return
                 raise
