@@ -21,6 +21,7 @@ from .keyfiles import (
     check_passphrase, commit, discard, gnupg_home, make_private_dir, open_gpg, pgp_fingerprints,
     RETIRED, refuse_links, retire, ssh_fingerprint, stage_file, tighten_dir,
 )
+from .pgp.keyring import holds_secret_encryption_key
 
 __all__ = [
     "KEY_FILES", "BackupManifest", "BackupReport", "KeyReport", "RestoreReport", "backup_keys", "check_request",
@@ -30,6 +31,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MIN_RSA_BITS = 2048
+EXPORT_ATTEMPTS = 3  # exports of the new PGP secret key before keygen gives up
 MAX_RSA_BITS = 16384
 MAX_PGP_BITS = 4096  # gpg refuses larger RSA keys without --enable-large-rsa
 _EXPIRE = re.compile(r"^(0|[1-9][0-9]{0,3}[dwmy]?)$")
@@ -212,7 +214,17 @@ def _pgp_keypair(
                 "Check that gnupg 2.2+ is installed (gpg --version) and run keygen again.",
             )
         public = gpg.export_keys(fpr, armor=True)
-        secret = gpg.export_keys(fpr, secret=True, armor=True, passphrase=passphrase)
+        # gpg-agent now and then fails to unprotect the subkey during the export ("Corrupted
+        # protection", seen on a loaded machine) and gpg still writes the primary key: check what was
+        # exported in a fresh home and export again, so keygen never writes a key that cannot decrypt.
+        for _ in range(EXPORT_ATTEMPTS):
+            secret = gpg.export_keys(fpr, secret=True, armor=True, passphrase=passphrase)
+            with gnupg_home() as check:
+                if secret.strip() and holds_secret_encryption_key(check, secret.encode("ascii"), fpr):
+                    break
+            log.warning("the exported PGP secret key lacks its encryption subkey; exporting again")
+        else:
+            secret = ""
         if not secret.strip() or not public.strip():  # python-gnupg returns "" when an export fails
             raise KeyMaterialError(
                 "gpg generated the PGP key but could not export it.",

@@ -20,7 +20,9 @@ import pytest
 
 from ibreports import bundle
 from ibreports.errors import KeyMaterialError
+from ibreports.keyfiles import gnupg_home
 from ibreports.keys import KEY_FILES, backup_keys, generate_keys, restore_keys, ssh_fingerprint, verify_backup
+from ibreports.pgp.keyring import holds_secret_encryption_key
 from tests.fixtures.s3 import s3_archive_config, s3_test_client
 
 PASS = "correct horse battery staple"
@@ -351,3 +353,11 @@ def test_generation_logs_never_contain_the_passphrase(generated):
     assert any(line.startswith("gnupg ") for line in lines)  # python-gnupg did log at DEBUG
     assert any("Generating a 2048-bit RSA key for sFTP" in line for line in lines)
     assert not [line for line in lines if PASS in line]
+
+
+def test_keygen_checks_the_exported_secret_key_can_decrypt(pgp_key):
+    """keygen exports again when gpg's export lost the encryption subkey: the check must tell the two apart."""
+    with gnupg_home() as home:
+        assert holds_secret_encryption_key(home, pgp_key.secret_file.read_bytes(), pgp_key.fingerprint)
+    with gnupg_home() as home:  # the public half carries the subkey but no secret part of it
+        assert not holds_secret_encryption_key(home, pgp_key.public_file.read_bytes(), pgp_key.fingerprint)

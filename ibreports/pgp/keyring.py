@@ -170,6 +170,15 @@ def prepare_home(home: Path, keys: list[Key], signer_files: list[Path]) -> dict[
     return problems
 
 
+def holds_secret_encryption_key(home: Path, data: bytes, fpr: str) -> bool:
+    """True when ``data`` (an exported secret key) carries the secret part of an encryption (sub)key of
+    ``fpr``: gpg can export the primary key and drop a subkey it failed to unprotect, with only a warning."""
+    gpg(home, "--import", stdin=data, timeout=120)
+    listing = gpg(home, "--with-colons", "--with-keygrip", "--list-secret-keys").stdout.decode("utf-8", "replace")
+    usable, _ = _encryption_subkeys(listing).get(fpr, ([], 0))
+    return bool(usable)
+
+
 def _encryption_subkeys(listing: str) -> dict[str, tuple[list[tuple[str, str, str]], int]]:
     """primary fingerprint -> ([(key ID, fingerprint, keygrip)] of secret encryption (sub)keys,
     number of encryption subkeys whose secret part is missing)."""
