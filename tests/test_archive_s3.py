@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import socket
 import stat
-import urllib.request
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -16,7 +14,7 @@ import pytest
 from ibreports.archive import ObjectInfo, open_archive
 from ibreports.archive.s3 import download_file, upload_file
 from ibreports.errors import ArchiveError
-from tests.fixtures.s3 import s3_archive_config, s3_test_client
+from tests.fixtures.s3 import iam_enforced, read_only_user, s3_archive_config, s3_test_client
 
 
 def _staged(tmp_path: Path, data: bytes, name: str = "f") -> tuple[Path, str]:
@@ -126,34 +124,16 @@ def test_missing_credentials_are_named(s3_server, s3_bucket, monkeypatch):
 
 
 def test_access_denied_names_the_missing_permission(s3_server, s3_bucket, tmp_path, monkeypatch):
-    import boto3
-
-    iam = boto3.session.Session().client("iam", endpoint_url=s3_server, region_name="us-east-1")
-    user = f"reader-{s3_bucket}"
-    iam.create_user(UserName=user)
-    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"],
-                                                       "Resource": [f"arn:aws:s3:::{s3_bucket}", f"arn:aws:s3:::{s3_bucket}/*"]}]}
-    iam.put_user_policy(UserName=user, PolicyName="read-only", PolicyDocument=json.dumps(policy))
-    creds = iam.create_access_key(UserName=user)["AccessKey"]
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"])
+    creds = read_only_user(s3_server, s3_bucket, monkeypatch)
     archive = open_archive(s3_archive_config(s3_server, s3_bucket))
     path, sha = _staged(tmp_path, b"x")
-    _moto_auth(s3_server, "0")  # from now on moto enforces IAM (process-wide: restored below)
-    try:
+    with iam_enforced(s3_server):
         assert archive.inventory() == {}
         with pytest.raises(ArchiveError) as info:
             archive.put("a.xml", path, sha, {})
-    finally:
-        _moto_auth(s3_server, "inf")
     assert info.value.message == f"Access denied to put s3://{s3_bucket}/ib/a.xml."
     assert "s3:PutObject" in info.value.remedy
     assert creds["SecretAccessKey"] not in str(info.value) and creds["AccessKeyId"] not in str(info.value)
-
-
-def _moto_auth(endpoint: str, count: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=count.encode(), method="POST",
-                                                  headers={"Content-Type": "text/plain"}))
 
 
 def test_corrupt_stored_object_is_detected_on_get(s3_server, s3_bucket, tmp_path):

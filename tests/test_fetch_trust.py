@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import socket
-import urllib.request
 
 import pytest
 
 from ibreports.cli import main
 from tests.configs import sftp_toml
 from tests.fixtures.pgpkeys import encrypt_bytes
+from tests.fixtures.s3 import iam_enforced, read_only_user
 from tests.helpers import local_archive, s3_archive, write_config
 
 NAME = "U1234567.DailyActivity.20261101.20261101.xml"
@@ -143,32 +143,15 @@ def test_an_unreachable_archive_endpoint_is_a_connection_error(tmp_path, sftp, p
 
 def test_a_bucket_that_refuses_writes_stops_the_run_once_with_exit_2(tmp_path, sftp, pgp_key, s3_server, s3_bucket,
                                                                     capsys, monkeypatch):
-    import boto3
-
     server, source = sftp
     for i in range(6):
         encrypt_bytes(pgp_key.public_file, GENUINE, server.root / "outgoing" / f"U123456{i}.Daily.20261101.20261101.xml.pgp")
-    iam = boto3.session.Session().client("iam", endpoint_url=s3_server, region_name="us-east-1")
-    user = f"reader-{s3_bucket}"
-    iam.create_user(UserName=user)
-    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"],
-                                                       "Resource": [f"arn:aws:s3:::{s3_bucket}", f"arn:aws:s3:::{s3_bucket}/*"]}]}
-    iam.put_user_policy(UserName=user, PolicyName="read-only", PolicyDocument=json.dumps(policy))
-    creds = iam.create_access_key(UserName=user)["AccessKey"]
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"])
+    read_only_user(s3_server, s3_bucket, monkeypatch)
     cfg = write_config(tmp_path, source, pgp_key, s3_archive(s3_server, s3_bucket) + "\n[run]\nworkers = 1\n")
-    _moto_auth(s3_server, "0")
-    try:
+    with iam_enforced(s3_server):
         code = main(["--config", str(cfg), "fetch"])
-    finally:
-        _moto_auth(s3_server, "inf")
     out = capsys.readouterr().out
     assert code == 2
     assert out.count("Access denied") == 1, out  # said once, not once per file
     assert out.count("not finished: the archive refused writes") == 6  # nothing lost: all wait for the next run
 
-
-def _moto_auth(endpoint: str, count: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=count.encode(), method="POST",
-                                                  headers={"Content-Type": "text/plain"}))
