@@ -1,9 +1,18 @@
 """Statement file names: safety check, best-effort grammar, archive keys, purge horizon.
 
-Pure functions, no I/O. IBKR names look like
-``<account>.<query>.<from>.<to>.<fmt>[.<pgp|gpg|asc>]``, e.g.
-``U1234567.DailyActivity.20261101.20261101.xml.pgp`` (a single date also occurs).
-Anything else still parses, with ``parsed=False`` and the file's date.
+Pure functions, no I/O. IBKR's delivery names (``GRAMMAR``; tests/test_statements.py
+holds the table of real ones) are
+
+- ``<account>.<query>.<from>[.<to>].<fmt>[.<pgp|gpg|asc>]``: Flex queries (activity, trade
+  confirmations, MTM, ...), e.g. ``U1234567.DailyActivity.20261101.20261101.xml.pgp``; the
+  query is IBKR's name of the query as typed in Client Portal, so it may hold spaces and
+  dots (``U1234567.Daily Activity.20261101.20261101.xml``);
+- ``<account>_<kind>_<from>[_<to>].<fmt>[...]``: statements IBKR names itself, e.g.
+  ``U1234567_Quarterly_20261001_20261231.zip.pgp``, ``U1234567_Activity_20261101.pdf``
+  (the kind may hold underscores, or be absent: ``U1234567_20261101.xml``).
+
+Accounts are ``U1234567``, ``DU1234567`` (paper), ``F1234567`` (advisor master) and the
+like. Anything else still parses, with ``parsed=False`` and the file's date.
 
 Archive layout (deterministic, so a run lists the archive once and fetches the rest):
 
@@ -115,6 +124,61 @@ def _date(text: str) -> date | None:
         return None
 
 
+def _split_dates(parts: list[str]) -> tuple[list[str], date, date] | None:
+    """(the parts before the dates, first date, last date) when ``parts`` end in one or two dates."""
+    for count in (2, 1):
+        if len(parts) >= count:
+            days = [_date(p) for p in parts[-count:]]
+            if all(days) and days[0] <= days[-1]:
+                return parts[:-count], days[0], days[-1]  # type: ignore[return-value]
+    return None
+
+
+def _dotted(stem: str) -> tuple[str, str | None, date, date] | None:
+    """``<account>.<query>.<from>[.<to>]``: the query may hold dots and spaces, never a date part."""
+    parts = stem.split(".")
+    if not ACCOUNT.fullmatch(parts[0]):
+        return None
+    found = _split_dates(parts[1:])
+    if found is None:
+        return None
+    middle, start, end = found
+    query = ".".join(middle)
+    # A date among several query parts would make the dates ambiguous; one query part may be anything.
+    if not middle or any(not p or (len(middle) > 1 and DATE.fullmatch(p)) for p in middle) or query != query.strip():
+        return None
+    return parts[0], query, start, end
+
+
+def _underscored(stem: str) -> tuple[str, str | None, date, date] | None:
+    """``<account>_<kind>_<from>[_<to>]`` (the kind may hold underscores, or be absent)."""
+    parts = stem.split("_")
+    if "." in stem or not ACCOUNT.fullmatch(parts[0]):
+        return None
+    found = _split_dates(parts[1:]) if len(parts) > 1 else None
+    if found is None:
+        return None
+    middle, start, end = found
+    if any(not QUERY.fullmatch(p) or DATE.fullmatch(p) for p in middle):
+        return None
+    return parts[0], "_".join(middle) or None, start, end
+
+
+GRAMMAR = (_dotted, _underscored)  # tried in this order on the name without its format and encryption
+
+
+def query_token(name: str) -> str | None:
+    """``name`` when it can be the query part of a statement name (it parses back whole), else None."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name:
+        return None
+    try:
+        check_name(name)
+    except RemoteFileError:
+        return None
+    st = parse(f"U1234567.{name}.20000101.20000101.xml", 0)
+    return name if st.parsed and st.query == name else None
+
+
 def parse(name: str, mtime: float) -> Statement:
     """Parse an IBKR statement name; never raises for a str (unparseable -> parsed=False)."""
     fallback = _utc_date(mtime)
@@ -130,10 +194,12 @@ def parse(name: str, mtime: float) -> Statement:
         parts = parts[:-1]
     account = query = start = end = None
     ok = False
-    if len(parts) in (3, 4) and ACCOUNT.fullmatch(parts[0]) and QUERY.fullmatch(parts[1]):
-        dates = [_date(p) for p in parts[2:]]
-        if all(dates) and dates[0] <= dates[-1]:
-            account, query, start, end, ok = parts[0], parts[1], dates[0], dates[-1], True
+    stem = ".".join(parts)
+    for rule in GRAMMAR:
+        found = rule(stem)
+        if found is not None:
+            (account, query, start, end), ok = found, True
+            break
     return Statement(
         name=name,
         account=account,

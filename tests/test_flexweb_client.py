@@ -8,6 +8,7 @@ import pytest
 
 from ibreports.errors import AuthenticationError, ConfigError, ConnectionFailure, RemoteFileError
 from ibreports.remote.flexweb.codes import CODES
+from tests.fixtures.flexweb import BASE
 from tests.flexsource import flex_remote
 
 
@@ -47,7 +48,7 @@ def test_generation_delay_in_seconds_is_waited_out(flexweb, tmp_path):
     assert flexweb.answers(token)[-1] == "ok" and made.size > 0
 
 
-WAIT_ON_POLL = [1004, 1005, 1006, 1007, 1008, 1009, 1019, 1021]
+WAIT_ON_POLL = [1004, 1005, 1006, 1007, 1008, 1019, 1021]
 WAIT_ON_SEND = [1001, 1009]
 
 
@@ -58,6 +59,18 @@ def test_try_again_codes_on_getstatement_are_polled_again(flexweb, tmp_path, cod
     [made] = produce(flexweb, token, [query], tmp_path)
     assert flexweb.answers(token) == ["ok", str(code), str(code), "ok"]
     assert made.size > 0
+
+
+@pytest.mark.parametrize("code", WAIT_ON_SEND)
+def test_could_not_generate_on_getstatement_asks_for_a_new_statement(flexweb, tmp_path, code):
+    # 1001/1009 say this reference will not be made: polling it again would only repeat the answer.
+    token = flexweb.add_token().value
+    query = flexweb.add_query("DailyActivity", ["U1234567"], poll_codes=[code])
+    [made] = produce(flexweb, token, [query], tmp_path)
+    assert flexweb.answers(token) == ["ok", str(code), "ok", "ok"]
+    assert [h.path.rsplit("/", 1)[-1] for h in flexweb.hits] == ["SendRequest", "GetStatement"] * 2
+    first, second = (h.params["q"] for h in flexweb.hits if h.path.endswith("GetStatement"))
+    assert first != second and made.size > 0
 
 
 @pytest.mark.parametrize("code", WAIT_ON_SEND)
@@ -172,7 +185,6 @@ def test_a_bad_ssl_cert_file_is_a_configuration_error(flexweb, tmp_path, monkeyp
     ("garbage", ConnectionFailure, "something other than a Flex Web Service response"),
     ("doctype", ConnectionFailure, "document type declaration"),
     ("huge-status", ConnectionFailure, "oversized"),
-    ("foreign-url", ConnectionFailure, "another host"),
     ("no-reference", ConnectionFailure, "without a reference code"),
     ("http404", ConfigError, "HTTP 404"),
 ])
@@ -182,8 +194,15 @@ def test_malformed_sendrequest_answers_are_clear_errors(flexweb, tmp_path, fault
     with pytest.raises(error) as caught:
         produce(flexweb, token, [flexweb.add_query("DailyActivity", ["U1234567"])], tmp_path)
     assert text in caught.value.message
-    if fault == "foreign-url":
-        assert [h.path.rsplit("/", 1)[-1] for h in flexweb.hits] == ["SendRequest"]  # nothing sent elsewhere
+
+
+def test_a_getstatement_url_on_another_domain_is_never_used(flexweb, tmp_path, caplog):
+    # The statement comes from the documented endpoint on the configured host; the foreign <Url> gets nothing.
+    token = flexweb.add_token().value
+    flexweb.faults.append("foreign-url")
+    [made] = produce(flexweb, token, [flexweb.add_query("DailyActivity", ["U1234567"])], tmp_path)
+    assert made.size > 0
+    assert [h.path for h in flexweb.hits] == [f"{BASE}/SendRequest", f"{BASE}/GetStatement"]
 
 
 @pytest.mark.parametrize("fault", ["http500", "drop"])

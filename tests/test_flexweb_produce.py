@@ -144,7 +144,7 @@ def test_iso_dates_in_the_statement_still_give_yyyymmdd_names(flexweb, tmp_path)
     assert made.name == "U1234567.DailyActivity.20261102.20261102.xml"
 
 
-def test_csv_query_is_one_object_named_by_its_account_and_the_dates_asked(flexweb, tmp_path):
+def test_csv_query_is_one_object_named_by_its_account_and_its_own_dates(flexweb, tmp_path):
     flexweb.today = date(2026, 11, 20)
     token = flexweb.add_token().value
     query = flexweb.add_query("TradesCsv", ["U1234567"], fmt="csv")
@@ -152,8 +152,8 @@ def test_csv_query_is_one_object_named_by_its_account_and_the_dates_asked(flexwe
     assert made.name == "U1234567.TradesCsv.20261103.20261103.csv"
     assert made.path.read_bytes().startswith(b'"ClientAccountID"')  # kept byte for byte
     [own] = run(flexweb, token, [query], tmp_path / "t")
-    today = date.today().strftime("%Y%m%d")
-    assert own.name == f"U1234567.TradesCsv.{today}.{today}.csv"  # own period: today's date, documented
+    # Its own period (IBKR: the last business day, 2026-11-19): the dates its FromDate/ToDate columns say.
+    assert own.name == "U1234567.TradesCsv.20261119.20261119.csv"
 
 
 def test_a_multi_account_csv_cannot_be_filed_and_says_why(flexweb, tmp_path):

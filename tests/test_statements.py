@@ -76,6 +76,60 @@ def test_parse_variants(name: str, account: str, fmt: str | None, encryption: st
     assert (s.parsed, s.account, s.fmt, s.encryption, s.decrypted_name) == (True, account, fmt, encryption, decrypted)
 
 
+# IBKR's delivery names, as they appear on its sFTP/FTP servers and in Flex deliveries:
+# (name, account, query or kind, from, to, format, encryption).
+D = date
+DELIVERIES = [
+    # Activity Flex queries: IBKR's name of the query, as typed in Client Portal
+    ("U1234567.DailyActivity.20261101.20261101.xml.pgp", "U1234567", "DailyActivity", D(2026, 11, 1), D(2026, 11, 1), "xml", "pgp"),
+    ("U1234567.Daily Activity.20261101.20261101.xml.pgp", "U1234567", "Daily Activity", D(2026, 11, 1), D(2026, 11, 1), "xml", "pgp"),
+    ("U1234567.Activity v2.1.20261101.20261101.xml", "U1234567", "Activity v2.1", D(2026, 11, 1), D(2026, 11, 1), "xml", None),
+    ("U1234567.My.Daily.Query.20261101.20261101.csv.gpg", "U1234567", "My.Daily.Query", D(2026, 11, 1), D(2026, 11, 1), "csv", "gpg"),
+    ("U1234567.Activity.20261015.xml", "U1234567", "Activity", D(2026, 10, 15), D(2026, 10, 15), "xml", None),
+    # Trade confirmation Flex queries (intraday and daily)
+    ("U1234567.TradeConfirms.20261102.20261102.xml.pgp", "U1234567", "TradeConfirms", D(2026, 11, 2), D(2026, 11, 2), "xml", "pgp"),
+    ("U1234567.Trade Confirmation Flex.20261102.20261102.csv.asc", "U1234567", "Trade Confirmation Flex", D(2026, 11, 2), D(2026, 11, 2), "csv", "asc"),
+    # Monthly and quarterly statements, zipped
+    ("U1234567_Quarterly_20261001_20261231.zip.pgp", "U1234567", "Quarterly", D(2026, 10, 1), D(2026, 12, 31), "zip", "pgp"),
+    ("U1234567_Monthly_20261001_20261031.zip.pgp", "U1234567", "Monthly", D(2026, 10, 1), D(2026, 10, 31), "zip", "pgp"),
+    ("U1234567.MonthlyActivity.20261001.20261031.zip.asc", "U1234567", "MonthlyActivity", D(2026, 10, 1), D(2026, 10, 31), "zip", "asc"),
+    # Statements IBKR names itself: account, kind, date(s)
+    ("U1234567_Activity_20261101.pdf", "U1234567", "Activity", D(2026, 11, 1), D(2026, 11, 1), "pdf", None),
+    ("U1234567_Daily_Activity_20261101_20261101.csv.pgp", "U1234567", "Daily_Activity", D(2026, 11, 1), D(2026, 11, 1), "csv", "pgp"),
+    ("U1234567_20261101.xml.pgp", "U1234567", None, D(2026, 11, 1), D(2026, 11, 1), "xml", "pgp"),
+    # Mark-to-market reports
+    ("U1234567.MTM.20261102.20261102.csv.pgp", "U1234567", "MTM", D(2026, 11, 2), D(2026, 11, 2), "csv", "pgp"),
+    ("U1234567_MTM_Summary_20261102.csv", "U1234567", "MTM_Summary", D(2026, 11, 2), D(2026, 11, 2), "csv", None),
+    # Advisor / master ('F') and paper ('DU') accounts, consolidated and per client
+    ("F1234567.AdvisorDaily.20261102.20261102.xml.pgp", "F1234567", "AdvisorDaily", D(2026, 11, 2), D(2026, 11, 2), "xml", "pgp"),
+    ("F1234567_Quarterly_20260701_20260930.zip.gpg", "F1234567", "Quarterly", D(2026, 7, 1), D(2026, 9, 30), "zip", "gpg"),
+    ("DU7654321.Flex_Trades-2.20261001.20261031.csv.gpg", "DU7654321", "Flex_Trades-2", D(2026, 10, 1), D(2026, 10, 31), "csv", "gpg"),
+    # CSV with IBKR's BOF/HEADER records: the name is the same as without them
+    ("U1234567.DailyCSV.20261102.20261102.csv", "U1234567", "DailyCSV", D(2026, 11, 2), D(2026, 11, 2), "csv", None),
+]
+
+
+@pytest.mark.parametrize(("name", "account", "query", "start", "end", "fmt", "encryption"), DELIVERIES,
+                         ids=[row[0] for row in DELIVERIES])
+def test_ibkr_delivery_names_are_filed_under_account_kind_and_dates(name, account, query, start, end, fmt,
+                                                                    encryption) -> None:
+    s = parse(name, MTIME)
+    assert (s.parsed, s.account, s.query, s.period_start, s.period_end, s.fmt, s.encryption) == (
+        True, account, query, start, end, fmt, encryption)
+    assert statement_key(s) == f"statements/{account}/{end:%Y/%m}/{s.decrypted_name}"
+    assert not statement_key(s).startswith(f"statements/{statements.UNSORTED}/")
+
+
+@pytest.mark.parametrize("query", ["DailyActivity", "Daily Activity", "Activity v2.1", "My.Daily.Query", "Flex_Trades-2"])
+def test_query_token_round_trips(query: str) -> None:
+    assert statements.query_token(query) == query
+
+
+@pytest.mark.parametrize("query", ["", " Daily", "Daily ", ".Daily", "Daily.", "a/b", "Daily.20261101", "a\nb"])
+def test_query_token_refuses_what_would_not_parse_back(query: str) -> None:
+    assert statements.query_token(query) is None
+
+
 def test_parse_single_date() -> None:
     s = parse("U1234567.Activity.20261015.xml", MTIME)
     assert s.parsed and s.period_start == s.period_end == s.statement_date == date(2026, 10, 15)
@@ -88,7 +142,12 @@ def test_parse_single_date() -> None:
         "u1234567.Daily.20261101.20261101.xml",  # lower-case account
         "U1234567.Daily.20261399.20261101.xml",  # no such date
         "U1234567.Daily.20261102.20261101.xml",  # period ends before it starts
-        "U1234567.Da ily.20261101.20261101.xml",
+        "U1234567. Daily.20261101.20261101.xml",  # a query part with a leading space
+        "U1234567..20261101.20261101.xml",  # an empty query part
+        "U1234567_Daily Activity_20261101.xml",  # underscore names hold no spaces
+        "U1234567_Quarterly.2026_20261001_20261231.zip",  # nor dots
+        "U1234567_Quarterly_20261231_20261001.zip",  # period ends before it starts
+        "X_20261101.xml",
         "U1234567.Daily.20261101.20261101.20261101.xml",
         ".pgp",
     ],

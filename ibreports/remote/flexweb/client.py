@@ -3,28 +3,38 @@
 TLS certificates are always verified, against the system's CAs (OpenSSL's default
 paths, so ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` are honoured), never certifi's bundle
 and never disabled. Every request waits for its turn on the token's pacer; the token
-goes only to the configured host (or the GetStatement URL IBKR names on the same
-domain) and never into a message.
+goes only to the configured host or a host under the same one of IBKR's domains
+(endpoints.py), and never into a message.
+
+GetStatement is asked at IBKR's documented endpoint on the SendRequest host first, and
+at the ``<Url>`` the SendRequest answer names only when that endpoint is missing (HTTP
+404/405/410) or unreachable. A redirect (3xx) is followed, at most ``REDIRECTS_MAX``
+times, only to HTTPS on the configured host's domain. HTTP 429/503 with ``Retry-After``
+is waited out when it asks for at most ``RETRY_AFTER_MAX`` seconds. A lost connection is
+tried again with backoff for ``reconnect_seconds`` (``[run] reconnect_minutes`` in a
+run), at least ``TRANSPORT_ATTEMPTS`` times.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
+import email.utils
+import random
 import ssl
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit, urlunsplit
 
 import httpx
 
 from ... import __version__
 from ...errors import ConfigError, ConnectionFailure, IbreportsError, StatementUnavailable
 from ...files import create_private
-from .codes import PACE, FlexCode, flex_error, lookup
+from .codes import PACE, RESEND, FlexCode, flex_error, lookup
+from .endpoints import check_endpoint, get_statement_url, same_site
 from .pacing import Pacer, pacer_for
 from .redact import protect
 from .wire import STATUS_MAX, Status, is_status, parse_status
@@ -40,6 +50,10 @@ TRANSPORT_ATTEMPTS = 3
 POLL_MAX = 30.0  # seconds: the longest wait between two polls
 PACE_MIN = 1.0  # seconds: the first back-off after a 1018 (IBKR allows one request per second)
 PACE_MAX = 60.0  # seconds: IBKR's window is a minute
+REDIRECTS_MAX = 5
+RETRY_AFTER_MAX = 60.0  # seconds: a longer Retry-After fails the request (waiting it out would hold the run)
+BACKOFF_CAP = 15.0  # seconds between two attempts after a lost connection
+MISSING = (404, 405, 410)  # the documented GetStatement endpoint is not there: try the answer's <Url>
 
 
 def tls_context() -> ssl.SSLContext:
@@ -82,11 +96,38 @@ def _tls_failure(host: str) -> ConnectionFailure:
     )
 
 
-def _same_domain(a: str, b: str) -> bool:
-    if a == b:
-        return True
-    tail = lambda host: ".".join(host.split(".")[-2:])  # noqa: E731
-    return not re.fullmatch(r"[\d.:\[\]]+", a) and tail(a) == tail(b)
+def _where(url: str) -> str:
+    """scheme://host/path of ``url``: never its query (the token)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))[:200]
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date); None when absent or unreadable."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class _Redirect(Exception):
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+class _Missing(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 class FlexClient:
@@ -103,6 +144,8 @@ class FlexClient:
         self.pacer = pacer
         self.poll_interval = poll_interval
         self.poll_timeout = poll_timeout
+        self.reconnect_seconds = 0.0  # a run sets [run] reconnect_minutes (FlexRemote.produce)
+        self.get_url = get_statement_url(url)
         self._http = httpx.Client(
             verify=tls_context(), timeout=httpx.Timeout(timeout), follow_redirects=False,
             headers={"User-Agent": USER_AGENT},
@@ -119,15 +162,24 @@ class FlexClient:
 
     # -- one HTTP GET, paced, with transport retries -------------------------------------------
 
-    def _get(self, url: str, params: dict[str, str], dest: Path | None) -> bytes | None:
+    def _get(self, url: str, params: dict[str, str], dest: Path | None, *, missing_ok: bool = False
+             ) -> bytes | None:
         """GET ``url`` with the token; the body (a status answer is read into memory, a statement is
-        streamed into ``dest``); returns the body, or None when it went to ``dest``."""
-        host = urlsplit(url).netloc
-        for attempt in range(1, TRANSPORT_ATTEMPTS + 1):
+        streamed into ``dest``); returns the body, or None when it went to ``dest``. Follows redirects
+        within IBKR's domain; with ``missing_ok``, HTTP 404/405/410 raises _Missing."""
+        attempt = 0
+        started = time.monotonic()
+        hops = 0
+        while True:
+            host = urlsplit(url).netloc
             try:
-                with self.pacer.turn(), \
-                        self._http.stream("GET", url, params={"t": self._token, **params, "v": "3"}) as resp:
-                    return self._read(resp, host, dest)
+                with self.pacer.turn(), self._http.stream(
+                        "GET", url, params={**params, "t": self._token, "v": "3"}) as resp:
+                    return self._read(resp, url, dest, missing_ok)
+            except _Redirect as moved:
+                hops += 1
+                url, params = self._follow(url, moved.location, params, hops)
+                continue
             except httpx.TransportError as exc:
                 if _verify_failure(exc):
                     raise _tls_failure(host) from None
@@ -138,27 +190,80 @@ class FlexClient:
                 )
                 if isinstance(exc, httpx.TimeoutException):
                     failure.message = f"No answer from the Flex Web Service at {host} within the time-out."
+                wait = None
             except _Transient as exc:
                 failure = ConnectionFailure(
                     f"The Flex Web Service at {host} answered HTTP {exc.status}.",
                     "A temporary IBKR problem: run again later.",
                 )
-            if attempt < TRANSPORT_ATTEMPTS:
-                log.info("Flex Web Service at %s: %s; trying again", host, failure.message)
-                time.sleep(attempt)
-        raise failure
+                wait = exc.retry_after
+                if wait is not None and wait > RETRY_AFTER_MAX:
+                    failure.message = (f"The Flex Web Service at {host} answered HTTP {exc.status} and asked to "
+                                       f"wait {wait:.0f} s (Retry-After) before asking again.")
+                    failure.remedy = f"Run again after {wait:.0f} s."
+                    raise failure from None
+            attempt += 1
+            spent = time.monotonic() - started
+            if attempt >= TRANSPORT_ATTEMPTS and spent >= self.reconnect_seconds:
+                if self.reconnect_seconds and attempt > TRANSPORT_ATTEMPTS:
+                    failure.message += (f" It stayed so for {spent:.0f} s ([run] reconnect_minutes "
+                                        f"{self.reconnect_seconds / 60:g}).")
+                raise failure
+            if wait is None:
+                wait = min(BACKOFF_CAP, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+                if attempt >= TRANSPORT_ATTEMPTS:
+                    wait = min(wait, max(0.5, self.reconnect_seconds - spent))
+                log.info("Flex Web Service at %s: %s; trying again in %.1f s", host, failure.message, wait)
+                time.sleep(wait)
+            else:  # Retry-After: every request with this token waits, as for a 1018
+                log.info("Flex Web Service at %s: %s; waiting %.0f s as it asked (Retry-After)", host,
+                         failure.message, wait)
+                self.pacer.hold(wait)
 
-    def _read(self, resp: httpx.Response, host: str, dest: Path | None) -> bytes | None:
-        if resp.status_code in (429,) or resp.status_code >= 500:
-            raise _Transient(resp.status_code)
-        if resp.status_code == 404:
+    def _follow(self, url: str, location: str, params: dict[str, str], hops: int) -> tuple[str, dict[str, str]]:
+        """The next URL of a redirect, after checking it may receive the token."""
+        here = urlsplit(url).netloc
+        target = urlsplit(urljoin(url, location))
+        shown = _where(urlunsplit(target))
+        if target.scheme != "https" or not target.hostname or not same_site(target.hostname, self.host):
+            raise ConnectionFailure(
+                f"The Flex Web Service at {here} redirected to {shown}, which is not HTTPS on IBKR's domain; the "
+                "redirect was not followed and the token was not sent there.",
+                "Check the source's url (leave it out for IBKR's documented endpoint) and any proxy between this "
+                "machine and IBKR.",
+            )
+        if hops > REDIRECTS_MAX:
+            raise ConnectionFailure(
+                f"The Flex Web Service at {here} redirected more than {REDIRECTS_MAX} times (last to {shown}).",
+                "Check the source's url and any proxy between this machine and IBKR; run again later.",
+            )
+        log.info("Flex Web Service: %s redirected to %s; following", _where(url), shown)
+        extra = {k: v for k, v in parse_qsl(target.query) if k not in ("t", "v")}
+        return urlunsplit((target.scheme, target.netloc, target.path, "", "")), {**extra, **params}
+
+    def _read(self, resp: httpx.Response, url: str, dest: Path | None, missing_ok: bool) -> bytes | None:
+        host = urlsplit(url).netloc
+        status = resp.status_code
+        if status in (301, 302, 303, 307, 308) and resp.headers.get("location"):
+            raise _Redirect(resp.headers["location"])
+        if status == 429 or status >= 500:
+            raise _Transient(status, retry_after(resp.headers.get("retry-after")))
+        if missing_ok and status in MISSING:
+            raise _Missing(status)
+        if status == 404:
             raise ConfigError(
-                f"The Flex Web Service URL on {host} answered HTTP 404: it is not IBKR's SendRequest endpoint.",
+                f"The Flex Web Service URL {_where(url)} answered HTTP 404: it is not IBKR's endpoint.",
                 "Leave the source's url out to use IBKR's, or fix its path.",
             )
-        if resp.status_code != 200:
+        if status == 403:
             raise ConnectionFailure(
-                f"The Flex Web Service at {host} answered HTTP {resp.status_code}.",
+                f"The Flex Web Service at {host} refused the request (HTTP 403).",
+                "IBKR refuses requests without a User-Agent header: check that no proxy strips it; check the "
+                "source's url; run again later.",
+            )
+        if status != 200:
+            raise ConnectionFailure(
+                f"The Flex Web Service at {host} answered HTTP {status}.",
                 "Check the source's url and any proxy; run again later.",
             )
         if dest is None:
@@ -200,46 +305,80 @@ class FlexClient:
     def probe(self) -> Status:
         """The service answers over verified TLS (a request without the token: IBKR refuses it, and says so)."""
         where = f"The Flex Web Service at {self.host}"
-        try:
-            with self._http.stream("GET", self.url, params={"v": "3"}) as resp:
-                body = self._read(resp, self.host, None) if resp.status_code == 200 else b""
-        except httpx.TransportError as exc:
-            if _verify_failure(exc):
-                raise _tls_failure(self.host) from None
-            raise ConnectionFailure(
-                f"Cannot reach the Flex Web Service at {self.host} ({type(exc).__name__}).",
-                "Check this machine's network, DNS and proxy settings and that outgoing HTTPS (443) is open.",
-            ) from None
-        if resp.status_code != 200:
-            raise ConnectionFailure(f"{where} answered HTTP {resp.status_code}.",
-                                    "Check the source's url (leave it out for IBKR's) and any proxy.")
-        return parse_status(body or b"", where)
+        url = self.url
+        for hops in range(REDIRECTS_MAX + 2):
+            try:
+                with self._http.stream("GET", url, params={"v": "3"}) as resp:
+                    if resp.status_code in (301, 302, 303, 307, 308) and resp.headers.get("location"):
+                        url, _ = self._follow(url, resp.headers["location"], {}, hops + 1)
+                        continue
+                    body = self._read(resp, url, None, False) if resp.status_code == 200 else b""
+            except httpx.TransportError as exc:
+                if _verify_failure(exc):
+                    raise _tls_failure(self.host) from None
+                raise ConnectionFailure(
+                    f"Cannot reach the Flex Web Service at {urlsplit(url).netloc} ({type(exc).__name__}).",
+                    "Check this machine's network, DNS and proxy settings and that outgoing HTTPS (443) is open.",
+                ) from None
+            if resp.status_code != 200:
+                raise ConnectionFailure(f"{where} answered HTTP {resp.status_code}.",
+                                        "Check the source's url (leave it out for IBKR's) and any proxy.")
+            return parse_status(body or b"", where)
+        raise AssertionError("unreachable: _follow bounds the redirects")
 
     def send_request(self, query_id: str, fd: str | None = None, td: str | None = None) -> tuple[str, str]:
-        """Step 1: ask IBKR to generate the statement; returns (reference code, GetStatement URL)."""
+        """Step 1: ask IBKR to generate the statement; returns (reference code, the <Url> it named)."""
         params = {"q": query_id}
         if fd and td:
             params.update(fd=fd, td=td)
         body = self._get(self.url, params, None)
         status = self._status(body or b"", self.url)
         where = f"The Flex Web Service at {self.host}"
-        if status.status != "Success" or not status.reference.isdigit() or not status.url:
+        if status.status.lower() != "success" or not status.reference.isdigit():
             raise ConnectionFailure(
-                f"{where} answered SendRequest without a reference code and URL.",
+                f"{where} answered SendRequest without a reference code.",
                 "Run again later; if it persists, check the source's url.",
-            )
-        target = urlsplit(status.url)
-        if target.scheme != "https" or not target.hostname or not _same_domain(target.hostname, self.host):
-            raise ConnectionFailure(
-                f"{where} named a GetStatement URL on another host ({target.hostname or '?'}); the token was not "
-                "sent there.",
-                "Check the source's url and any proxy between this machine and IBKR.",
             )
         return status.reference, status.url
 
-    def get_statement(self, url: str, reference: str, dest: Path) -> None:
-        """Step 2, once: the statement into ``dest``; raises Refused while IBKR is not done."""
-        self._get(url, {"q": reference}, dest)
+    def _fallback(self, named: str) -> str | None:
+        """The answer's <Url>, when it may receive the token and is not the documented endpoint."""
+        target = urlsplit(named)
+        if target.scheme != "https" or not target.hostname or not same_site(target.hostname, self.host):
+            if named:
+                log.warning("Flex Web Service: the GetStatement URL IBKR named (%s) is not HTTPS on the configured "
+                            "host's domain; it is not used", _where(named))
+            return None
+        url = urlunsplit((target.scheme, target.netloc, target.path, "", ""))
+        return None if url == self.get_url else url
+
+    def get_statement(self, reference: str, dest: Path, named: str = "") -> None:
+        """Step 2, once: the statement into ``dest``, from the documented GetStatement endpoint, else from the
+        answer's <Url> (``named``); raises Refused while IBKR is not done."""
+        url = self.get_url
+        try:
+            self._get(url, {"q": reference}, dest, missing_ok=True)
+        except (_Missing, ConnectionFailure) as exc:
+            fallback = self._fallback(named)
+            first = (f"answered HTTP {exc.status}" if isinstance(exc, _Missing) else
+                     exc.message.rstrip("."))
+            if fallback is None:
+                if isinstance(exc, ConnectionFailure):
+                    raise
+                raise ConnectionFailure(
+                    f"IBKR's GetStatement endpoint {_where(url)} {first}, and the SendRequest answer named no other "
+                    "usable GetStatement URL.",
+                    "Check the source's url (leave it out for IBKR's) and any proxy; run again later.",
+                ) from None
+            log.warning("Flex Web Service: GetStatement at %s: %s; trying the URL IBKR's answer named (%s)",
+                        _where(url), first, _where(fallback))
+            url = fallback
+            try:
+                self._get(url, {"q": reference}, dest)
+            except ConnectionFailure as again:
+                again.message = (f"IBKR's GetStatement endpoint {_where(self.get_url)}: {first}; the URL its answer "
+                                 f"named: {again.message}")
+                raise
         with open(dest, "rb") as fh:
             head = fh.read(STATUS_MAX + 1)
         if len(head) <= STATUS_MAX and is_status(head):
@@ -262,12 +401,14 @@ class FlexClient:
                     reference, url = self.send_request(query_id, fd, td)
                     log.info("Flex Web Service: %s requested (reference %s)", what, reference)
                     time.sleep(min(self.poll_interval, self.poll_timeout))
-                self.get_statement(url, reference, dest)
+                self.get_statement(reference, dest, url or "")
                 return
             except Refused as refused:
                 entry = refused.entry
                 if entry.retry is None:
                     raise flex_error(entry, what, refused.message) from None
+                if entry.code in RESEND:
+                    reference = None  # this reference will never be made: ask for a new one
                 if entry.retry == PACE:
                     base = max(PACE_MIN, self.pacer.min_interval, 60.0 / self.pacer.per_minute)
                     wait = min(PACE_MAX, base * 2**paced)
@@ -289,6 +430,7 @@ class FlexClient:
 def open_client(source: "SourceConfig") -> FlexClient:
     """The client for a flexweb source (its token resolved, its token's pacer shared)."""
     settings = source.settings
+    check_endpoint(settings.url)
     token = settings.token.get()
     return FlexClient(
         token, settings.url, timeout=source.timeout,
@@ -298,6 +440,6 @@ def open_client(source: "SourceConfig") -> FlexClient:
 
 
 class _Transient(IbreportsError):
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}")
-        self.status = status
+        self.status, self.retry_after = status, retry_after

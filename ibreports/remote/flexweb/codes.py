@@ -22,6 +22,10 @@ NEW_TOKEN = (
 
 WAIT = "wait"
 PACE = "pace"
+# IBKR could not make this statement (1001) or was too loaded to (1009): polling the same reference
+# again only repeats the answer, so a new SendRequest is made (within poll_timeout). 1019, 1021 and
+# 1004-1008 say the statement is on its way: the same reference is polled again.
+RESEND = frozenset({1001, 1009})
 
 
 @dataclass(frozen=True)

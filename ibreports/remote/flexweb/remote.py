@@ -24,11 +24,13 @@ from typing import Collection, Iterator
 from ...config import SourceConfig
 from ...errors import AuthenticationError, ConfigError, ConnectionFailure, IbreportsError, StatementUnavailable
 from ...files import sha256_file
-from ...statements import parse
+from ...statements import parse, query_token
 from ..registry import Produced
 from .client import open_client
 from .settings import FlexQuery, FlexSettings
-from .split import Piece, keep_csv, looks_like_xml, split_xml
+from .csvsplit import split_csv
+from .split import Piece, looks_like_xml
+from .xmlsplit import Expect, split_xml
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def windows(query: FlexQuery, since: date | None, until: date | None, today: dat
                           "Swap the dates.")
     if query.dates == "fixed":
         raise ConfigError(
-            f"Flex query {query.name} ({query.id}) has a fixed period (dates = 'fixed'): it cannot be asked for "
+            f"Flex query {query.label} ({query.id}) has a fixed period (dates = 'fixed'): it cannot be asked for "
             f"{since}..{until}, and was not.",
             "Run this source without --since/--until, or set the query's dates to 'daily', 'monthly' or 'range' "
             "(IBKR's date override, at most 365 days per request).",
@@ -92,6 +94,8 @@ class FlexRemote:
         self.source = source
         self.settings: FlexSettings = source.settings
         self._failures: list[IbreportsError] = []
+        self._names: dict[str, str] = {}  # query id -> IBKR's queryName, for queries without a name
+        self._warned: set[str] = set()
         self.client = open_client(source)
 
     def close(self) -> None:
@@ -115,23 +119,27 @@ class FlexRemote:
         self.client.close()
 
     def produce(self, since: date | None, until: date | None, staging: Path, today: date | None = None, *,
-                archived: Collection[str] = ()) -> Iterator[Produced]:
+                archived: Collection[str] = (), reconnect_minutes: float | None = None) -> Iterator[Produced]:
         """Every statement of every query for the dates asked (each query's own period without dates).
 
         ``archived``: statement names the archive holds; a dated window every known account of
-        the query already has is not asked again (a backfill spends IBKR's requests on gaps)."""
+        the query already has is not asked again (a backfill spends IBKR's requests on gaps).
+        ``reconnect_minutes``: how long a lost connection is tried again ([run] reconnect_minutes)."""
         today = today or date.today()
+        if reconnect_minutes is not None:
+            self.client.reconnect_seconds = reconnect_minutes * 60
         failures = self._failures
         made: dict[str, str] = {}
         have = _Archived(archived)
         for query in self.settings.queries:
             try:
                 asked = windows(query, since, until, today)
-                todo = [w for w in asked if not have.covers(query.name, w)]
-                if len(todo) < len(asked):
-                    log.info("Flex Web Service: query %s: %d of %d date window(s) already archived for every "
-                             "account; not asked again", query.name, len(asked) - len(todo), len(asked))
-                for window in todo:
+                skipped = 0
+                for window in asked:
+                    name = query.name or self._names.get(query.id)  # known after the first answer
+                    if name is not None and have.covers(name, window):
+                        skipped += 1
+                        continue
                     for piece in self._ask(query, window, staging, today):
                         produced = _produced(piece)
                         if made.setdefault(produced.name, produced.sha256) != produced.sha256:
@@ -140,6 +148,9 @@ class FlexRemote:
                                 f"{produced.name}.", "Give each query its own name in the source's queries."))
                             continue
                         yield produced
+                if skipped:
+                    log.info("Flex Web Service: query %s: %d of %d date window(s) already archived for every "
+                             "account; not asked again", query.label, skipped, len(asked))
             except (AuthenticationError, ConnectionFailure):
                 raise
             except IbreportsError as exc:
@@ -147,7 +158,7 @@ class FlexRemote:
                 failures.append(exc)
 
     def _ask(self, query: FlexQuery, window: Window, staging: Path, today: date) -> Iterator[Piece]:
-        what = f"query {query.name} ({query.id}) for {window.label}"
+        what = f"query {query.label} ({query.id}) for {window.label}"
         fd = f"{window.start:%Y%m%d}" if window.start else None
         td = f"{window.end:%Y%m%d}" if window.end else None
         part = staging / f".flexweb-{query.id}-{fd or 'own'}-{td or 'own'}.part"
@@ -162,12 +173,47 @@ class FlexRemote:
             if part.stat().st_size == 0:
                 raise StatementUnavailable(f"Flex Web Service, {what}: IBKR's answer is empty.",
                                       "Run the fetch again; if it persists, check the query in Client Portal.")
+            expect = Expect(window.start, window.end)
+            named = lambda reported: self._query_name(query, reported, what)  # noqa: E731
             if looks_like_xml(part):
-                yield from split_xml(part, query.name, what, staging)
+                yield from split_xml(part, None, what, staging, expect, named)
             else:
-                yield keep_csv(part, query.name, what, window.start or today, window.end or today, staging)
+                yield from split_csv(part, None, what, staging, expect, today, named)
         finally:
             part.unlink(missing_ok=True)
+
+
+    def _query_name(self, query: FlexQuery, reported: str, what: str) -> str:
+        """The query part of the statements' names: the configured name, else IBKR's queryName."""
+        reported = reported.strip()
+        if query.name is not None:
+            if reported and reported != query.name and query.id not in self._warned:
+                self._warned.add(query.id)
+                log.warning("Flex Web Service: query %s (%s) is named %r at IBKR, whose sFTP deliveries of it are "
+                            "therefore named <account>.%s.<dates>: they are not recognised as the same statements "
+                            "as these (leave the query's name out to use IBKR's)", query.name, query.id, reported,
+                            reported)
+            return query.name
+        if not reported:
+            raise StatementUnavailable(
+                f"Flex Web Service, {what}: the answer does not say the query's name (no queryName, no BOF record), "
+                "and the source gives it none.",
+                "Give the query a name in the source's queries (its name at IBKR, to match its sFTP files).",
+            )
+        if query_token(reported) is None:
+            raise StatementUnavailable(
+                f"Flex Web Service, {what}: IBKR's name of the query, {reported[:60]!r}, cannot be part of a file "
+                "name.",
+                "Give the query a name in the source's queries, or rename it in Client Portal.",
+            )
+        known = self._names.setdefault(query.id, reported)
+        if known != reported:
+            raise StatementUnavailable(
+                f"Flex Web Service, {what}: IBKR's answer is for query {reported!r}, but this query's earlier answer "
+                f"in this run was for {known!r}; it was not archived.",
+                "Run the fetch again; if it persists, report it to IBKR.",
+            )
+        return reported
 
 
 class _Archived:

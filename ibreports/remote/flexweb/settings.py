@@ -4,7 +4,7 @@
     name = "ibkr-flex"
     kind = "flexweb"
     token = "env:IBREPORTS_FLEX_TOKEN"          # a secret reference (env:, file:, prefect:)
-    queries = [ { id = "123456", name = "DailyActivity" },
+    queries = [ { id = "123456" },                 # named as IBKR names it (the answer's queryName)
                 { id = "234567", name = "MonthlyActivity", dates = "monthly" } ]
     # url = "https://ndcdyn.interactivebrokers.com/AccountManagement/FlexWebService/SendRequest"
 
@@ -12,6 +12,10 @@
 ``daily`` (default) one statement per weekday, ``monthly`` one per calendar month,
 ``range`` one statement for the whole range (in windows of at most 365 days), ``fixed``
 none: the query keeps its own period, and a date range is refused for it.
+
+``name`` is the query part of statement names. Left out, it is IBKR's own name of the
+query (the answer's ``queryName``, which is also the token of the query's sFTP files),
+so the same statement from sFTP and from the Flex Web Service lands on one archive key.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ...secrets import Secret
-from ...statements import QUERY
+from ...statements import query_token
 from ..registry import SettingError
 
 DEFAULT_URL = "https://ndcdyn.interactivebrokers.com/AccountManagement/FlexWebService/SendRequest"
@@ -36,8 +40,12 @@ class FlexQuery:
     """One Flex query: IBKR's id, the name used in statement names, what a date range asks of it."""
 
     id: str
-    name: str
+    name: str | None  # None: IBKR's queryName, learnt from the first answer
     dates: str = "daily"
+
+    @property
+    def label(self) -> str:
+        return self.name or f"#{self.id}"
 
 
 @dataclass(frozen=True)
@@ -86,14 +94,14 @@ def _queries(value: Any) -> list[FlexQuery]:
         if not isinstance(qid, str) or not qid.isdigit():
             raise SettingError(f"queries[{i}].id", "the Flex query's id (digits, shown by its info icon in Client Portal)")
         name = q.get("name")
-        if not isinstance(name, str) or not QUERY.fullmatch(name):
-            raise SettingError(f"queries[{i}].name", "a name of letters, digits, '-' or '_' (used in statement names, "
-                               "e.g. DailyActivity)")
+        if name is not None and (not isinstance(name, str) or query_token(name) != name):
+            raise SettingError(f"queries[{i}].name", "the query's name as IBKR names its files (e.g. DailyActivity; "
+                               "no '/', no leading or trailing dot or space), or leave it out to use IBKR's")
         dates = q.get("dates", "daily")
         if dates not in DATES:
             raise SettingError(f"queries[{i}].dates", "one of " + ", ".join(f"'{d}'" for d in DATES))
         queries.append(FlexQuery(qid, name, dates))
-    names = [q.name for q in queries]
+    names = [q.name for q in queries if q.name is not None]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise SettingError("queries", f"queries with different names (two are named {dup[0]})")

@@ -60,16 +60,20 @@ def parse_status(body: bytes, where: str) -> Status:
             "captive portal between this machine and IBKR; run again later if IBKR was under maintenance.",
         )
 
+    # Tags and attributes are matched whatever their case: some IBKR answers say <url>, not <Url>.
+    children = {child.tag.lower(): child for child in reversed(list(root)) if isinstance(child.tag, str)}
+    attrs = {k.lower(): v for k, v in root.attrib.items()}
+
     def text(tag: str) -> str:
-        node = root.find(tag)
+        node = children.get(tag.lower())
         return (node.text or "").strip() if node is not None else ""
 
-    raw_code = text("ErrorCode") or root.get("ErrorCode", "") or root.get("errorCode", "")
+    raw_code = text("ErrorCode") or attrs.get("errorcode", "")
     code = int(raw_code) if raw_code.strip().isdigit() else None
     return Status(
         status=text("Status"),
         reference=text("ReferenceCode"),
         url=text("Url"),
         code=code,
-        message=shown(text("ErrorMessage") or root.get("ErrorMessage", "")),
+        message=shown(text("ErrorMessage") or attrs.get("errormessage", "")),
     )
