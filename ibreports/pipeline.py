@@ -155,8 +155,11 @@ def _gather(run: RunState, source: SourceConfig, opts: RunOptions, remote: Remot
         folder = run.private_folder(f"produced-{source.name}")  # on demand: made now, straight into staging
         extra = {}
         # It may skip what is archived already (--force: it makes everything again, to be verified).
-        if not opts.force and "archived" in inspect.signature(remote.produce).parameters:
+        accepts = inspect.signature(remote.produce).parameters
+        if not opts.force and "archived" in accepts:
             extra["archived"] = {k.rsplit("/", 1)[-1] for k in run.snapshot() if k.startswith("statements/")}
+        if "reconnect_minutes" in accepts:  # a lost connection is tried again as long as for listing kinds
+            extra["reconnect_minutes"] = run.config.run.reconnect_minutes
         return [Entry(p.name, p.size, time.time(), Path(p.path), p.sha256)
                 for p in remote.produce(opts.since, opts.until, folder, **extra)]
     except Exception:

@@ -23,7 +23,7 @@ def check_flexweb(source: SourceConfig, cl: Checklist) -> None:
     settings: FlexSettings = source.settings
     client = cl.step("https", _connect, source)
     if client is None:
-        for name in ("token", "ip", *(f"query {q.name}" for q in settings.queries)):
+        for name in ("token", "ip", *(f"query {q.label}" for q in settings.queries)):
             cl.skip(name, "an earlier step failed")
         return
     try:
@@ -31,7 +31,7 @@ def check_flexweb(source: SourceConfig, cl: Checklist) -> None:
         outcome = cl.step("token", _token, client, first)
         cl.step("ip", _ip, outcome)
         for query in settings.queries:
-            cl.step(f"query {query.name}", _query, client, query, outcome if query is first else None)
+            cl.step(f"query {query.label}", _query, client, query, outcome if query is first else None)
     finally:
         client.close()
 
@@ -79,6 +79,8 @@ def _query(client: FlexClient, query: FlexQuery, outcome: str | Refused | None) 
     if outcome is None or (isinstance(outcome, Refused) and outcome.entry.code == IP_CODE):
         outcome = _send(client, query)
     if isinstance(outcome, Refused):
-        _raise(outcome, f"query {query.name} ({query.id})")
-    return None, f"id {query.id}: IBKR accepted it (reference {outcome}); dates = '{query.dates}'"
+        _raise(outcome, f"query {query.label} ({query.id})")
+    named = (f"statements named {query.name}" if query.name else
+             "statements named as IBKR names the query (its queryName, as in its sFTP files)")
+    return None, f"id {query.id}: IBKR accepted it (reference {outcome}); dates = '{query.dates}'; {named}"
 

@@ -365,9 +365,11 @@ class FlexClient:
             if fallback is None:
                 if isinstance(exc, ConnectionFailure):
                     raise
+                other = (f"the URL it named ({_where(named)}) is not HTTPS on the configured host's domain"
+                         if named and urlsplit(named).netloc != urlsplit(url).netloc else "it named no other URL")
                 raise ConnectionFailure(
-                    f"IBKR's GetStatement endpoint {_where(url)} {first}, and the SendRequest answer named no other "
-                    "usable GetStatement URL.",
+                    f"IBKR's GetStatement endpoint {_where(url)} {first}, and for GetStatement the SendRequest "
+                    f"answer is no help: {other}.",
                     "Check the source's url (leave it out for IBKR's) and any proxy; run again later.",
                 ) from None
             log.warning("Flex Web Service: GetStatement at %s: %s; trying the URL IBKR's answer named (%s)",
