@@ -75,3 +75,28 @@ def test_a_url_that_is_not_the_flex_web_service_fails_the_https_step(flexweb):
     steps = diagnose(flexweb, token, [flexweb.add_query("DailyActivity", ["U1234567"])])
     assert steps["https"].ok is False and "something other than a Flex Web Service response" in steps["https"].cause
     assert steps["token"].ok is None
+
+
+def test_the_old_endpoint_fails_the_https_step_naming_the_documented_url(flexweb):
+    from ibreports.remote.flexweb.endpoints import DOCUMENTED_URL
+    from tests.fixtures.flexweb import LEGACY
+
+    token = flexweb.add_token().value
+    source = flex_source(flexweb, token, [flexweb.add_query("DailyActivity", ["U1234567"])],
+                         url=f"{flexweb.base}{LEGACY}.SendRequest")
+    section = Section("source", "flex", "source flex (flexweb)")
+    check_flexweb(source, Checklist(section))
+    steps = {s.name: s for s in section.steps}
+    assert steps["https"].ok is False and "old FlexStatementService endpoint" in steps["https"].cause
+    assert DOCUMENTED_URL in steps["https"].fix and steps["https"].code == 2
+    assert steps["token"].ok is None and flexweb.hits == []  # named at once: nothing was asked
+
+
+def test_a_query_without_a_name_says_its_statements_take_ibkrs_name(flexweb):
+    token = flexweb.add_token().value
+    query = flexweb.add_query("Daily Activity", ["U1234567"])
+    section = Section("source", "flex", "source flex (flexweb)")
+    check_flexweb(flex_source(flexweb, token, [query], names=False), Checklist(section))
+    steps = {s.name: s for s in section.steps}
+    step = steps[f"query #{query.id}"]
+    assert step.ok is True and "as IBKR names the query" in step.detail

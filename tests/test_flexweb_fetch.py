@@ -87,3 +87,75 @@ def test_a_statement_not_ready_in_time_fails_alone_with_exit_1(flex, capsys):
     out = capsys.readouterr()
     assert "error 1019" in out.out + out.err
     assert sorted(k.split("/")[1] for k in archived_files(archive)) == ACCOUNTS  # the other query's statements are in
+
+
+def _config(cfg: Path, **changes: str) -> None:
+    """Rewrite the first line of the `flex` fixture's config setting each key (the source's)."""
+    lines = cfg.read_text().splitlines()
+    for key, new in changes.items():
+        first = next(i for i, line in enumerate(lines) if line.startswith(f"{key} = "))
+        lines[first] = new
+    cfg.write_text("\n".join(lines) + "\n")
+
+
+def test_the_old_endpoint_is_refused_at_once_with_exit_2_naming_the_documented_one(flex, capsys):
+    from tests.fixtures.flexweb import LEGACY
+
+    emulator, query, cfg, archive = flex
+    _config(cfg, url=f'url = "{emulator.base}{LEGACY}.SendRequest"')
+    assert main(["--config", str(cfg), "fetch"]) == 2
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "old FlexStatementService endpoint" in text and "AccountManagement/FlexWebService/SendRequest" in text
+    assert emulator.hits == []  # not 600 s of 1001
+
+
+def test_an_unreachable_getstatement_everywhere_is_exit_3_and_names_both(flex, capsys):
+    emulator, query, cfg, archive = flex
+    emulator.documented_get = False
+    emulator.url_target = "foreign"
+    assert main(["--config", str(cfg), "fetch"]) == 3
+    out = capsys.readouterr()
+    assert "GetStatement endpoint" in out.out + out.err and "HTTP 404" in out.out + out.err
+
+
+def test_the_answers_url_rescues_a_missing_documented_endpoint(flex):
+    emulator, query, cfg, archive = flex
+    emulator.documented_get = False
+    emulator.url_target = "self-legacy"
+    assert main(["--config", str(cfg), "fetch"]) == 0
+    assert len(archived_files(archive)) == len(ACCOUNTS)
+
+
+def test_run_reconnect_minutes_bounds_how_long_a_lost_connection_is_tried_again(flex, monkeypatch):
+    from ibreports.remote.flexweb import client
+
+    monkeypatch.setattr(client, "BACKOFF_CAP", 0.01)
+    emulator, query, cfg, archive = flex
+    cfg.write_text(cfg.read_text() + "[run]\nreconnect_minutes = 0\n")
+    emulator.faults.extend(["drop"] * 5)
+    assert main(["--config", str(cfg), "fetch"]) == 3  # 0: the transport's own few attempts only
+    emulator.faults.clear()
+    cfg.write_text(cfg.read_text().replace("reconnect_minutes = 0", "reconnect_minutes = 1"))
+    emulator.faults.extend(["drop"] * 5)
+    assert main(["--config", str(cfg), "fetch"]) == 0
+    assert len(archived_files(archive)) == len(ACCOUNTS)
+
+
+def test_a_query_without_a_name_is_archived_under_its_account_with_ibkrs_name(flex):
+    emulator, query, cfg, archive = flex
+    query.name = "Daily Activity"  # IBKR's name, space included
+    cfg.write_text(cfg.read_text().replace('name = "DailyActivity", ', ""))
+    assert main(["--config", str(cfg), "fetch"]) == 0
+    day = _day(emulator).strftime("%Y%m%d")
+    assert sorted(archived_files(archive)) == sorted(
+        f"statements/{a}/{day[:4]}/{day[4:6]}/{a}.Daily Activity.{day}.{day}.xml" for a in ACCOUNTS)
+
+
+def test_an_answer_for_other_dates_fails_alone_with_exit_1(flex, capsys):
+    emulator, query, cfg, archive = flex
+    emulator.today = date(2026, 11, 20)
+    query.shift_days = 1
+    assert main(["--config", str(cfg), "fetch", "--since", "2026-11-10", "--until", "2026-11-10"]) == 1
+    out = capsys.readouterr()
+    assert "not for the dates asked" in out.out + out.err and archived_files(archive) == {}
