@@ -1,4 +1,4 @@
-"""ibreports benchmarks (issue 7): ``python benchmarks/run.py [--quick] [--only small,bulk,rerun,memory,s3,flow,coverage]``.
+"""ibreports benchmarks (issue 7): ``python benchmarks/run.py [--quick] [--only small,bulk,rerun,memory,s3,flow,coverage,flexsplit]``.
 
 Builds the workload on a real OpenSSH sshd (keys made on the spot by ``ibreports keygen``),
 measures OpenSSH sftp (a), the hand-written script (b), ibreports to a local archive (c) and
@@ -23,6 +23,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import infra  # noqa: E402
 import coverage_bench  # noqa: E402
+import flexsplit_bench  # noqa: E402
 import workload  # noqa: E402
 from report import print_table, write_results  # noqa: E402
 from scenarios import Bench, same_plaintexts  # noqa: E402
@@ -31,7 +32,7 @@ SIZES = {
     "full": {"small": 2000, "sample": 200, "bulk": (3, 200 * workload.MB), "rerun": 10_000, "memory": 1024 * workload.MB},
     "quick": {"small": 300, "sample": 30, "bulk": (3, 50 * workload.MB), "rerun": 10_000, "memory": 1024 * workload.MB},
 }
-ALL = ("small", "bulk", "rerun", "memory", "s3", "flow", "coverage")
+ALL = ("small", "bulk", "rerun", "memory", "s3", "flow", "coverage", "flexsplit")
 
 
 def med(values: list[float]) -> float:
@@ -226,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(b.remote("memory"))
         if "coverage" in only:
             results["workloads"]["coverage"] = coverage_bench.coverage_workload(b, runs, log)
+        if "flexsplit" in only:
+            results["workloads"]["flexsplit"] = flexsplit_bench.flexsplit_workload(
+                work, log, mb=100 if args.quick else 500)
         if "flow" in only and (HERE.parent / "flows" / "retrieve.py").exists():
             results["workloads"]["flow"] = flow_workload(b, runs)
         results["generation_s"] = gen
@@ -278,6 +282,8 @@ def summarize(results: dict) -> None:
                         "pass": peak <= 200})
     if "coverage" in w:
         coverage_bench.summarize(w["coverage"], med, targets)
+    if "flexsplit" in w:
+        flexsplit_bench.summarize(w["flexsplit"], targets)
     if "flow" in w:
         r = w["flow"]
         r.update(flow_median=med(r["flow"]), flow_own_median=med(r["flow_own"]), fetch_median=med(r["fetch"]))
