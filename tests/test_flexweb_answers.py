@@ -206,3 +206,27 @@ def test_the_split_holds_a_small_fraction_of_a_statement_in_memory(tmp_path):
         tracemalloc.stop()
     assert len(body) > 7_000_000 and piece.path.stat().st_size > len(body) - 1000
     assert peak < len(body) / 20
+
+
+def test_a_statement_holding_another_accounts_information_is_refused(tmp_path):
+    flex = flexdocs.flex_xml("DailyActivity", ["U1234567", "U7654321"], DAY, DAY, "Custom")
+    wrong = flex.replace(b'<AccountInformation accountId="U7654321"', b'<AccountInformation accountId="U9999999"')
+    path, staging = _answer(tmp_path, wrong)
+    made = []
+    with pytest.raises(StatementUnavailable, match="filed as U7654321's holds the account information of 'U9999999'"):
+        for piece in split_xml(path, "DailyActivity", "test", staging):
+            made.append(piece.name)
+    assert made == ["U1234567.DailyActivity.20261102.20261102.xml"]
+    assert sorted(p.name for p in staging.iterdir()) == made
+
+
+def test_a_csv_account_block_holding_another_accounts_rows_is_refused(tmp_path):
+    from ibreports.remote.flexweb.csvsplit import split_csv
+    from ibreports.remote.flexweb.xmlsplit import Expect
+
+    body = flexdocs.flex_csv_records("AdvisorCSV", ADVISOR, DAY, DAY)
+    wrong = body.replace(b'"DATA","CRTT","U2222222"', b'"DATA","CRTT","U3333333"')
+    path, staging = _answer(tmp_path, wrong)
+    with pytest.raises(StatementUnavailable, match="U2222222's block of the CSV answer holds a row of 'U3333333'"):
+        list(split_csv(path, "AdvisorCSV", "test", staging, Expect(DAY, DAY), DAY))
+    assert list(staging.iterdir()) == []  # a CSV answer is all or nothing

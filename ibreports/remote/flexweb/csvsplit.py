@@ -115,6 +115,7 @@ def _with_records(source: Path, query: str | None, what: str, staging: Path, exp
     blocks: list[tuple[str, Path]] = []
     out: BinaryIO | None = None
     current = ""
+    column: int | None = None  # the ClientAccountID column of the block's current section
     seen: set[str] = set()
     try:
         with open(source, "rb") as fh:
@@ -123,7 +124,7 @@ def _with_records(source: Path, query: str | None, what: str, staging: Path, exp
                 if kind == "BOF":
                     head = _blank_stamp(raw)
                 elif kind == "BOA":
-                    current = fields[1].strip() if len(fields) > 1 else ""
+                    current, column = (fields[1].strip() if len(fields) > 1 else ""), None
                     if not ACCOUNT.fullmatch(current):
                         raise StatementUnavailable(
                             f"Flex Web Service, {what}: a BOA record names {current[:40]!r}, not an IBKR account.",
@@ -141,6 +142,14 @@ def _with_records(source: Path, query: str | None, what: str, staging: Path, exp
                     out.write(raw)
                     blocks.append((name, path))
                 elif out is not None:
+                    if kind == "HEADER":
+                        column = next((fields.index(c) for c in ACCOUNT_COLUMNS if c in fields), None)
+                    elif kind == "DATA" and column is not None and len(fields) > column \
+                            and fields[column].strip() != current:
+                        raise StatementUnavailable(
+                            f"Flex Web Service, {what}: {current}'s block of the CSV answer holds a row of "
+                            f"{fields[column].strip()[:40]!r}; it was not archived.",
+                            "Run the fetch again; if it persists, report the answer to IBKR.")
                     out.write(raw)
                     if kind == "EOA":
                         out.close()

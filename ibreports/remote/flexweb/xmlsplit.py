@@ -95,6 +95,8 @@ class _Splitter:
             return
         if self.inner:
             self.inner += 1
+            if self.inner == 2 and tag == "AccountInformation":
+                self._same_account(dict(zip(attrs[::2], attrs[1::2])).get("accountId"))
             self._close_tag()
             self._start_tag(tag, attrs)
             return
@@ -134,6 +136,16 @@ class _Splitter:
         kept = [x for k, v in zip(attrs[::2], attrs[1::2]) if k not in VOLATILE for x in (k, v)]
         self.inner = 1
         self._start_tag(STATEMENT, kept)
+
+    def _same_account(self, named: str | None) -> None:
+        """The statement's AccountInformation is about the account the statement is filed under."""
+        account = self.name.split(".", 1)[0]
+        if named is not None and named.strip() != account:
+            raise StatementUnavailable(
+                f"Flex Web Service, {self.what}: the statement filed as {account}'s holds the account information "
+                f"of {named.strip()[:40]!r}; it was not archived.",
+                "Run the fetch again; if it persists, report the answer to IBKR.",
+            )
 
     def _start_tag(self, tag: str, attrs: list[str]) -> None:
         assert self.out is not None
