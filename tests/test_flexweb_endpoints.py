@@ -13,7 +13,7 @@ from ibreports.remote.flexweb import client as flexclient
 from ibreports.remote.flexweb.client import retry_after
 from ibreports.remote.flexweb.endpoints import DOCUMENTED_URL, check_endpoint, registrable, same_site
 from tests.fixtures.flexweb import BASE, LEGACY, LEGACY_HOST
-from tests.flexsource import produce
+from tests.flexsource import flex_remote, produce
 
 
 def paths(emulator) -> list[str]:
@@ -141,6 +141,7 @@ def test_a_redirect_off_https_or_off_the_domain_is_refused(flexweb, tmp_path, lo
     with pytest.raises(ConnectionFailure) as caught:
         produce(flexweb, token, [flexweb.add_query("DailyActivity", ["U1234567"])], tmp_path / "s")
     assert "was not followed" in caught.value.message and token not in caught.value.message
+    assert not caught.value.retryable  # a Prefect retry would meet the same redirect
     assert len(flexweb.hits) == 1  # nothing was sent after the redirect
 
 
@@ -189,7 +190,6 @@ def test_a_lost_connection_is_tried_again_for_the_reconnect_window(flexweb, tmp_
     flexweb.hits.clear()
     staging = tmp_path / "b"
     staging.mkdir()
-    from tests.flexsource import flex_remote
     with flex_remote(flexweb, token, [query]) as remote:
         [made] = list(remote.produce(None, None, staging, reconnect_minutes=1))
     assert made.size > 0 and [h.answer for h in flexweb.hits] == ["drop"] * 5 + ["ok", "ok"]

@@ -226,12 +226,14 @@ class FlexClient:
         target = urlsplit(urljoin(url, location))
         shown = _where(urlunsplit(target))
         if target.scheme != "https" or not target.hostname or not same_site(target.hostname, self.host):
-            raise ConnectionFailure(
+            refused = ConnectionFailure(
                 f"The Flex Web Service at {here} redirected to {shown}, which is not HTTPS on IBKR's domain; the "
                 "redirect was not followed and the token was not sent there.",
                 "Check the source's url (leave it out for IBKR's documented endpoint) and any proxy between this "
                 "machine and IBKR.",
             )
+            refused.retryable = False  # type: ignore[misc]  # asking again meets the same redirect
+            raise refused
         if hops > REDIRECTS_MAX:
             raise ConnectionFailure(
                 f"The Flex Web Service at {here} redirected more than {REDIRECTS_MAX} times (last to {shown}).",
