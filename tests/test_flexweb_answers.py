@@ -12,10 +12,11 @@ from datetime import date
 import pytest
 
 from ibreports.errors import RemoteFileError, StatementUnavailable
-from ibreports.remote.flexweb.xmlsplit import EntityRefused, split_xml
+from ibreports.remote.flexweb.csvsplit import split_csv
+from ibreports.remote.flexweb.xmlsplit import EntityRefused, Expect, split_xml
 from ibreports.statements import parse, statement_key
 from tests.fixtures import flexdocs
-from tests.flexsource import produce
+from tests.flexsource import flex_remote, produce
 
 ADVISOR = ["F1234567", "U1111111", "U2222222", "U3333333"]
 DAY = date(2026, 11, 2)
@@ -221,12 +222,24 @@ def test_a_statement_holding_another_accounts_information_is_refused(tmp_path):
 
 
 def test_a_csv_account_block_holding_another_accounts_rows_is_refused(tmp_path):
-    from ibreports.remote.flexweb.csvsplit import split_csv
-    from ibreports.remote.flexweb.xmlsplit import Expect
-
     body = flexdocs.flex_csv_records("AdvisorCSV", ADVISOR, DAY, DAY)
     wrong = body.replace(b'"DATA","CRTT","U2222222"', b'"DATA","CRTT","U3333333"')
     path, staging = _answer(tmp_path, wrong)
     with pytest.raises(StatementUnavailable, match="U2222222's block of the CSV answer holds a row of 'U3333333'"):
         list(split_csv(path, "AdvisorCSV", "test", staging, Expect(DAY, DAY), DAY))
     assert list(staging.iterdir()) == []  # a CSV answer is all or nothing
+
+
+def test_an_unnamed_query_skips_archived_windows_once_its_name_is_known(flexweb, tmp_path):
+    flexweb.today = date(2026, 11, 20)
+    token = flexweb.add_token().value
+    query = flexweb.add_query("Daily Activity", ["U1234567"])
+    archived = {f"U1234567.Daily Activity.{d}.{d}.xml" for d in ("20261110", "20261111", "20261112")}
+    staging = tmp_path / "s"
+    staging.mkdir()
+    with flex_remote(flexweb, token, [query], names=False) as remote:
+        made = list(remote.produce(date(2026, 11, 10), date(2026, 11, 13), staging, archived=archived))
+    asked = [h.params["fd"] for h in flexweb.hits if h.path.endswith("SendRequest")]
+    assert asked == ["20261110", "20261113"]  # the first answer taught the name; the 11th and 12th are in
+    assert [m.name for m in made] == ["U1234567.Daily Activity.20261110.20261110.xml",
+                                      "U1234567.Daily Activity.20261113.20261113.xml"]
