@@ -10,7 +10,7 @@ import pytest
 
 from ibreports.errors import ConfigError, ConnectionFailure
 from ibreports.remote.flexweb import client as flexclient
-from ibreports.remote.flexweb.client import retry_after
+from ibreports.remote.flexweb.transport import retry_after
 from ibreports.remote.flexweb.endpoints import DOCUMENTED_URL, check_endpoint, registrable, same_site
 from tests.fixtures.flexweb import BASE, LEGACY, LEGACY_HOST
 from tests.flexsource import flex_remote, produce

@@ -1,8 +1,7 @@
 """The Flex Web Service v3 two-step protocol over httpx: SendRequest, then GetStatement polled.
 
-TLS certificates are always verified, against the system's CAs (OpenSSL's default
-paths, so ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` are honoured), never certifi's bundle
-and never disabled. Every request waits for its turn on the token's pacer; the token
+TLS certificates are always verified (transport.py: the system's CAs, ``SSL_CERT_FILE``
+honoured, never disabled). Every request waits for its turn on the token's pacer; the token
 goes only to the configured host or a host under the same one of IBKR's domains
 (endpoints.py), and never into a message.
 
@@ -18,10 +17,7 @@ run), at least ``TRANSPORT_ATTEMPTS`` times.
 from __future__ import annotations
 
 import logging
-import os
-import email.utils
 import random
-import ssl
 import sys
 import time
 from pathlib import Path
@@ -31,12 +27,13 @@ from urllib.parse import parse_qsl, urljoin, urlsplit, urlunsplit
 import httpx
 
 from ... import __version__
-from ...errors import ConfigError, ConnectionFailure, IbreportsError, StatementUnavailable
-from ...files import create_private
+from ...errors import ConnectionFailure
 from .codes import PACE, RESEND, FlexCode, flex_error, lookup
 from .endpoints import check_endpoint, get_statement_url, same_site
 from .pacing import Pacer, pacer_for
 from .redact import protect
+from .transport import (
+    Missing, Redirect, Transient, read_response, tls_context, tls_failure, verify_failure, where)
 from .wire import STATUS_MAX, Status, is_status, parse_status
 
 if TYPE_CHECKING:
@@ -45,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"ibreports/{__version__} Python/{sys.version_info.major}.{sys.version_info.minor}"
-STATEMENT_MAX = 2 * 1024**3  # bytes: far above any Flex statement; bounds what a server can make us store
 TRANSPORT_ATTEMPTS = 3
 POLL_MAX = 30.0  # seconds: the longest wait between two polls
 PACE_MIN = 1.0  # seconds: the first back-off after a 1018 (IBKR allows one request per second)
@@ -53,22 +49,6 @@ PACE_MAX = 60.0  # seconds: IBKR's window is a minute
 REDIRECTS_MAX = 5
 RETRY_AFTER_MAX = 60.0  # seconds: a longer Retry-After fails the request (waiting it out would hold the run)
 BACKOFF_CAP = 15.0  # seconds between two attempts after a lost connection
-MISSING = (404, 405, 410)  # the documented GetStatement endpoint is not there: try the answer's <Url>
-
-
-def tls_context() -> ssl.SSLContext:
-    """Verifying context with the system's CAs; SSL_CERT_FILE / SSL_CERT_DIR win when set."""
-    ctx = ssl.create_default_context()  # load_default_certs: OpenSSL's paths and their env overrides
-    cafile = os.environ.get("SSL_CERT_FILE")
-    if cafile:
-        try:
-            ctx.load_verify_locations(cafile=cafile)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"SSL_CERT_FILE names {cafile}, which is not a readable PEM certificate bundle ({exc}).",
-                "Point SSL_CERT_FILE at a CA bundle, or unset it to use the system's CAs.",
-            ) from None
-    return ctx
 
 
 class Refused(Exception):
@@ -77,57 +57,6 @@ class Refused(Exception):
     def __init__(self, entry: FlexCode, message: str) -> None:
         super().__init__(entry.code)
         self.entry, self.message = entry, message
-
-
-def _verify_failure(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _tls_failure(host: str) -> ConnectionFailure:
-    return ConnectionFailure(
-        f"The TLS certificate of {host} did not verify against this machine's CAs.",
-        "Install the system CA certificates (ca-certificates), or point SSL_CERT_FILE at a bundle holding the "
-        "issuing CA; verification is never turned off. A proxy that intercepts TLS needs its CA added the same way.",
-    )
-
-
-def _where(url: str) -> str:
-    """scheme://host/path of ``url``: never its query (the token)."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))[:200]
-
-
-def retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date); None when absent or unreadable."""
-    value = (value or "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-class _Redirect(Exception):
-    def __init__(self, location: str) -> None:
-        super().__init__(location)
-        self.location = location
-
-
-class _Missing(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
 
 
 class FlexClient:
@@ -175,14 +104,14 @@ class FlexClient:
             try:
                 with self.pacer.turn(), self._http.stream(
                         "GET", url, params={**params, "t": self._token, "v": "3"}) as resp:
-                    return self._read(resp, url, dest, missing_ok)
-            except _Redirect as moved:
+                    return read_response(resp, url, dest, missing_ok)
+            except Redirect as moved:
                 hops += 1
                 url, params = self._follow(url, moved.location, params, hops)
                 continue
             except httpx.TransportError as exc:
-                if _verify_failure(exc):
-                    raise _tls_failure(host) from None
+                if verify_failure(exc):
+                    raise tls_failure(host) from None
                 failure = ConnectionFailure(
                     f"Cannot reach the Flex Web Service at {host} ({type(exc).__name__}).",
                     "Check this machine's network, DNS and proxy settings and that outgoing HTTPS (443) is open; "
@@ -191,7 +120,7 @@ class FlexClient:
                 if isinstance(exc, httpx.TimeoutException):
                     failure.message = f"No answer from the Flex Web Service at {host} within the time-out."
                 wait = None
-            except _Transient as exc:
+            except Transient as exc:
                 failure = ConnectionFailure(
                     f"The Flex Web Service at {host} answered HTTP {exc.status}.",
                     "A temporary IBKR problem: run again later.",
@@ -224,7 +153,7 @@ class FlexClient:
         """The next URL of a redirect, after checking it may receive the token."""
         here = urlsplit(url).netloc
         target = urlsplit(urljoin(url, location))
-        shown = _where(urlunsplit(target))
+        shown = where(urlunsplit(target))
         if target.scheme != "https" or not target.hostname or not same_site(target.hostname, self.host):
             refused = ConnectionFailure(
                 f"The Flex Web Service at {here} redirected to {shown}, which is not HTTPS on IBKR's domain; the "
@@ -239,62 +168,9 @@ class FlexClient:
                 f"The Flex Web Service at {here} redirected more than {REDIRECTS_MAX} times (last to {shown}).",
                 "Check the source's url and any proxy between this machine and IBKR; run again later.",
             )
-        log.info("Flex Web Service: %s redirected to %s; following", _where(url), shown)
+        log.info("Flex Web Service: %s redirected to %s; following", where(url), shown)
         extra = {k: v for k, v in parse_qsl(target.query) if k not in ("t", "v")}
         return urlunsplit((target.scheme, target.netloc, target.path, "", "")), {**extra, **params}
-
-    def _read(self, resp: httpx.Response, url: str, dest: Path | None, missing_ok: bool) -> bytes | None:
-        host = urlsplit(url).netloc
-        status = resp.status_code
-        if status in (301, 302, 303, 307, 308) and resp.headers.get("location"):
-            raise _Redirect(resp.headers["location"])
-        if status == 429 or status >= 500:
-            raise _Transient(status, retry_after(resp.headers.get("retry-after")))
-        if missing_ok and status in MISSING:
-            raise _Missing(status)
-        if status == 404:
-            raise ConfigError(
-                f"The Flex Web Service URL {_where(url)} answered HTTP 404: it is not IBKR's endpoint.",
-                "Leave the source's url out to use IBKR's, or fix its path.",
-            )
-        if status == 403:
-            raise ConnectionFailure(
-                f"The Flex Web Service at {host} refused the request (HTTP 403).",
-                "IBKR refuses requests without a User-Agent header: check that no proxy strips it; check the "
-                "source's url; run again later.",
-            )
-        if status != 200:
-            raise ConnectionFailure(
-                f"The Flex Web Service at {host} answered HTTP {status}.",
-                "Check the source's url and any proxy; run again later.",
-            )
-        if dest is None:
-            body = bytearray()
-            for chunk in resp.iter_bytes():
-                body += chunk
-                if len(body) > STATUS_MAX:
-                    raise ConnectionFailure(
-                        f"The Flex Web Service at {host} sent an oversized answer to a request.",
-                        "Check the source's url and any proxy between this machine and IBKR.",
-                    )
-            return bytes(body)
-        size = 0
-        dest.unlink(missing_ok=True)  # what an interrupted attempt left
-        try:
-            with os.fdopen(create_private(dest), "wb") as out:
-                for chunk in resp.iter_bytes():
-                    size += len(chunk)
-                    if size > STATEMENT_MAX:
-                        raise StatementUnavailable(
-                            f"The Flex statement from {host} is larger than {STATEMENT_MAX >> 30} GiB; it was not "
-                            "kept.",
-                            "Split the query (fewer accounts or sections, or shorter date ranges).",
-                        )
-                    out.write(chunk)
-        except BaseException:
-            dest.unlink(missing_ok=True)
-            raise
-        return None
 
     # -- the two steps ------------------------------------------------------------------------
 
@@ -314,10 +190,10 @@ class FlexClient:
                     if resp.status_code in (301, 302, 303, 307, 308) and resp.headers.get("location"):
                         url, _ = self._follow(url, resp.headers["location"], {}, hops + 1)
                         continue
-                    body = self._read(resp, url, None, False) if resp.status_code == 200 else b""
+                    body = read_response(resp, url, None, False) if resp.status_code == 200 else b""
             except httpx.TransportError as exc:
-                if _verify_failure(exc):
-                    raise _tls_failure(self.host) from None
+                if verify_failure(exc):
+                    raise tls_failure(self.host) from None
                 raise ConnectionFailure(
                     f"Cannot reach the Flex Web Service at {urlsplit(url).netloc} ({type(exc).__name__}).",
                     "Check this machine's network, DNS and proxy settings and that outgoing HTTPS (443) is open.",
@@ -349,7 +225,7 @@ class FlexClient:
         if target.scheme != "https" or not target.hostname or not same_site(target.hostname, self.host):
             if named:
                 log.warning("Flex Web Service: the GetStatement URL IBKR named (%s) is not HTTPS on the configured "
-                            "host's domain; it is not used", _where(named))
+                            "host's domain; it is not used", where(named))
             return None
         url = urlunsplit((target.scheme, target.netloc, target.path, "", ""))
         return None if url == self.get_url else url
@@ -360,27 +236,27 @@ class FlexClient:
         url = self.get_url
         try:
             self._get(url, {"q": reference}, dest, missing_ok=True)
-        except (_Missing, ConnectionFailure) as exc:
+        except (Missing, ConnectionFailure) as exc:
             fallback = self._fallback(named)
-            first = (f"answered HTTP {exc.status}" if isinstance(exc, _Missing) else
+            first = (f"answered HTTP {exc.status}" if isinstance(exc, Missing) else
                      exc.message.rstrip("."))
             if fallback is None:
                 if isinstance(exc, ConnectionFailure):
                     raise
-                other = (f"the URL it named ({_where(named)}) is not HTTPS on the configured host's domain"
+                other = (f"the URL it named ({where(named)}) is not HTTPS on the configured host's domain"
                          if named and urlsplit(named).netloc != urlsplit(url).netloc else "it named no other URL")
                 raise ConnectionFailure(
-                    f"IBKR's GetStatement endpoint {_where(url)} {first}, and for GetStatement the SendRequest "
+                    f"IBKR's GetStatement endpoint {where(url)} {first}, and for GetStatement the SendRequest "
                     f"answer is no help: {other}.",
                     "Check the source's url (leave it out for IBKR's) and any proxy; run again later.",
                 ) from None
             log.warning("Flex Web Service: GetStatement at %s: %s; trying the URL IBKR's answer named (%s)",
-                        _where(url), first, _where(fallback))
+                        where(url), first, where(fallback))
             url = fallback
             try:
                 self._get(url, {"q": reference}, dest)
             except ConnectionFailure as again:
-                again.message = (f"IBKR's GetStatement endpoint {_where(self.get_url)}: {first}; the URL its answer "
+                again.message = (f"IBKR's GetStatement endpoint {where(self.get_url)}: {first}; the URL its answer "
                                  f"named: {again.message}")
                 raise
         with open(dest, "rb") as fh:
@@ -441,9 +317,3 @@ def open_client(source: "SourceConfig") -> FlexClient:
         pacer=pacer_for(token, settings.min_interval, settings.requests_per_minute),
         poll_interval=settings.poll_interval, poll_timeout=settings.poll_timeout,
     )
-
-
-class _Transient(IbreportsError):
-    def __init__(self, status: int, retry_after: float | None = None) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status, self.retry_after = status, retry_after
