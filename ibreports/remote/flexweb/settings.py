@@ -29,8 +29,9 @@ from urllib.parse import urlsplit
 from ...secrets import Secret
 from ...statements import query_token
 from ..registry import SettingError
+from .endpoints import DOCUMENTED_URL
 
-DEFAULT_URL = "https://ndcdyn.interactivebrokers.com/AccountManagement/FlexWebService/SendRequest"
+DEFAULT_URL = DOCUMENTED_URL
 DATES = ("daily", "monthly", "range", "fixed")
 QUERY_KEYS = ("id", "name", "dates")
 
