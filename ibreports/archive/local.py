@@ -302,13 +302,15 @@ def _same_file(path: Path | str, fd: int) -> bool:
 
 
 def _remove_if_dead(path: str) -> None:
-    """Remove a temporary file nobody holds a lock on: its put died with its process."""
+    """Remove a temporary file of ours nobody holds a lock on: its put died with its process."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return  # gone meanwhile, or a symbolic link: not ours
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        # Ours only: in a shared (sticky) root another user's file is theirs, even to root.
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a live put holds it
             if _same_file(path, fd):
                 os.unlink(path)
