@@ -54,6 +54,68 @@ def create_private(path: Path) -> int:
     return fd
 
 
+# --- a full disk -------------------------------------------------------------------------
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError saying the disk (or this user's quota on it) is full."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def disk_full(folder: Path, *, what: str, subject: str, needed: int | None, move: str, kept: str,
+              code: int = errno.ENOSPC, at_least: bool = False):
+    """The one DiskFullError of a full disk (``code`` ENOSPC, or EDQUOT: this user's quota): it names
+    ``what`` (e.g. "the staging folder") at ``folder``, the file system it is on with its free space,
+    what ``subject`` needs (``needed`` bytes, ``at_least`` when only a lower bound is known, None when
+    unknown), how to ``move`` it to a larger disk, and what was ``kept`` (nothing is lost)."""
+    from .errors import DiskFullError
+
+    mount = _mount_point(folder)
+    free = _free_bytes(folder)
+    free_text = f"{_size_text(free, exact=False)} free" if free is not None else "free space unknown"
+    bound = "at least " if at_least else ""
+    need = f"needs {bound}{_size_text(needed)}" if needed is not None else "did not fit"
+    full = "this user's disk quota is used up on" if code == errno.EDQUOT else "no space is left on"
+    room = f"at least {_size_text(needed, exact=False)}" if needed is not None else "space"
+    return DiskFullError(
+        f"The disk is full ({os.strerror(code)}): {full} the file system {mount} ({free_text}) that holds "
+        f"{what} {folder}, "
+        f"and {subject} {need}.",
+        f"Free {room} on {mount}{' (or raise the quota)' if code == errno.EDQUOT else ''}, or {move}, "
+        f"then run again. Nothing was lost: {kept}",
+    )
+
+
+def _mount_point(path: Path) -> Path:
+    where = Path(os.path.abspath(path))
+    while not os.path.lexists(where) and where != where.parent:
+        where = where.parent
+    while not os.path.ismount(where) and where != where.parent:
+        where = where.parent
+    return where
+
+
+def _free_bytes(path: Path) -> int | None:
+    where = Path(os.path.abspath(path))
+    while where != where.parent:
+        try:
+            info = os.statvfs(where)
+            return info.f_bavail * info.f_frsize
+        except OSError:
+            where = where.parent
+    return None
+
+
+def _size_text(n: int, exact: bool = True) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            rounded = f"{n / scale:.1f} {unit}"
+            return f"{rounded} ({n} bytes)" if exact else rounded
+    return f"{n} bytes"
+
+
 # --- folders other local users cannot reach --------------------------------------------
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
