@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -20,9 +21,11 @@ import pytest
 from ibreports.archive.local import LocalArchive
 from ibreports.cli import main
 from ibreports.config import ArchiveConfig
+from ibreports.errors import DecryptionError
 from ibreports.files import LOCK_NAME, sweep_abandoned
-from ibreports.pgp import sweep_abandoned_homes
+from ibreports.pgp import Decryptor, sweep_abandoned_homes
 from ibreports.runstate import STAGING_PREFIX
+from tests.fixtures.pgpkeys import encrypt_bytes
 from tests.waiting import eventually
 
 NOBODY = 65534
@@ -137,6 +140,34 @@ def test_planted_homes_never_stop_another_users_agent(shared_tmp, nobody_agent, 
     # Our own abandoned folders go, without gpgconf ever being pointed at what their socket names.
     assert not os.path.lexists(ours_redirect) and not os.path.lexists(ours_link)
     assert "is not a socket of ours" in caplog.text
+
+
+def test_a_planted_redirect_to_a_concurrent_runs_agent_does_not_break_its_decrypts(shared_tmp, pgp_key, tmp_path,
+                                                                                    caplog):
+    """The issue's attack: the redirect leads to the agent of a live run (ours), whose decrypts then
+    failed as "no key" once the sweep had stopped it."""
+    message = tmp_path / "statement.xml.pgp"
+    encrypt_bytes(pgp_key.public_file, b"<FlexQueryResponse/>", message)
+    with Decryptor([pgp_key.secret_file], pgp_key.passphrase, homes=1) as live:
+        socket = live.homes[0] / "S.gpg-agent"
+        assert stat.S_ISSOCK(os.lstat(socket).st_mode)  # the live run's agent is up
+        for owner, name in ((NOBODY, "ibr-gpg-to-live-run"), (os.geteuid(), "ibr-gpg-ours-to-live-run")):
+            folder = shared_tmp / name
+            folder.mkdir(mode=0o700)
+            (folder / LOCK_NAME).write_bytes(b"")
+            (folder / "S.gpg-agent").write_text(f"%Assuan%\nsocket={socket}\n")
+            for path in (folder, folder / LOCK_NAME, folder / "S.gpg-agent"):
+                os.chown(path, owner, owner)
+        assert sweep_abandoned_homes() == 1  # ours (an abandoned folder) goes; nobody's stays
+        assert (shared_tmp / "ibr-gpg-to-live-run" / "S.gpg-agent").exists()
+        live.decrypt(message, tmp_path / "out")
+        assert (tmp_path / "out").read_bytes() == b"<FlexQueryResponse/>"
+        # Control: what the old sweep did through that redirect makes the live run's next decrypt fail.
+        subprocess.run(["gpgconf", "--homedir", str(shared_tmp / "ibr-gpg-to-live-run"), "--kill", "gpg-agent"],
+                       capture_output=True, timeout=30)
+        assert eventually(lambda: not socket.exists(), timeout=15)
+        with pytest.raises(DecryptionError):
+            live.decrypt(message, tmp_path / "out2")
 
 
 def test_another_users_folders_under_every_swept_prefix_are_left_alone(shared_tmp):
