@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .config import ArchiveConfig
+from .bundleage import check_not_older
 from .bundlestore import default_name, newest_bundle, read_bundle, upload_bundle
 from .errors import KeyMaterialError
 from .keyfiles import (
@@ -71,6 +72,7 @@ class RestoreReport:
     fingerprints: dict[str, dict[str, str]] = field(default_factory=dict)
     folder_note: str = ""  # the key folder's mode was tightened, or could not be
     url: str = ""  # the bundle read (the newest one when a folder URL was given)
+    created: str = ""  # when that bundle was made (its authenticated stamp)
 
 
 def backup_keys(
@@ -118,16 +120,22 @@ def verify_backup(url: str, backup_passphrase: str, archive_config: ArchiveConfi
 
 
 def restore_keys(
-    url: str, dir: Path, backup_passphrase: str, archive_config: ArchiveConfig | None = None, force: bool = False
+    url: str, dir: Path, backup_passphrase: str, archive_config: ArchiveConfig | None = None, force: bool = False,
+    allow_older: bool = False,
 ) -> RestoreReport:
     """Restore a bundle into ``dir`` after every check passed.
 
     Files identical to the bundle's are left alone. A different existing file is a
     refusal unless ``force``, which moves it to ``dir/retired/<timestamp>/`` first.
+    A bundle older than what it replaces (the newer bundle its dated name stands for, or newer
+    keys in ``dir``) is a refusal unless ``allow_older`` (bundleage.py); ``force`` alone does not
+    allow it, since a rollback over existing keys always needs ``force``.
     """
     folder = Path(dir)
     manifest, files = _open_bundle(url, backup_passphrase, archive_config)
-    report = RestoreReport(dir=folder, fingerprints=manifest.fingerprints, url=manifest.url)
+    if not allow_older:
+        check_not_older(manifest.url, manifest.created, manifest.fingerprints, folder, files)
+    report = RestoreReport(dir=folder, fingerprints=manifest.fingerprints, url=manifest.url, created=manifest.created)
     refuse_links(folder, [*files, f"{RETIRED}/x"])  # e.g. retired -> elsewhere: never written through
     conflicts: list[str] = []
     for rel, data in files.items():

@@ -121,6 +121,18 @@ class ArchiveUnreachable(ArchiveError, ConnectionFailure):
     summary = "stopped: archive unreachable"
 
 
+class DiskFullError(IbreportsError):
+    """A local disk (staging, the archive folder, gpg's output) ran out of space or quota: that file
+    failed with nothing lost (exit 1, not 2: the settings are right and the next run with space
+    resumes; nor 3: no server is at fault). Made by files.disk_full, the one mapping of
+    ENOSPC / EDQUOT, so its sentence always names the folder, its file system and the space needed.
+    Not retried within the run: space does not come back by itself."""
+
+    source_exit_code = 1
+    summary = "out of disk space"
+    reason = "disk-full"  # the refused file's code in run reports (as DecryptionError.reason)
+
+
 class SourceDeadline(IbreportsError):
     """A source ran past ``[run] source_deadline_minutes`` (exit 3). Not retried: a server that
     trickles would only hold the next attempt open as long."""

@@ -54,6 +54,68 @@ def create_private(path: Path) -> int:
     return fd
 
 
+# --- a full disk -------------------------------------------------------------------------
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError saying the disk (or this user's quota on it) is full."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def disk_full(folder: Path, *, what: str, subject: str, needed: int | None, move: str, kept: str,
+              code: int = errno.ENOSPC, at_least: bool = False):
+    """The one DiskFullError of a full disk (``code`` ENOSPC, or EDQUOT: this user's quota): it names
+    ``what`` (e.g. "the staging folder") at ``folder``, the file system it is on with its free space,
+    what ``subject`` needs (``needed`` bytes, ``at_least`` when only a lower bound is known, None when
+    unknown), how to ``move`` it to a larger disk, and what was ``kept`` (nothing is lost)."""
+    from .errors import DiskFullError
+
+    mount = _mount_point(folder)
+    free = _free_bytes(folder)
+    free_text = f"{_size_text(free, exact=False)} free" if free is not None else "free space unknown"
+    bound = "at least " if at_least else ""
+    need = f"needs {bound}{_size_text(needed)}" if needed is not None else "did not fit"
+    full = "this user's disk quota is used up on" if code == errno.EDQUOT else "no space is left on"
+    room = f"at least {_size_text(needed, exact=False)}" if needed is not None else "space"
+    return DiskFullError(
+        f"The disk is full ({os.strerror(code)}): {full} the file system {mount} ({free_text}) that holds "
+        f"{what} {folder}, "
+        f"and {subject} {need}.",
+        f"Free {room} on {mount}{' (or raise the quota)' if code == errno.EDQUOT else ''}, or {move}, "
+        f"then run again. Nothing was lost: {kept}",
+    )
+
+
+def _mount_point(path: Path) -> Path:
+    where = Path(os.path.abspath(path))
+    while not os.path.lexists(where) and where != where.parent:
+        where = where.parent
+    while not os.path.ismount(where) and where != where.parent:
+        where = where.parent
+    return where
+
+
+def _free_bytes(path: Path) -> int | None:
+    where = Path(os.path.abspath(path))
+    while where != where.parent:
+        try:
+            info = os.statvfs(where)
+            return info.f_bavail * info.f_frsize
+        except OSError:
+            where = where.parent
+    return None
+
+
+def _size_text(n: int, exact: bool = True) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            rounded = f"{n / scale:.1f} {unit}"
+            return f"{rounded} ({n} bytes)" if exact else rounded
+    return f"{n} bytes"
+
+
 # --- folders other local users cannot reach --------------------------------------------
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -231,44 +293,92 @@ def release_workdir(path: Path, fd: int) -> None:
 
 def sweep_abandoned(prefix: str, base: Path | None = None,
                     before_remove: Callable[[Path], None] | None = None) -> int:
-    """Remove ``prefix*`` folders in ``base`` left by killed runs (their lock is free). Returns the count."""
+    """Remove ``prefix*`` folders in ``base`` left by killed runs (their lock is free). Returns the count.
+
+    ``base`` may be a shared temporary folder (``/tmp``): another local user can plant a folder
+    under our prefix there. Only a real folder (never a symbolic link) that this user owns and
+    that is 0700, as claim_workdir makes them, is ours to look into, stop and remove; everything
+    else is left exactly as it is. Names are reached through a descriptor on ``base`` and
+    checked on the descriptor, so a name cannot be swapped between the check and the removal
+    (in a sticky folder nobody else can rename what we own).
+    """
+    folder_base = Path(base or tempfile.gettempdir())
+    try:
+        base_fd = open_dir(folder_base)
+    except OSError:
+        return 0
     removed = 0
-    for folder in Path(base or tempfile.gettempdir()).glob(prefix + "*"):
-        if folder.is_symlink() or not folder.is_dir():
-            continue
-        try:
-            fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            # Between mkdtemp and the lock, a live run has no lock yet: only old folders go.
-            if _age(folder) > 300:
-                removed += _remove_tree(folder, before_remove)
-            continue
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue  # a live run holds it
-        try:
-            removed += _remove_tree(folder, before_remove)
-        finally:
-            os.close(fd)
+    try:
+        for name in sorted(os.listdir(base_fd)):
+            if name.startswith(prefix):
+                removed += _sweep_one(base_fd, folder_base / name, name, before_remove)
+    finally:
+        os.close(base_fd)
     return removed
 
 
-def _age(path: Path) -> float:
+def own_private_dir(info: os.stat_result) -> bool:
+    """A folder of this user that nobody else can enter or change (mode exactly 0700)."""
+    return (stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()
+            and stat.S_IMODE(info.st_mode) == 0o700)
+
+
+def _sweep_one(base_fd: int, folder: Path, name: str, before_remove: Callable[[Path], None] | None) -> int:
     try:
-        return time.time() - path.stat().st_mtime
+        fd = os.open(name, _DIR_FLAGS, dir_fd=base_fd)  # a symbolic link or a file: ELOOP / ENOTDIR
     except OSError:
-        return 0.0
+        return 0
+    try:
+        info = os.fstat(fd)
+        if not own_private_dir(info):
+            return 0  # another user's, or not made by claim_workdir: not ours to touch
+        try:
+            lock = os.open(LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+        except FileNotFoundError:
+            # Between mkdtemp and the lock, a live run has no lock yet: only old folders go.
+            if time.time() - info.st_mtime > 300:
+                return _remove_tree(base_fd, folder, name, info, before_remove)
+            return 0
+        except OSError:
+            return 0
+        try:
+            if not stat.S_ISREG(os.fstat(lock).st_mode):
+                return 0
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: a live run holds it
+            os.close(lock)
+            return 0
+        try:
+            return _remove_tree(base_fd, folder, name, info, before_remove)
+        finally:
+            os.close(lock)
+    finally:
+        os.close(fd)
 
 
-def _remove_tree(folder: Path, before_remove: Callable[[Path], None] | None) -> int:
+def _remove_tree(base_fd: int, folder: Path, name: str, info: os.stat_result,
+                 before_remove: Callable[[Path], None] | None) -> int:
+    if not _still(base_fd, name, info):
+        return 0
     if before_remove is not None:
         before_remove(folder)
-    shutil.rmtree(folder, ignore_errors=True)
-    if os.path.lexists(folder):  # counted only when really gone: never "removed" again at every run
-        log.warning("could not remove %s, left by an interrupted run; remove it by hand", folder)
-        return 0
-    return 1
+    if _still(base_fd, name, info):
+        # By descriptor (Python's fd-based rmtree): a link inside is removed, never followed.
+        shutil.rmtree(name, dir_fd=base_fd, ignore_errors=True)
+    try:
+        os.stat(name, dir_fd=base_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return 1
+    except OSError:
+        pass
+    # Counted only when really gone: never "removed" again at every run.
+    log.warning("could not remove %s, left by an interrupted run; remove it by hand", folder)
+    return 0
+
+
+def _still(base_fd: int, name: str, info: os.stat_result) -> bool:
+    """``name`` in the base is still the folder we checked (not replaced meanwhile)."""
+    try:
+        return os.path.samestat(os.stat(name, dir_fd=base_fd, follow_symlinks=False), info)
+    except OSError:
+        return False

@@ -20,6 +20,7 @@ from pathlib import Path
 from .archive import open_archive
 from .config import Config, SourceConfig
 from .errors import ArchiveConfigError, ArchiveUnreachable, IbreportsError, SourceDeadline
+from .files import disk_full, is_disk_full
 from .plan import Entry, RunOptions, Rules, plan
 from .process import Worker
 from .runstate import Halted, ProgressHook, RunState
@@ -162,6 +163,12 @@ def _gather(run: RunState, source: SourceConfig, opts: RunOptions, remote: Remot
             extra["reconnect_minutes"] = run.config.run.reconnect_minutes
         return [Entry(p.name, p.size, time.time(), Path(p.path), p.sha256)
                 for p in remote.produce(opts.since, opts.until, folder, **extra)]
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise disk_full(run.staging or Path("."), what="the staging folder", subject=f"a statement of {source.name}",
+                        needed=None, code=exc.errno, move="set [run] staging_dir to a folder on a larger disk",
+                        kept="no partial statement was kept, and the next run asks for it again.") from None
     except Exception:
         if expired.is_set():
             raise _deadline_error(run, source, "while listing") from None

@@ -23,12 +23,13 @@ from .errors import (
     ArchiveUnreachable,
     ConnectionFailure,
     DecryptionError,
+    DiskFullError,
     FileChangedError,
     IbreportsError,
     SourceDeadline,
     is_transient,
 )
-from .files import sha256_file
+from .files import disk_full, is_disk_full, sha256_file
 from .pgp import is_openpgp
 from .plan import Item, conflict_key
 from .remote import Remote
@@ -109,15 +110,20 @@ class Worker:
         except ConnectionFailure as exc:  # host key or credentials on reconnect, or away past the window
             self._stop(exc)
             self._not_attempted(out)
+        except DiskFullError as exc:  # staging, gpg's output or the archive: named, nothing lost
+            self._fail(item, Reason.DISK_FULL, exc)
         except DecryptionError as exc:  # its own reason code when it has one (integrity, no-key, ...)
             self._fail(item, getattr(exc, "reason", "") or Reason.DECRYPTION, exc)
         except ArchiveError as exc:
             self._fail(item, Reason.ARCHIVE, exc)
         except IbreportsError as exc:
             self._fail(item, Reason.ERROR, exc)
-        except OSError as exc:  # e.g. a full disk under staging: this file fails, nothing is lost
-            self._set(out, Outcome.FAILED, Reason.IO, f"local I/O error: {exc.strerror or exc}")
-            log.error("%s: %s failed: %s", self.source.name, item.entry.name, out.reason)
+        except OSError as exc:  # a local I/O error: this file fails, nothing is lost
+            if is_disk_full(exc):
+                self._fail(item, Reason.DISK_FULL, self._staging_full(item, exc))
+            else:
+                self._set(out, Outcome.FAILED, Reason.IO, f"local I/O error: {exc.strerror or exc}")
+                log.error("%s: %s failed: %s", self.source.name, item.entry.name, out.reason)
         except Exception as exc:  # noqa: BLE001 - a bug fails this file, not the run
             self._set(out, Outcome.FAILED, Reason.ERROR, f"unexpected {type(exc).__name__}: {str(exc)[:300]}")
             log.error("%s: %s failed: %s", self.source.name, item.entry.name, out.reason,
@@ -212,6 +218,10 @@ class Worker:
                     digest = self.remote.download(item.entry.name, dest, item.entry.size, self._progress)
                 self.server.ok()
                 return digest
+            except OSError as exc:  # writing the staged copy (the remote removed the partial file)
+                if is_disk_full(exc):
+                    raise self._staging_full(item, exc) from None
+                raise
             except ConnectionFailure as exc:
                 if not is_transient(exc):  # host key, credentials: never retried
                     raise
@@ -272,6 +282,14 @@ class Worker:
             return sha256_file(check)
         finally:
             check.unlink(missing_ok=True)
+
+    def _staging_full(self, item: Item, exc: OSError) -> DiskFullError:
+        assert self.run.staging is not None
+        kept = ("the file stays on the server, no partial copy was kept, and the next run fetches it."
+                if item.entry.path is None else "no partial copy was kept, and the next run asks for it again.")
+        return disk_full(self.run.staging, what="the staging folder", subject=item.entry.name,
+                         needed=item.entry.size, move="set [run] staging_dir to a folder on a larger disk",
+                         kept=kept, code=exc.errno)
 
     # -- bookkeeping --------------------------------------------------------------------------
 

@@ -39,7 +39,8 @@ class Reason(StrEnum):
     DECRYPTION = "decryption"
     ARCHIVE = "archive"  # the archive refused this file, or the whole run (then not attempted)
     CONNECTION = "connection"
-    IO = "io"  # a local I/O error (full staging disk, ...)
+    IO = "io"  # a local I/O error other than a full disk
+    DISK_FULL = "disk-full"  # staging, gpg's output or the archive ran out of space: named, nothing lost
     DEADLINE = "deadline"  # the source's deadline ran out before this file
     RACE = "race"  # archived meanwhile by another run
     OUT_OF_RANGE = "out-of-range"

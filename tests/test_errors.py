@@ -6,7 +6,7 @@ import pytest
 
 from ibreports import errors
 from ibreports.errors import (
-    ArchiveError, AuthenticationError, ConfigError, ConnectionFailure, DecryptionError, FileChangedError,
+    ArchiveError, AuthenticationError, ConfigError, ConnectionFailure, DecryptionError, DiskFullError, FileChangedError,
     HostKeyError, IbreportsError, KeyMaterialError, RemoteFileError, error_class, is_transient,
 )
 from ibreports.report import FileOutcome, RunReport
@@ -23,6 +23,7 @@ POLICY = {  # class: (exit_code, source_exit_code, retryable)
     FileChangedError: (1, 3, False),
     DecryptionError: (1, 3, False),
     ArchiveError: (1, 3, False),
+    DiskFullError: (1, 1, False),  # a local resource, not a bad file, a bad setting or a server away
 }
 
 
@@ -61,6 +62,7 @@ def test_a_partial_report_travels_as_a_declared_field():
         (["ConfigError", "KeyMaterialError"], 2),
         (["ConfigError", "ConnectionFailure"], 3),
         (["RemoteFileError"], 3),  # a source whose folder cannot be listed is as good as unreachable
+        (["DiskFullError"], 1),  # a Flex statement that did not fit in staging: the next run resumes
         (["ServerBusy"], 1),  # not one of ours: an unexpected failure of that source, not "unreachable"
     ],
 )

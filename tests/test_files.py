@@ -30,10 +30,10 @@ def test_folders_of_killed_processes_are_swept_live_ones_kept(tmp_path):
     assert dead.returncode == -9 and os.path.isdir(dead_path)
     live, fd = claim_workdir("ibr-test-", tmp_path)
     unlocked_old = tmp_path / "ibr-test-nolock"
-    unlocked_old.mkdir()
+    unlocked_old.mkdir(mode=0o700)  # as mkdtemp makes them: only such a folder is ours to sweep
     os.utime(unlocked_old, (time.time() - 3600, time.time() - 3600))
     unlocked_new = tmp_path / "ibr-test-starting"
-    unlocked_new.mkdir()
+    unlocked_new.mkdir(mode=0o700)
     seen = []
 
     assert sweep_abandoned("ibr-test-", tmp_path, before_remove=seen.append) == 2

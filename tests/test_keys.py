@@ -20,7 +20,7 @@ import pytest
 
 from ibreports import bundle
 from ibreports.errors import KeyMaterialError
-from ibreports.keyfiles import gnupg_home
+from ibreports.keyfiles import folder_fingerprints, gnupg_home
 from ibreports.keys import KEY_FILES, backup_keys, generate_keys, restore_keys, ssh_fingerprint, verify_backup
 from ibreports.pgp.keyring import holds_secret_encryption_key
 from tests.fixtures.s3 import s3_archive_config, s3_test_client
@@ -296,6 +296,49 @@ def _reseal(bundle_file: Path, edit) -> None:
     payload = json.loads(bundle._unseal(bundle_file.read_bytes(), BACKUP_PASS))
     edit(payload)
     bundle_file.write_bytes(bundle._seal(json.dumps(payload).encode(), BACKUP_PASS))
+
+
+def _fingerprints(folder: Path) -> dict[str, str]:
+    return folder_fingerprints({n: (folder / n).read_bytes() for n in KEY_FILES})[""]
+
+
+def test_an_older_bundle_over_newer_keys_is_refused_unless_allowed(bundle_file, tmp_path, other_keys):
+    """A rollback: the bundle (created 2020) holds other keys than the newer ones in --dir."""
+    _reseal(bundle_file, lambda p: p.update(created="2020-01-01T00:00:00Z"))
+    ours = verify_backup(str(bundle_file), BACKUP_PASS).fingerprints[""]
+    newer = tmp_path / "newer"
+    shutil.copytree(other_keys, newer)
+    theirs = _fingerprints(newer)
+    before = snapshot(newer)
+    for force in (False, True):  # --force retires different files; it does not allow a rollback
+        with pytest.raises(KeyMaterialError) as info:
+            restore_keys(str(bundle_file), newer, BACKUP_PASS, force=force)
+        said = str(info.value)
+        assert f"The key backup {bundle_file} was created 2020-01-01 00:00:00 UTC (sFTP {ours['ssh']}, " \
+               f"PGP {ours['pgp']}), before the keys it would replace in {newer} were made 2" in said
+        assert f"(sFTP {theirs['ssh']}, PGP {theirs['pgp']}): the keys in {newer} are newer" in said
+        assert "--allow-older" in said and info.value.exit_code == 2
+        assert snapshot(newer) == before
+    result = restore_keys(str(bundle_file), newer, BACKUP_PASS, force=True, allow_older=True)
+    assert result.retired is not None and _fingerprints(result.retired) == theirs
+    assert result.fingerprints[""] == ours and result.created == "2020-01-01T00:00:00Z"
+    # Nothing replaced (an empty folder), or the very same keys: no rollback to refuse.
+    restore_keys(str(bundle_file), tmp_path / "empty", BACKUP_PASS)
+    assert restore_keys(str(bundle_file), newer, BACKUP_PASS).written == []
+
+
+def test_an_older_bundle_under_a_newer_bundles_name_is_refused(keys_copy, tmp_path):
+    folder = tmp_path / "backups"
+    made = Path(backup_keys(keys_copy, str(folder) + "/", BACKUP_PASS).url)
+    _reseal(made, lambda p: p.update(created="2020-01-01T00:00:00Z"))  # an old bundle put under the new name
+    stamp = made.name[len("ibreports-keys-"):-len(".bundle")]
+    named = f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]} UTC"
+    with pytest.raises(KeyMaterialError) as info:
+        restore_keys(str(folder), tmp_path / "r", BACKUP_PASS)  # the folder's newest bundle, by name
+    assert f"The key backup {made} is named as made {named} but was created 2020-01-01 00:00:00 UTC" in str(info.value)
+    assert "an older bundle under a newer one's name" in str(info.value) and "--allow-older" in str(info.value)
+    assert not (tmp_path / "r").exists()
+    assert restore_keys(str(folder), tmp_path / "r", BACKUP_PASS, allow_older=True).written
 
 
 @pytest.mark.parametrize("edit, pattern", [

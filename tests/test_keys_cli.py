@@ -189,6 +189,25 @@ def test_verify_and_restore_take_the_folder_url_backup_took(keygen_default, s3_s
             assert rc == 2 and said in err and "fetch" not in err, err
 
 
+def test_restore_refuses_an_older_bundle_renamed_as_the_newest_unless_allow_older(keygen_default, tmp_path, capfd,
+                                                                                  monkeypatch):
+    folder = keygen_default[3]
+    monkeypatch.setenv("IBREPORTS_BACKUP_PASSPHRASE", BACKUP_PASS)
+    backups = tmp_path / "backups"
+    rc, out, err = cli(capfd, "keys", "backup", "--dir", str(folder), "--to", str(backups) + "/")
+    assert rc == 0, err
+    made = Path(out.split(" to ")[1].split(" (")[0])
+    renamed = backups / "ibreports-keys-29991231T000000Z.bundle"  # passes for the newest bundle by its name
+    made.rename(renamed)
+    for extra in ([], ["--force"]):
+        rc, out, err = cli(capfd, "keys", "restore", "--from", str(backups), "--dir", "r", *extra)
+        assert rc == 2 and f"The key backup {renamed} is named as made 2999-12-31 00:00:00 UTC but was created " in err
+        assert "an older bundle under a newer one's name" in err and "pass --allow-older" in err
+        assert not Path("r").exists()
+    rc, out, err = cli(capfd, "keys", "restore", "--from", str(backups), "--dir", "r", "--allow-older")
+    assert rc == 0 and f"Restored 4 files from {renamed} into r" in out and "The bundle was made 2" in out, err
+
+
 def test_keygen_from_passphrase_file_with_force_retires_the_old_keys(keygen_default, tmp_path, capfd):
     shutil.copytree(keygen_default[3], "k")
     old = {p.name: p.read_bytes() for p in Path("k").iterdir()}

@@ -68,6 +68,7 @@ def test_an_abandoned_folder_that_cannot_be_removed_is_not_reported_removed(tmp_
         base.chmod(0o755)
         stuck = base / "ibr-test-stuck"
         (stuck / "theirs").mkdir(parents=True)
+        stuck.chmod(0o700)  # as claim_workdir makes them: only such a folder of its own is swept
         (stuck / "theirs" / "file").write_bytes(b"x")
         (stuck / ".in-use").write_bytes(b"")  # unlocked: its run died
         os.chown(base, NOBODY, NOBODY)

@@ -27,7 +27,9 @@ from pathlib import Path
 
 from ..config import ArchiveConfig
 from ..errors import ArchiveConfigError, ArchiveError
-from ..files import CHUNK, UnsafeEntry, create_private, descend, open_dir, private_base, sha256_file
+from ..files import (
+    CHUNK, UnsafeEntry, create_private, descend, disk_full, is_disk_full, open_dir, private_base, sha256_file,
+)
 from . import ObjectInfo, validate_key
 
 SHA256_XATTR = "user.ibreports.sha256"  # the content's SHA-256 (hex), recorded when the object is written
@@ -93,6 +95,7 @@ class LocalArchive:
         self._check_key(key)
         tmp, fd, parent = None, -1, -1
         try:
+            size = os.path.getsize(path)
             tmp, fd, copy = self._temp(path, FILE_MODE)
             if copy:
                 with open(path, "rb") as src:
@@ -117,6 +120,8 @@ class LocalArchive:
             os.fsync(parent)
             return True
         except OSError as exc:
+            if is_disk_full(exc):
+                raise self._full(exc, key, size) from None
             raise _error(exc, f"write {key} to {self.root}") from None
         finally:
             _release(tmp, fd)
@@ -135,6 +140,8 @@ class LocalArchive:
             tmp = None
             os.fsync(parent)
         except OSError as exc:
+            if is_disk_full(exc):
+                raise self._full(exc, key, len(data)) from None
             raise _error(exc, f"write {key} to {self.root}") from None
         finally:
             _release(tmp, fd)
@@ -150,6 +157,7 @@ class LocalArchive:
             if os.fstat(src_fd).st_uid != os.geteuid():
                 os.close(src_fd)
                 raise _unsafe(key, UnsafeEntry(key, "belongs to another user"))
+            size = os.fstat(src_fd).st_size
             src = os.fdopen(src_fd, "rb")
         except FileNotFoundError:
             raise ArchiveError(f"{key} is not in the archive {self.root}.", "Check the key, or run fetch.") from None
@@ -172,6 +180,8 @@ class LocalArchive:
         except OSError as exc:
             if created:
                 _remove(dest)
+            if is_disk_full(exc):
+                raise copy_full(exc, key, dest, size) from None
             raise _error(exc, f"copy {key} to {dest}") from None
 
     def delete(self, key: str) -> None:
@@ -187,6 +197,12 @@ class LocalArchive:
             raise _error(exc, f"delete {key} from {self.root}") from None
         finally:
             _close(parent)
+
+    def _full(self, exc: OSError, key: str, size: int):
+        return disk_full(self.root, what="the archive folder", subject=key, needed=size, code=exc.errno,
+                         move="move archive.url to a larger disk",
+                         kept="no partial object was written, the file stays on the server (it is not deleted "
+                              "before it is archived), and the next run archives it.")
 
     def _path(self, key: str) -> Path:
         """The path of ``key`` under the root (for reading a folder; writes go through _parent)."""
@@ -302,13 +318,15 @@ def _same_file(path: Path | str, fd: int) -> bool:
 
 
 def _remove_if_dead(path: str) -> None:
-    """Remove a temporary file nobody holds a lock on: its put died with its process."""
+    """Remove a temporary file of ours nobody holds a lock on: its put died with its process."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return  # gone meanwhile, or a symbolic link: not ours
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        # Ours only: in a shared (sticky) root another user's file is theirs, even to root.
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a live put holds it
             if _same_file(path, fd):
                 os.unlink(path)
@@ -344,6 +362,13 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError:
         pass  # best effort: the original error is the one worth reporting
+
+
+def copy_full(exc: OSError, key: str, dest: Path, size: int):
+    """Reading an archived object into a local file that does not fit (the staging disk)."""
+    return disk_full(dest.parent, what="the folder", subject=f"the copy of {key}", needed=size, code=exc.errno,
+                     move="set [run] staging_dir to a folder on a larger disk",
+                     kept="the archived object is unchanged and no partial copy was kept.")
 
 
 def _error(exc: OSError, action: str) -> ArchiveError:

@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..config import ArchiveConfig
 from ..errors import ArchiveError
-from ..files import CHUNK, create_private, sha256_file
+from ..files import CHUNK, create_private, is_disk_full, sha256_file
 from . import ObjectInfo, validate_key
 from .s3client import encode_metadata, error_code, make_s3_client, s3_error  # noqa: F401 - re-exported
 
@@ -102,9 +102,10 @@ class S3Archive:
     def get(self, key: str, dest: Path) -> None:
         """Stream ``key`` into a new file ``dest`` (0600); the stored checksum is verified on the way."""
         name = self._name(key)
-        fd = None
+        fd, size = None, 0
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=name, ChecksumMode="ENABLED")["Body"]
+            got = self.client.get_object(Bucket=self.bucket, Key=name, ChecksumMode="ENABLED")
+            body, size = got["Body"], int(got.get("ContentLength") or 0)  # named if it does not fit
             with body:
                 fd = create_private(dest)
                 for chunk in body.iter_chunks(CHUNK):
@@ -116,6 +117,10 @@ class S3Archive:
                 os.close(fd)
                 fd = None
                 dest.unlink(missing_ok=True)
+            if is_disk_full(exc):
+                from .local import copy_full
+
+                raise copy_full(exc, key, dest, size) from None
             if isinstance(exc, OSError):
                 raise ArchiveError(f"Could not write {dest}: {exc.strerror or exc}.", "Check the local folder.") from None
             raise self._error(exc, "get", name) from None

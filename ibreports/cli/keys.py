@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--from", required=True, dest="source", metavar="URL", help=from_help)
     r.add_argument("--dir", default="keys", help="key folder (default: keys)")
     r.add_argument("--force", action="store_true", help="retire different existing files into <dir>/retired/<timestamp>/")
+    r.add_argument("--allow-older", action="store_true",
+                   help="restore a bundle older than what it replaces (the newer bundle its dated name stands "
+                        "for, or newer keys in --dir; --force alone does not allow it)")
     r.add_argument("--passphrase-file", metavar="PATH", help=pass_help)
     r.set_defaults(handler=restore)
     v = ksub.add_parser("verify", help="decrypt and check a bundle without writing anything")
@@ -99,7 +102,8 @@ def restore(args: argparse.Namespace) -> int:
 
     archive = archive_settings(args.config) if args.source.startswith("s3://") else None
     passphrase = _existing_backup_passphrase(args)
-    rep = restore_keys(args.source, Path(args.dir), passphrase, archive, force=args.force)
+    rep = restore_keys(args.source, Path(args.dir), passphrase, archive, force=args.force,
+                       allow_older=args.allow_older)
     if rep.folder_note:
         print(rep.folder_note)
     if rep.retired:
@@ -107,6 +111,8 @@ def restore(args: argparse.Namespace) -> int:
     print(f"Restored {len(rep.written)} files from {rep.url} into {rep.dir} ({len(rep.unchanged)} already identical):")
     for rel in rep.written:
         print(f"  {rel}")
+    if rep.created:
+        print(f"The bundle was made {rep.created}; its keys:")
     _print_fingerprints(rep.fingerprints)
     return 0
 

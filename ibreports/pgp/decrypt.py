@@ -12,6 +12,7 @@ small file costs ~10 ms; several homes use several cores.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import weakref
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..configmodel import DEFAULT_MAX_EXPANSION, DEFAULT_MAX_OUTPUT, OUTPUT_FLOOR
-from ..errors import ConfigError, DecryptionError
+from ..errors import ConfigError, DecryptionError, DiskFullError
+from ..files import disk_full
 from . import signatures
 from .gpgrun import decrypt_bounded, disable_core_dumps, status
 from .homes import claim_home, release_homes
@@ -151,6 +153,8 @@ class Decryptor:
                               "or [pgp] max_output.")
             if stopped == "timeout":
                 raise _refuse("timeout", f"gpg did not finish within {timeout:.0f} s", REDELIVER)
+            if rc != 0 and (full := _output_full(err, status(out), src, dest)) is not None:
+                raise full  # never taken for a damaged file: gpg checks integrity only at the end
             return self._accept(rc, status(out), err, dest)
         except BaseException:
             dest.unlink(missing_ok=True)
@@ -226,6 +230,27 @@ class Decryptor:
     def homes(self) -> list[Path]:
         """The throwaway GnuPG homes (for diagnostics and tests)."""
         return list(self._paths)
+
+
+_FULL = {os.strerror(code): code for code in (errno.ENOSPC, errno.EDQUOT)}  # gpg runs with LC_ALL=C
+
+
+def _output_full(err: str, status: list[list[str]], src: Path, dest: Path) -> DiskFullError | None:
+    """A DiskFullError when gpg could not write the plaintext for want of space (it says so on stderr)."""
+    code = next((c for text, c in _FULL.items() if text in err), None)
+    if code is None:
+        return None
+    length = next((w[1] for w in status if w[0] == "PLAINTEXT_LENGTH" and len(w) > 1 and w[1].isdigit()), None)
+    try:
+        written = dest.stat().st_size
+    except OSError:
+        written = 0
+    needed = int(length) if length is not None else max(written, os.path.getsize(src))
+    return disk_full(dest.parent, what="gpg's output folder", subject="the decrypted file", needed=needed,
+                     at_least=length is None, code=code,
+                     move="set [run] staging_dir to a folder on a larger disk",
+                     kept="the encrypted file is kept (on the server, and in the archive with keep_encrypted), "
+                          "the partial plaintext was deleted, and the next run decrypts it again.")
 
 
 def _mib(n: int) -> str:

@@ -7,11 +7,17 @@ process, started once per process in its own session, reads a pipe from us: when
 the pipe closes because we died, it stops the agents of the homes still listed and
 deletes them. Whatever still escapes (the watchdog killed too, a reboot) is swept
 at the start of the next command.
+
+The shared temporary folder is shared with other local users: the sweep takes only folders
+of ours (owner, 0700, no link), and gpgconf is pointed only at an agent socket of ours, never
+at a planted Assuan redirect that would make it stop someone else's agent.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -19,7 +25,9 @@ import threading
 from pathlib import Path
 
 from ..files import claim_workdir, release_workdir, sweep_abandoned
-from .gpgrun import kill_agent, minimal_env
+from .gpgrun import kill_agent, minimal_env, run
+
+log = logging.getLogger(__name__)
 
 HOME_PREFIX = "ibr-gpg-"  # the decryptor's homes
 # Every kind of temporary folder that may hold key material, and who makes it:
@@ -27,7 +35,7 @@ HOME_PREFIX = "ibr-gpg-"  # the decryptor's homes
 TEMP_PREFIXES = (HOME_PREFIX, "ibreports-gpg-", "ibreports-verify-")
 
 _WATCHDOG = r"""
-import os, shutil, subprocess, sys
+import os, shutil, stat, subprocess, sys
 homes = set()
 for line in sys.stdin.buffer:
     op, _, hexpath = line.strip().partition(b" ")
@@ -48,14 +56,28 @@ def stop_processes(path):
                 os.kill(int(pid), 9)
         except OSError:
             pass
+def own_agent(path):
+    # As homes.own_agent_socket: gpgconf is only pointed at a socket of ours, never at a redirect.
+    try:
+        where = subprocess.run(["gpgconf", "--homedir", path, "--list-dirs", "agent-socket"],
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=30).stdout.strip()
+        info = os.lstat(where or os.path.join(path, "S.gpg-agent"))
+    except Exception:
+        return False
+    return stat.S_ISSOCK(info.st_mode) and info.st_uid == os.geteuid()
 for path in homes:
-    if os.path.isdir(path):
+    try:
+        info = os.lstat(path)
+    except OSError:
+        continue
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
         stop_processes(path)
-        try:
-            subprocess.run(["gpgconf", "--homedir", path, "--kill", "gpg-agent"], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
-        except Exception:
-            pass
+        if own_agent(path):
+            try:
+                subprocess.run(["gpgconf", "--homedir", path, "--kill", "gpg-agent"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+            except Exception:
+                pass
         shutil.rmtree(path, ignore_errors=True)
 """
 
@@ -128,12 +150,37 @@ def release_homes(homes: list[tuple[Path, int]]) -> None:
         release_home(home, lock)
 
 
+def own_agent_socket(home: Path) -> bool:
+    """True when the agent socket of ``home`` is a real socket owned by us.
+
+    ``gpgconf --kill`` follows what it finds there: an Assuan redirect (a regular file reading
+    ``%Assuan%`` / ``socket=PATH``) or a symbolic link would make it stop whatever agent PATH
+    belongs to, another user's or another run's. No socket of ours: no agent of ours to stop.
+    """
+    try:
+        done = run(["gpgconf", "--homedir", str(home), "--list-dirs", "agent-socket"], timeout=30)
+        where = done.stdout.decode("utf-8", "replace").strip() if done.returncode == 0 else ""
+        info = os.lstat(where or home / "S.gpg-agent")
+    except OSError:
+        return False
+    return stat.S_ISSOCK(info.st_mode) and info.st_uid == os.geteuid()
+
+
+def _stop_abandoned_agent(home: Path) -> None:
+    if own_agent_socket(home):
+        kill_agent(home)
+    elif os.path.lexists(home / "S.gpg-agent"):
+        log.warning("%s: its S.gpg-agent is not a socket of ours (a redirect or a link, planted?); "
+                    "no agent was stopped through it", home)
+
+
 def sweep_abandoned_homes() -> int:
     """Stop the agents of, and delete, temporary homes and key folders left by killed runs
-    (any kind in TEMP_PREFIXES; a folder whose lock a live process holds is left alone)."""
+    (any kind in TEMP_PREFIXES; a folder whose lock a live process holds is left alone, and so is
+    anything not ours: see files.sweep_abandoned and own_agent_socket)."""
     bases = {Path(tempfile.gettempdir()), home_base() or Path(tempfile.gettempdir())}
     removed = 0
     for base in bases:
         for prefix in TEMP_PREFIXES:
-            removed += sweep_abandoned(prefix, base, kill_agent)
+            removed += sweep_abandoned(prefix, base, _stop_abandoned_agent)
     return removed
