@@ -75,6 +75,31 @@ def test_fetch_and_verify_use_the_blocks_keys_over_the_environments(
     assert "Access denied to put" in capsys.readouterr().err
 
 
+def test_a_flow_run_loads_the_block_and_archives_through_it(
+        tmp_path, monkeypatch, env, s3_server, s3_bucket, sshd_factory, sftp_client_key, pgp_key):
+    from prefect_aws import AwsCredentials
+
+    from flows.retrieve import retrieve_statements
+
+    keys = writer_keys(s3_server, s3_bucket)
+    AwsCredentials(aws_access_key_id=keys["AccessKeyId"], aws_secret_access_key=keys["SecretAccessKey"]
+                   ).save("ibreports-archive-flow", overwrite=True)
+    read_only_user(s3_server, s3_bucket, monkeypatch)
+    server = sshd_factory([sftp_client_key[1]])
+    seed(server.root / "outgoing", pgp_key.public_file)
+    known_hosts = server.write_known_hosts(tmp_path / "known_hosts")
+    cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key,
+                       s3_archive(s3_server, s3_bucket) + 'aws_credentials_block = "ibreports-archive-flow"\n')
+    with iam_enforced(s3_server):
+        state = retrieve_statements(config=str(cfg), return_state=True)
+    assert state.is_completed(), state.message
+    stored = {o["Key"] for o in s3_test_client(s3_server).list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    for name in PLAIN:
+        day = name.split(".")[3]
+        assert f"ib/statements/{name.split('.')[0]}/{day[:4]}/{day[4:6]}/{name}" in stored, sorted(stored)
+    assert sum(key.startswith("ib/encrypted/ibkr-sftp/") for key in stored) == len(PLAIN)  # the originals
+
+
 def test_a_missing_block_is_a_configuration_error_that_says_how_to_create_it(tmp_path, capsys, s3_server, s3_bucket):
     cfg = tmp_path / "ibreports.toml"
     cfg.write_text(s3_archive(s3_server, s3_bucket) + 'aws_credentials_block = "no-such-block"\n')
