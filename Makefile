@@ -44,9 +44,24 @@ demo: install
 
 # Deploy the Prefect flows of prefect.yaml, then create the automations of automations.yaml
 # (crashed-run detection, dead-man's switch; alerts to the config's [alerts] URLs).
-# Needs PREFECT_API_URL (docs/prefect.md).
+# Needs PREFECT_API_URL (docs/prefect.md). PULL=from-git: every run clones the code from
+# IBREPORTS_GIT_URL (default: this checkout's origin), branch IBREPORTS_GIT_BRANCH (default:
+# the branch checked out here), for workers on other machines or in containers (docs/scale-out.md).
+PULL ?= local-folder
 deploy: install
+ifeq ($(PULL),from-git)
+	@url="$${IBREPORTS_GIT_URL:-$$(git remote get-url origin 2>/dev/null)}"; \
+	branch="$${IBREPORTS_GIT_BRANCH:-$$(git rev-parse --abbrev-ref HEAD 2>/dev/null)}"; \
+	[ -n "$$url" ] || { echo "PULL=from-git needs the repository URL: set IBREPORTS_GIT_URL (this checkout has no origin)." >&2; exit 2; }; \
+	sed 's/^pull: \*local-folder$$/pull: *from-git/' prefect.yaml > $(VENV)/prefect.from-git.yaml; \
+	echo "deploying with code from $$url ($$branch)"; \
+	IBREPORTS_GIT_URL="$$url" IBREPORTS_GIT_BRANCH="$$branch" \
+	  $(VENV)/bin/prefect deploy --all --no-prompt --prefect-file $(VENV)/prefect.from-git.yaml
+else ifeq ($(PULL),local-folder)
 	IBREPORTS_HOME=$(CURDIR) $(VENV)/bin/prefect deploy --all --no-prompt
+else
+	@echo "PULL must be local-folder or from-git (got '$(PULL)')." >&2; exit 2
+endif
 	IBREPORTS_HOME=$(CURDIR) $(PY) -m flows.automations
 
 # The full suite, the kill -9 crash campaign included (what CI runs).

@@ -74,6 +74,7 @@ class ArchiveConfig:
     kms_key_id: str = ""
     keep_encrypted: bool = True
     object_lock: ObjectLock | None = None
+    aws_credentials_block: str = ""  # a prefect-aws AwsCredentials block's name: the S3 credentials
 
     @property
     def is_s3(self) -> bool:

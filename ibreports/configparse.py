@@ -243,7 +243,8 @@ class Parser:
     def archive(self, data: dict[str, Any]) -> ArchiveConfig:
         raw = self.table(
             data, "archive",
-            {"url", "endpoint_url", "region", "server_side_encryption", "kms_key_id", "keep_encrypted", "object_lock"},
+            {"url", "endpoint_url", "region", "server_side_encryption", "kms_key_id", "keep_encrypted", "object_lock",
+             "aws_credentials_block"},
         )
         url = self.get(raw, "archive", "url", str, "archive")
         if not url:
@@ -269,7 +270,14 @@ class Parser:
             kms_key_id=kms,
             keep_encrypted=self.get(raw, "archive", "keep_encrypted", bool, True),
             object_lock=self.object_lock(raw),
+            aws_credentials_block=self.credentials_block(raw, url),
         )
+
+    def credentials_block(self, raw: dict[str, Any], url: str) -> str:
+        name = self.get(raw, "archive", "aws_credentials_block", str, "")
+        if name and not url.startswith("s3://"):
+            raise self.fail("archive.aws_credentials_block", "left out: it gives S3 credentials, and archive.url is a folder")
+        return name
 
     def object_lock(self, raw: dict[str, Any]) -> ObjectLock | None:
         if "object_lock" not in raw:

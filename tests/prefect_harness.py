@@ -61,11 +61,13 @@ class PrefectStack:
 
     # -- processes ----------------------------------------------------------------------
 
-    def spawn(self, name: str, *args: str, cwd: Path = REPO) -> subprocess.Popen:
-        """Start a long-running child in its own process group, output to logs/<name>.log."""
+    def spawn(self, name: str, *args: str, cwd: Path = REPO, program: list[str] | None = None) -> subprocess.Popen:
+        """Start a long-running child in its own process group, output to logs/<name>.log.
+
+        ``program`` replaces the ``prefect`` command (e.g. another Python's ``-m prefect``)."""
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [PREFECT, *args], cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [*(program or [PREFECT]), *args], cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
         log.close()

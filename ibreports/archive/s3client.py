@@ -21,6 +21,7 @@ from botocore.exceptions import (
 
 from ..config import ArchiveConfig
 from ..errors import ArchiveConfigError, ArchiveError, ArchiveUnreachable
+from .awsblock import block_credentials
 
 _CLIENT_LOCK = threading.Lock()
 _LOADER = None
@@ -30,6 +31,10 @@ def make_s3_client(config: ArchiveConfig, *, max_attempts: int = 8, connect_time
                    read_timeout: float = 60):
     """The one place a boto3 S3 client is made (archive and key backup share it)."""
     global _LOADER
+    session_kwargs, region, endpoint = {}, config.region, config.endpoint_url
+    if config.aws_credentials_block:  # the block's keys; the archive's own region and endpoint win
+        block = block_credentials(config.aws_credentials_block)
+        session_kwargs, region, endpoint = block.session, region or block.region, endpoint or block.endpoint_url
     boto_config = BotoConfig(
         retries={"mode": "standard", "max_attempts": max_attempts},
         connect_timeout=connect_timeout,
@@ -37,13 +42,13 @@ def make_s3_client(config: ArchiveConfig, *, max_attempts: int = 8, connect_time
         tcp_keepalive=True,
         max_pool_connections=16,
         # Custom endpoints (MinIO, Ceph, moto) rarely have wildcard DNS for virtual hosts.
-        s3={"addressing_style": "path"} if config.endpoint_url else None,
+        s3={"addressing_style": "path"} if endpoint else None,
     )
     kwargs = {"config": boto_config}
-    if config.endpoint_url:
-        kwargs["endpoint_url"] = config.endpoint_url
-    if config.region:
-        kwargs["region_name"] = config.region
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+    if region:
+        kwargs["region_name"] = region
     with _CLIENT_LOCK:
         # A private session per client (boto3 sessions are not thread-safe), sharing one model
         # loader: parsing the S3 service model again costs ~0.1 s per client.
@@ -51,7 +56,7 @@ def make_s3_client(config: ArchiveConfig, *, max_attempts: int = 8, connect_time
         if _LOADER is None:
             _LOADER = botocore_session.get_component("data_loader")
         botocore_session.register_component("data_loader", _LOADER)
-        return boto3.session.Session(botocore_session=botocore_session).client("s3", **kwargs)
+        return boto3.session.Session(botocore_session=botocore_session, **session_kwargs).client("s3", **kwargs)
 
 
 PERMISSIONS = {"list": "s3:ListBucket", "put": "s3:PutObject", "get": "s3:GetObject", "delete": "s3:DeleteObject",
