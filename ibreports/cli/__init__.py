@@ -17,7 +17,7 @@ from typing import Callable
 from .. import __version__
 from ..errors import IbreportsError
 
-COMMAND_MODULES = ("keys", "fetch", "ops", "diagnose", "ledger")
+COMMAND_MODULES = ("keys", "fetch", "ops", "diagnose", "ledger", "conflicts")
 # Runs flow retrieve-statements for the demo: (demo folder, config file) -> None.
 FlowRunner = Callable[[Path, Path], object]
 CONFIG_HELP = "config file (default: $IBREPORTS_CONFIG or ./ibreports.toml)"
@@ -46,8 +46,12 @@ EXIT_CODES = {
             "  the request or cannot be reached exits as the archive does (1, 2 or 3)",
     "coverage": "exit codes: 0 no gap, 1 a gap exists (older than [coverage] grace_days),\n"
                 "  2 configuration error, 3 archive endpoint unreachable",
-    "verify": "exit codes: 0 every archived object matches its recorded SHA-256, 1 a mismatch, missing or\n"
-              "  unreadable object, 2 configuration error, 3 archive endpoint unreachable",
+    "verify": "exit codes: 0 every archived object matches the ledger and no conflict is open, 1 a changed,\n"
+              "  replaced, planted, missing, unrecorded or unreadable object, or an open conflict,\n"
+              "  2 configuration error, 3 archive endpoint unreachable",
+    "conflicts": "exit codes: 0 no open conflict (list) or the resolution is recorded (resolve), 1 an open\n"
+                 "  conflict (list), 2 usage or configuration error (an unknown or resolved id), 3 archive\n"
+                 "  endpoint unreachable",
     "demo": "exit codes: 0 every demo statement archived, 1 a statement was not archived,\n"
             "  2 the folder is not the demo's (or another usage error)",
 }
