@@ -71,6 +71,7 @@ class VerifyResult:
     runs: int = 0
     recorded: int = 0
     notes: list[str] = field(default_factory=list)
+    acknowledged: set[str] = field(default_factory=set)  # known by a resolution only (no hash of its own)
 
     @property
     def exit_code(self) -> int:
@@ -148,7 +149,10 @@ def verify_archive(config: ArchiveConfig, since: date | None = None, progress: P
 
     def one(key: str):
         try:
-            return check(archive, key, hashes.get(key), listing.versions.get(key, []))
+            status, size, detail = check(archive, key, hashes.get(key), listing.versions.get(key, []))
+            if status == "unrecorded" and key in result.acknowledged:
+                return "ok", size, ""  # its resolution is its record (and the content matched it)
+            return status, size, detail
         except IbreportsError as exc:
             return "error", 0, str(exc)
         except OSError as exc:
@@ -201,7 +205,9 @@ def read_ledger(archive: Archive, objects: dict[str, int], result: VerifyResult)
         except (AttributeError, TypeError):
             result.errors[key] = "this ledger record is not in the run-record format: what it recorded is unknown"
     for k, v in acknowledged.items():
-        hashes.setdefault(k, v.lower())
+        if k not in hashes:  # something ibreports did not write, which a person's resolution left in place
+            hashes[k] = v.lower()
+            result.acknowledged.add(k)
     return hashes, legacy - set(hashes)
 
 
