@@ -56,6 +56,16 @@ def open_records(keys) -> list[str]:
     return sorted(k for k in keys if k.startswith(PREFIX) and k.endswith(RECORD) and resolution_key(k) not in keys)
 
 
+def open_summaries(keys) -> list[dict]:
+    """Open conflicts as far as their keys tell (no read): id, source, delivered file name."""
+    found = []
+    for record in open_records(keys):
+        parts = conflict_id(record).split("/")
+        found.append({"id": conflict_id(record), "source": parts[0] if len(parts) == 4 else None,
+                      "remote_name": parts[-1].rsplit(".", 1)[0] if len(parts) == 4 else None})
+    return found
+
+
 def resolved_deliveries(keys) -> dict[tuple[str, str], int]:
     """(source, remote name) -> size of the kept delivery, for every resolved conflict (from a listing).
 

@@ -33,23 +33,20 @@ def coverage(args: argparse.Namespace) -> int:
 
     if args.since and args.until and args.since > args.until:
         raise ConfigError(f"--since {args.since} is after --until {args.until}.", "Swap them.")
+    from ..archive import open_archive
+    from ..conflicts import open_summaries
+
     config = load_config(args.config)
-    report = collect_coverage(config, args.accounts, args.since, args.until, servers=not args.offline)
-    found = _open_conflicts(config)  # durable: exit 1 while one is open
+    keys = open_archive(config.archive).inventory()  # one listing: statements, and conflicts still open
+    report = collect_coverage(config, args.accounts, args.since, args.until, servers=not args.offline, keys=keys)
+    found = open_summaries(keys)  # durable: exit 1 while one is open
     if args.json:
         print(json.dumps({**report.to_dict(), "conflicts": found}, indent=1, sort_keys=True))
     else:
-        print("\n".join([format_table(report), *(f"! CONFLICT {c['id']}: {c.get('source')}/{c.get('remote_name')} "
-                                                 f"contradicts {c.get('key')} (open: `ibreports conflicts list`)"
+        print("\n".join([format_table(report), *(f"! CONFLICT {c['id']}: a delivery of {c['source']}/{c['remote_name']} "
+                                                 "contradicts the archive (open: `ibreports conflicts list`)"
                                                  for c in found)]))
     return max(report.exit_code, 1 if found else 0)
-
-
-def _open_conflicts(config) -> list[dict]:
-    from ..archive import open_archive
-    from ..conflicts import list_conflicts
-
-    return [c.to_dict() for c in list_conflicts(open_archive(config.archive))]
 
 
 def verify(args: argparse.Namespace) -> int:
