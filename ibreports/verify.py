@@ -144,12 +144,14 @@ def verify_archive(config: ArchiveConfig, since: date | None = None, progress: P
             result.missing.append(key)
             if key in listing.deleted:
                 result.details[key] = "deleted: a delete marker hides its versions"
-    check = _check_s3 if config.is_s3 else _check_local
-    done = 0
+    local = None if config.is_s3 else _LocalReader(archive)
 
     def one(key: str):
         try:
-            status, size, detail = check(archive, key, hashes.get(key), listing.versions.get(key, []))
+            if local is not None:
+                status, size, detail = local.check(key, hashes.get(key))
+            else:
+                status, size, detail = _check_s3(archive, key, hashes.get(key), listing.versions.get(key, []))
             if status == "unrecorded" and key in result.acknowledged:
                 return "ok", size, ""  # its resolution is its record (and the content matched it)
             return status, size, detail
@@ -158,9 +160,11 @@ def verify_archive(config: ArchiveConfig, since: date | None = None, progress: P
         except OSError as exc:
             return "error", 0, f"could not be read: {exc.strerror or exc}"
 
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="verify") as pool:
-        for key, (status, size, detail) in zip(keys, pool.map(one, keys)):
-            done += 1
+    # S3: a few GETs at once hide the latency; a local folder is read in order (threads only cost there).
+    pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="verify") if local is None else None
+    try:
+        verdicts = pool.map(one, keys) if pool else map(one, keys)
+        for done, (key, (status, size, detail)) in enumerate(zip(keys, verdicts), start=1):
             result.checked += 1
             result.bytes += size
             if status == "ok":
@@ -173,6 +177,11 @@ def verify_archive(config: ArchiveConfig, since: date | None = None, progress: P
                     result.details[key] = detail
             if progress:
                 progress(done, len(keys), result.bytes)
+    finally:
+        if pool:
+            pool.shutdown()
+        if local is not None:
+            local.close()
     return result
 
 
@@ -234,30 +243,43 @@ def _judge(actual: str, own: str | None, expected: str | None, replaced: bool) -
     return "ok", ""
 
 
-def _check_local(archive, key: str, expected: str | None, _versions) -> tuple[str, int, str]:
-    from .archive.local import SHA256_XATTR
+class _LocalReader:
+    """Reads a local archive's objects in key order, keeping the current folder open (one descent per folder)."""
 
-    try:
-        parent, name = archive._parent(key, create=False)  # through real folders of ours, never a link
-    except FileNotFoundError:
-        return "missing", 0, ""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-    except FileNotFoundError:
-        return "missing", 0, ""
-    finally:
-        os.close(parent)
-    digest, size = hashlib.sha256(), 0
-    with os.fdopen(fd, "rb") as fh:
+    def __init__(self, archive) -> None:
+        self.archive, self.folder, self.fd = archive, None, -1
+
+    def check(self, key: str, expected: str | None) -> tuple[str, int, str]:
+        from .archive.local import SHA256_XATTR
+
+        folder, _, name = key.rpartition("/")
+        if folder != self.folder:
+            self.close()
+            try:
+                self.fd, _ = self.archive._parent(key, create=False)  # through real folders of ours, never a link
+            except FileNotFoundError:
+                return "missing", 0, ""
+            self.folder = folder
         try:
-            own = os.getxattr(fh.fileno(), SHA256_XATTR).decode("ascii", "replace")
-        except OSError:
-            own = None
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    status, detail = _judge(digest.hexdigest(), own, expected, False)
-    return status, size, detail
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.fd)
+        except FileNotFoundError:
+            return "missing", 0, ""
+        digest, size = hashlib.sha256(), 0
+        with os.fdopen(fd, "rb") as fh:
+            try:
+                own = os.getxattr(fh.fileno(), SHA256_XATTR).decode("ascii", "replace")
+            except OSError:
+                own = None
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        status, detail = _judge(digest.hexdigest(), own, expected, False)
+        return status, size, detail
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.folder, self.fd = None, -1
 
 
 def _list_s3(archive) -> Listing:
