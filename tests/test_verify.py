@@ -71,7 +71,7 @@ def archived(request, tmp_path):
 
 
 def run_verify(config: Path, capsys, *extra: str) -> tuple[int, dict]:
-    rc = main(["--debug", "--config", str(config), "verify", "--json", *extra])
+    rc = main(["--config", str(config), "verify", "--json", *extra])
     captured = capsys.readouterr()
     assert captured.out.startswith("{"), captured.err
     return rc, json.loads(captured.out)
