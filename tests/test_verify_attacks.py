@@ -166,3 +166,16 @@ def test_s3_a_rewritten_run_record_is_a_replacement(fetched_s3, s3_server, s3_ve
     rc, doc = verify(cfg, capsys)
     # Its (forged) latest version knows nothing, so every object is now unknown: all named, none passes.
     assert rc == 1 and doc["replaced"] == [record[3:]] and KEY in doc["planted"] and doc["ok"] == 0
+
+
+def test_objects_of_a_run_without_its_record_are_planted_until_fetch_force_confirms_them(fetched_local, capsys):
+    """A run killed before it wrote its run record (here: the record removed) left objects no ledger knows."""
+    cfg, root = fetched_local
+    for record in (root / "runs").rglob("*.json"):
+        record.unlink()
+    rc, doc = verify(cfg, capsys)
+    assert rc == 1 and KEY in doc["planted"] and doc["ok"] == 0 and doc["ledger"]["runs"] == 0
+    assert main(["--config", str(cfg), "fetch", "--force"]) == 0  # compared with fresh deliveries, rewrites nothing
+    capsys.readouterr()
+    rc, doc = verify(cfg, capsys)
+    assert rc == 0 and doc["planted"] == [] and doc["ok"] == doc["checked"] > 0
