@@ -16,6 +16,7 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+from . import conflicts
 from .config import SourceConfig
 from .errors import (
     ArchiveConfigError,
@@ -77,7 +78,8 @@ class Worker:
                 "original-sha256": out.sha256,
             }
             if item.conflict:
-                self.keep_conflict(item=item, path=delivered, why=item.conflict, meta=meta)
+                self.keep_conflict(item=item, path=delivered, why=item.conflict, meta=meta,
+                                   statement=self._decrypted_copy(delivered, plain))
                 return
             if is_openpgp(delivered):
                 wrote = self.encrypted(item=item, path=delivered, plain=plain, meta=meta)
@@ -227,8 +229,6 @@ class Worker:
                       archived: str = "", statement: Path | None = None) -> None:
         """Keep the delivery apart under ``conflicts/`` with a conflict record, and fail it: the conflict
         stays open (every run exits 1) until a person resolves it (``ibreports conflicts resolve``)."""
-        from . import conflicts
-
         out, run = item.outcome, self.run
         delivered = out.sha256 or sha256_file(path)
         key = conflict_key(self.source.name, item.statement, delivered)
@@ -261,6 +261,17 @@ class Worker:
                   f"`ibreports conflicts resolve {conflicts.conflict_id(record)} --keep archived|new --reason TEXT` "
                   "(ask IBKR if unsure).")
         log.error("%s: %s: %s", self.source.name, item.entry.name, out.reason)
+
+    def _decrypted_copy(self, path: Path, plain: Path) -> Path | None:
+        """The statement inside a conflicting encrypted delivery, kept beside it for a person to compare."""
+        if not is_openpgp(path):
+            return None
+        try:
+            self.run.decryptor().decrypt(path, plain)
+        except DecryptionError as exc:
+            log.warning("%s: a conflicting delivery could not be decrypted (%s); kept as delivered", self.source.name, exc)
+            return None
+        return plain
 
     def _put_hashed(self, key: str, path: Path, meta: dict[str, str]) -> str:
         sha256 = sha256_file(path)

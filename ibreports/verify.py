@@ -405,11 +405,11 @@ def _b64(raw: bytes) -> str:
 
 
 LABELS = {
-    "replaced": "REPLACED  {k}: {d}",
-    "mismatch": "MISMATCH  {k}: {d}",
+    "replaced": "REPLACED {k}: {d}",
+    "mismatch": "MISMATCH {k}: {d}",
     "unrecorded": "UNRECORDED {k}: {d}",
-    "planted": "PLANTED   {k}: no run record or resolution knows this object: something other than ibreports put it there",
-    "missing": "MISSING   {k}: the ledger says it was archived, the archive does not hold it",
+    "planted": "PLANTED  {k}: no run record or resolution knows this object: something other than ibreports put it there",
+    "missing": "MISSING  {k}: the ledger says it was archived, the archive does not hold it",
 }
 
 
@@ -421,8 +421,8 @@ def format_result(result: VerifyResult) -> str:
             detail = result.details.get(key, "")
             text = LABELS[problem].format(k=key, d=detail or "see docs/coverage.md")
             lines.append(text if problem not in ("missing", "planted") or not detail else f"{text} ({detail})")
-    lines += [f"ERROR     {shown(k)}: {why}" for k, why in sorted(result.errors.items())]
-    lines += [f"CONFLICT  {c}: open: see `ibreports conflicts list`, then `ibreports conflicts resolve`"
+    lines += [f"ERROR    {shown(k)}: {why}" for k, why in sorted(result.errors.items())]
+    lines += [f"CONFLICT {c}: open: see `ibreports conflicts list`, then `ibreports conflicts resolve`"
               for c in result.conflicts]
     lines += [f"note: {n}" for n in result.notes]
     counts = ", ".join(f"{len(getattr(result, p))} {p}" for p in PROBLEMS)

@@ -98,7 +98,7 @@ def test_changed_content_is_a_mismatch_and_since_limits_the_check(archived, caps
     corrupt(november, b"")
     rc = main(["--config", str(config), "verify"])
     out = capsys.readouterr().out
-    assert rc == 1 and f"MISMATCH  {november}" in out and f"MISSING   {GONE}" in out
+    assert rc == 1 and f"MISMATCH {november}" in out and f"MISSING  {GONE}" in out
     assert "3 object(s), " in out and "1 ok, 2 mismatch, 0 replaced, 0 unrecorded, 0 planted, 1 missing" in out
 
 

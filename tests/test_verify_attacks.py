@@ -54,7 +54,7 @@ def test_local_replace_by_rename_is_named_replaced(fetched_local, capsys):
     rc, doc = verify(cfg, capsys)
     assert rc == 1 and doc["replaced"] == [KEY] and doc["ok"] == doc["checked"] - 1
     rc, out = verify_text(cfg, capsys)
-    assert rc == 1 and f"REPLACED  {KEY}: a new object without the recorded SHA-256 took its place" in out
+    assert rc == 1 and f"REPLACED {KEY}: a new object without the recorded SHA-256 took its place" in out
 
 
 def test_local_sed_in_place_is_caught(fetched_local, capsys):
@@ -86,8 +86,8 @@ def test_local_planted_deleted_and_non_utf8_names(fetched_local, capsys):
     assert rc == 1 and doc["missing"] == [ORIGINAL]
     assert doc["planted"] == [str(planted.relative_to(root)), bad]
     rc, out = verify_text(cfg, capsys)
-    assert rc == 1 and f"PLANTED   {bad}: no run record or resolution knows this object" in out
-    assert f"MISSING   {ORIGINAL}: the ledger says it was archived" in out
+    assert rc == 1 and f"PLANTED  {bad}: no run record or resolution knows this object" in out
+    assert f"MISSING  {ORIGINAL}: the ledger says it was archived" in out
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_s3_plain_put_over_a_statement_is_a_replacement_and_its_original_version
     [first] = [v["VersionId"] for v in client.list_object_versions(Bucket=bucket, Prefix=f"ib/{KEY}")["Versions"]
                if not v["IsLatest"]]
     rc, out = verify_text(cfg, capsys)
-    assert rc == 1 and f"REPLACED  {KEY}: 2 versions: it was overwritten after ibreports wrote it" in out
+    assert rc == 1 and f"REPLACED {KEY}: 2 versions: it was overwritten after ibreports wrote it" in out
     assert f"its oldest version {first} is the original and matches the ledger" in out
     # Even the same bytes again, with the metadata copied: a second version is a replacement.
     head = client.head_object(Bucket=bucket, Key=f"ib/{ORIGINAL}")
@@ -155,7 +155,7 @@ def test_s3_planted_and_deleted_objects(fetched_s3, s3_server, s3_versioned_buck
     rc, doc = verify(cfg, capsys)
     assert rc == 1 and doc["planted"] == [planted] and doc["missing"] == [ORIGINAL]
     rc, out = verify_text(cfg, capsys)
-    assert f"MISSING   {ORIGINAL}: the ledger says it was archived, the archive does not hold it (deleted" in out
+    assert f"MISSING  {ORIGINAL}: the ledger says it was archived, the archive does not hold it (deleted" in out
 
 
 def test_s3_a_rewritten_run_record_is_a_replacement(fetched_s3, s3_server, s3_versioned_bucket, capsys):
