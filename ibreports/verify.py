@@ -139,6 +139,10 @@ def verify_archive(config: ArchiveConfig, since: date | None = None, progress: P
             result.planted.append(shown(key))
             continue
         keys.append(key)
+    for key, why in sorted(getattr(archive, "not_counted", {}).items()):  # a local folder's links, others' files
+        if key.startswith(FOLDERS) and in_range(key, since):
+            result.planted.append(shown(key))
+            result.details[shown(key)] = why
     for key in sorted(known - set(listing.objects)):
         if key.startswith(FOLDERS) and in_range(key, since):
             result.missing.append(key)

@@ -81,13 +81,17 @@ def test_local_planted_deleted_and_non_utf8_names(fetched_local, capsys):
     odd = os.fsencode(str(root / "statements/U1234567/2026/11")) + b"/bad\xff\xfe.xml"
     with open(odd, "wb") as fh:
         fh.write(b"junk")
+    link = "statements/U1234567/2026/11/U1234567.DailyActivity.20261106.20261106.xml"
+    os.symlink("/etc/hostname", root / link)  # never followed, never counted as archived: named
     rc, doc = verify(cfg, capsys)
     bad = "statements/U1234567/2026/11/bad\\xff\\xfe.xml"
     assert rc == 1 and doc["missing"] == [ORIGINAL]
-    assert doc["planted"] == [str(planted.relative_to(root)), bad]
+    assert doc["planted"] == [str(planted.relative_to(root)), link, bad]
     rc, out = verify_text(cfg, capsys)
     assert rc == 1 and f"PLANTED  {bad}: no run record or resolution knows this object" in out
     assert f"MISSING  {ORIGINAL}: the ledger says it was archived" in out
+    assert f"PLANTED  {link}: no run record or resolution knows this object: something other than ibreports put it " \
+           "there (is a symbolic link)" in out
 
 
 @pytest.fixture
