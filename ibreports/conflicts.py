@@ -66,6 +66,17 @@ def open_summaries(keys) -> list[dict]:
     return found
 
 
+def open_deliveries(keys) -> set[tuple[str, str]]:
+    """(source, remote name) of every open conflict (from a listing): such a file is not archived,
+    whatever sits at its keys, so every run compares it again and names the conflict."""
+    found = set()
+    for record in open_records(keys):
+        parts = conflict_id(record).split("/")
+        if len(parts) == 4:
+            found.add((parts[0], parts[3].rsplit(".", 1)[0]))
+    return found
+
+
 def resolved_deliveries(keys) -> dict[tuple[str, str], int]:
     """(source, remote name) -> size of the kept delivery, for every resolved conflict (from a listing).
 

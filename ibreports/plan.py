@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import statements
 from .archive import ObjectInfo
-from .conflicts import resolved_deliveries
+from .conflicts import open_deliveries, resolved_deliveries
 from .errors import RemoteFileError
 from .report import FileOutcome, Outcome, Reason
 from .statements import ENCRYPTION_SUFFIXES, Statement
@@ -99,6 +99,7 @@ def plan(listing: list[Entry], inventory: dict[str, ObjectInfo], rules: Rules, n
     encrypted_names = {_decrypted(e.name) for e in listing if _encrypted(e.name)}
     verified = _verified_statements(inventory)
     resolved = resolved_deliveries(inventory)
+    contested = open_deliveries(inventory)
     for entry in sorted(listing, key=lambda e: (_finite(e.mtime), e.name)):
         row = _row(entry, rules, now)
         try:
@@ -118,7 +119,7 @@ def plan(listing: list[Entry], inventory: dict[str, ObjectInfo], rules: Rules, n
             continue
         st = statements.parse(entry.name, entry.mtime)
         needed = statements.needed_keys(rules.source, st, rules.keep_encrypted)
-        archived = all(k in inventory for k in needed)
+        archived = all(k in inventory for k in needed) and (rules.source, entry.name) not in contested
         if (rules.since and st.statement_date < rules.since) or (rules.until and st.statement_date > rules.until):
             if not archived and row.days_left <= rules.warn_days:
                 _set(row, Outcome.OUT_OF_RANGE, Reason.OUT_OF_RANGE, "outside --since/--until and not archived")

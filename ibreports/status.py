@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from . import statements
 from .archive import Archive, open_archive
-from .conflicts import list_conflicts, resolved_deliveries
+from .conflicts import list_conflicts, open_deliveries, resolved_deliveries
 from .config import Config, SourceConfig
 from .errors import IbreportsError
 from .remote import RemoteFile, open_remote
@@ -110,6 +110,7 @@ def collect_status(config: Config, sources: list[str] | None = None, now: float 
     last = last_outcomes(archive, inventory, [s.name for s in selected])
     report.conflicts = [c.to_dict() for c in list_conflicts(archive, inventory)]
     resolved = resolved_deliveries(inventory)
+    contested = open_deliveries(inventory)
     for source in selected:
         if not kind_of(source).capabilities.listing:
             report.on_demand.append(source.name)
@@ -126,7 +127,7 @@ def collect_status(config: Config, sources: list[str] | None = None, now: float 
             report.error_codes[source.name] = 1  # as fetch counts it: a failure of ours, not an unreachable server
             continue
         for rf in listing:
-            row = _row(config, source.name, rf, inventory, now, resolved)
+            row = _row(config, source.name, rf, inventory, now, resolved, contested)
             if not row.archived and (source.name, rf.name) in last:
                 row.last_outcome, row.last_reason = last[(source.name, rf.name)]
             report.files.append(row)
@@ -174,7 +175,7 @@ def _list(source: SourceConfig) -> list[RemoteFile]:
 
 
 def _row(config: Config, source: str, rf: RemoteFile, inventory: dict, now: float,
-         resolved: dict | None = None) -> StatusRow:
+         resolved: dict | None = None, contested: set | None = None) -> StatusRow:
     days_left = statements.days_left(rf.mtime, config.retention.purge_days, now)
     st = statements.parse(rf.name, rf.mtime) if rf.name and rf.name.isprintable() else None
     try:
@@ -185,6 +186,7 @@ def _row(config: Config, source: str, rf: RemoteFile, inventory: dict, now: floa
         archived = st is not None and all(k in inventory for k in statements.needed_keys(source, st, config.archive.keep_encrypted))
         # A delivery whose conflict a person resolved is settled (the same bytes, kept in conflicts/).
         archived = archived or (resolved or {}).get((source, rf.name)) == rf.size
+        archived = archived and (source, rf.name) not in (contested or set())  # an open conflict: not yet
     when = st.statement_date if st else datetime.fromtimestamp(rf.mtime, timezone.utc).date()
     return StatusRow(
         source=source,

@@ -147,3 +147,24 @@ def test_resolving_an_unknown_conflict_is_a_usage_error(tmp_path, capsys):
                   "--reason", "r")
     assert rc == 2 and "There is no conflict 'ibkr-sftp/2026/11/x.pgp.0123456789abcdef'" in out
     assert run(cfg, capsys, "conflicts", "list")[0] == 0
+
+
+def test_junk_of_the_same_size_at_the_original_key_is_a_conflict_not_archived(tmp_path, sftp_setup, sftp_client_key,
+                                                                                pgp_key, capsys):
+    server, known_hosts, delivered = sftp_setup
+    original = f"encrypted/ibkr-sftp/2026/11/{NAME}.pgp"
+    archive_toml, root = local_archive(tmp_path)
+    (root / original).parent.mkdir(parents=True)
+    (root / original).write_bytes(b"x" * len(delivered[NAME + ".pgp"]))  # the size alone cannot tell
+    cfg = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key, archive_toml)
+    for _ in range(2):
+        rc, out = run(cfg, capsys, "fetch")
+        assert rc == 1 and f"conflict: the archived original {original} has SHA-256" in out
+    rc, doc = run_json(cfg, capsys, "conflicts", "list")
+    [conflict] = doc["conflicts"]
+    assert rc == 1 and conflict["key"] == original and conflict["archived_sha256"] == hashlib.sha256(
+        b"x" * len(delivered[NAME + ".pgp"])).hexdigest()
+    assert (root / KEY).read_bytes() == PLAIN[NAME]  # the statement itself was verified and archived
+    rc, doc = run_json(cfg, capsys, "status")  # the file is not archived while its conflict is open
+    [row] = [f for f in doc["files"] if f["name"] == NAME + ".pgp"]
+    assert rc == 1 and row["archived"] is False and [c["key"] for c in doc["conflicts"]] == [original]
