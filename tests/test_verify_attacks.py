@@ -13,7 +13,7 @@ import pytest
 
 from ibreports.cli import main
 from tests.configs import sftp_toml
-from tests.fixtures.s3 import s3_test_client
+from tests.fixtures.s3 import iam_enforced, read_only_user, s3_test_client
 from tests.helpers import PLAIN, local_archive, s3_archive, write_config
 
 NAME = "U1234567.DailyActivity.20261101.20261101.xml"
@@ -183,3 +183,15 @@ def test_objects_of_a_run_without_its_record_are_planted_until_fetch_force_confi
     capsys.readouterr()
     rc, doc = verify(cfg, capsys)
     assert rc == 0 and doc["planted"] == [] and doc["ok"] == doc["checked"] > 0
+
+
+def test_s3_without_permission_to_list_versions_verify_says_so_and_still_catches_an_overwrite(
+        fetched_s3, s3_server, s3_versioned_bucket, monkeypatch, capsys):
+    cfg = fetched_s3(s3_versioned_bucket)
+    s3_test_client(s3_server).put_object(Bucket=s3_versioned_bucket, Key=f"ib/{KEY}", Body=b"<overwritten/>")
+    read_only_user(s3_server, s3_versioned_bucket, monkeypatch)  # s3:ListBucket and s3:GetObject only
+    with iam_enforced(s3_server):
+        rc, doc = verify(cfg, capsys)
+    assert rc == 1 and doc["replaced"] == [KEY]  # by its content and lost metadata
+    assert doc["notes"] == ["the bucket's version history could not be listed (s3:ListBucketVersions): a plain "
+                            "overwrite is found by its content and metadata only"]
