@@ -347,24 +347,27 @@ def _check_s3(archive, key: str, expected: str | None, versions: list[str]) -> t
     verdict, detail = _judge(actual, own, expected, replaced)
     if verdict == "replaced" and replaced:
         detail = f"{len(versions)} versions: it was overwritten after ibreports wrote it" + _original(
-            archive, name, versions[0], expected)
+            archive, name, versions, expected)
     return verdict, size, detail
 
 
-def _original(archive, name: str, version: str, expected: str | None) -> str:
-    """Whether the oldest version (the one ibreports wrote) still matches the ledger."""
+def _original(archive, name: str, versions: list[str], expected: str | None) -> str:
+    """Whether the oldest version (the one ibreports wrote) still matches the ledger, and how to go back to it."""
     from .archive.s3 import SHA256_META, multipart_part_size
 
-    if version == "delete-marker":
+    first, newer = versions[0], [v for v in versions[1:] if v != "delete-marker"]
+    if first == "delete-marker":
         return ""
     try:
-        _status, _size, actual, _own = _read_s3(archive, name, version, SHA256_META, multipart_part_size)
+        _status, _size, actual, _own = _read_s3(archive, name, first, SHA256_META, multipart_part_size)
     except Exception:  # noqa: BLE001 - a detail of the report, never its verdict
         return ""
     if expected and actual == expected:
-        return (f"; its oldest version {version} is the original and matches the ledger (restore it with "
-                f"aws s3api copy-object --copy-source '{archive.bucket}/{name}?versionId={version}')")
-    return f"; its oldest version {version} does not match the ledger either"
+        undo = "; ".join(f"aws s3api delete-object --bucket {archive.bucket} --key '{name}' --version-id {v}"
+                         for v in newer[:3])
+        return (f"; its oldest version {first} is the original and matches the ledger: keep a copy of the newer "
+                f"version(s) for the investigation, then remove them ({undo})")
+    return f"; its oldest version {first} does not match the ledger either"
 
 
 def _read_s3(archive, name: str, version: str | None, meta_name: str, part_size_of) -> tuple[str, int, str, str | None]:

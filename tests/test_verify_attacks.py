@@ -126,17 +126,21 @@ def test_s3_plain_put_over_a_statement_is_a_replacement_and_its_original_version
     client.put_object(Bucket=bucket, Key=f"ib/{KEY}", Body=PLAIN[NAME].replace(b"one", b"two"))
     rc, doc = verify(cfg, capsys)
     assert rc == 1 and doc["replaced"] == [KEY]
-    [first] = [v["VersionId"] for v in client.list_object_versions(Bucket=bucket, Prefix=f"ib/{KEY}")["Versions"]
-               if not v["IsLatest"]]
+    versions = client.list_object_versions(Bucket=bucket, Prefix=f"ib/{KEY}")["Versions"]
+    [first] = [v["VersionId"] for v in versions if not v["IsLatest"]]
+    [newer] = [v["VersionId"] for v in versions if v["IsLatest"]]
     rc, out = verify_text(cfg, capsys)
     assert rc == 1 and f"REPLACED {KEY}: 2 versions: it was overwritten after ibreports wrote it" in out
     assert f"its oldest version {first} is the original and matches the ledger" in out
+    assert f"aws s3api delete-object --bucket {bucket} --key 'ib/{KEY}' --version-id {newer}" in out
+    client.delete_object(Bucket=bucket, Key=f"ib/{KEY}", VersionId=newer)  # as the remedy says
+    assert verify(cfg, capsys)[0] == 0  # the original alone again
     # Even the same bytes again, with the metadata copied: a second version is a replacement.
     head = client.head_object(Bucket=bucket, Key=f"ib/{ORIGINAL}")
     body = client.get_object(Bucket=bucket, Key=f"ib/{ORIGINAL}")["Body"].read()
     client.put_object(Bucket=bucket, Key=f"ib/{ORIGINAL}", Body=body, Metadata=head["Metadata"])
     rc, doc = verify(cfg, capsys)
-    assert rc == 1 and doc["replaced"] == [ORIGINAL, KEY]
+    assert rc == 1 and doc["replaced"] == [ORIGINAL]
 
 
 def test_s3_unversioned_put_without_metadata_is_caught(fetched_s3, s3_server, s3_bucket, capsys):
