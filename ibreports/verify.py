@@ -215,6 +215,9 @@ def read_ledger(archive: Archive, objects: dict[str, int], result: VerifyResult)
             for item in record.get("files") or []:
                 if item.get("outcome") in DONE:
                     legacy.update(k for k in item.get("archive_keys") or [] if isinstance(k, str))
+                elif item.get("code") == "conflict":  # a delivery kept apart (before conflict records, too)
+                    legacy.update(k for k in item.get("archive_keys") or []
+                                  if isinstance(k, str) and k.startswith(conflicts.PREFIX))
         except (AttributeError, TypeError):
             result.errors[key] = "this ledger record is not in the run-record format: what it recorded is unknown"
     for k, v in acknowledged.items():

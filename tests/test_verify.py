@@ -159,3 +159,19 @@ def test_an_unreachable_archive_endpoint_exits_3_as_the_help_says(command, s3_se
     assert "Could not reach the S3 endpoint" in capsys.readouterr().err
     assert main([command, "--help"]) == 0
     assert "3 archive endpoint unreachable" in capsys.readouterr().out
+
+
+def test_a_delivery_kept_apart_before_conflict_records_is_known_by_its_run_record(tmp_path, capsys):
+    root = tmp_path / "archive"
+    config = write_config(tmp_path, f'[archive]\nurl = "{root}"\n')
+    archive = open_archive(load_config(config).archive)
+    kept = "conflicts/ibkr-sftp/2026/11/U1.DailyActivity.20261102.20261102.xml.pgp.0123456789abcdef"
+    staged = tmp_path / "staged"
+    staged.write_bytes(b"-----BEGIN PGP MESSAGE-----\nother\n")
+    assert archive.put(kept, staged, None, {})
+    report = RunReport(run_id="20261104T063000Z-000002", started="2026-11-04T06:30:00+00:00")  # no `written`
+    report.files.append(FileOutcome("ibkr-sftp", "U1.DailyActivity.20261102.20261102.xml.pgp", 1, 0.0, "U1",
+                                    "2026-11-02", "failed", code="conflict", archive_keys=[kept]))
+    archive.put_bytes("runs/2026/11/20261104T063000Z-000002.json", report.to_record())
+    rc, doc = run_verify(config, capsys)
+    assert rc == 0 and doc["ok"] == 1 and doc["planted"] == [] and doc["conflicts"] == []  # no record: not open
