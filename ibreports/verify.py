@@ -30,7 +30,6 @@ JSON (``--json``)::
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import tempfile
@@ -290,53 +289,26 @@ class _LocalReader:
 
 
 def _list_s3(archive) -> Listing:
-    """Every version under the prefix, one paginated listing; without the permission, the plain listing."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    """One listing of every version (verify_s3); without the permission, the plain listing."""
+    from .verify_s3 import list_versions
 
-    from .archive.s3client import error_code
-
-    start = f"{archive.prefix}/" if archive.prefix else ""
-    listing = Listing({}, history=True)
-    newest: dict[str, tuple[object, bool, int]] = {}  # key -> (LastModified, is a marker, size)
-    try:
-        for page in archive.client.get_paginator("list_object_versions").paginate(
-                Bucket=archive.bucket, Prefix=start, PaginationConfig={"PageSize": archive.page_size}):
-            for v in page.get("Versions", []):
-                key = v["Key"][len(start):]
-                if key and not key.endswith("/"):
-                    listing.versions.setdefault(key, []).insert(0, v["VersionId"])  # listed newest first
-                    if v.get("IsLatest"):
-                        newest[key] = (v["LastModified"], False, v["Size"])
-            for m in page.get("DeleteMarkers", []):
-                key = m["Key"][len(start):]
-                if key and not key.endswith("/"):
-                    listing.versions.setdefault(key, []).insert(0, "delete-marker")
-                    if m.get("IsLatest"):
-                        newest[key] = (m["LastModified"], True, 0)
-    except ClientError as exc:
-        if error_code(exc) not in ("AccessDenied", "403", "NotImplemented", "MethodNotAllowed"):
-            raise archive._error(exc, "list", start) from None
+    found = list_versions(archive)
+    if found is None:
         return Listing({k: i.size for k, i in archive.inventory().items()})
-    except BotoCoreError as exc:
-        raise archive._error(exc, "list", start) from None
-    for key, (_when, marker, size) in newest.items():
-        if marker:
-            listing.deleted.add(key)
-        else:
-            listing.objects[key] = size
-    return listing
+    objects, versions, deleted = found
+    return Listing(objects, versions, deleted, history=True)
 
 
 def _check_s3(archive, key: str, expected: str | None, versions: list[str]) -> tuple[str, int, str]:
     from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
-    from .archive.s3 import SHA256_META, multipart_part_size
     from .archive.s3client import error_code
+    from .verify_s3 import read, restore_hint
 
     name = archive._name(key)
     replaced = len(versions) > 1
     try:
-        status, size, actual, own = _read_s3(archive, name, None, SHA256_META, multipart_part_size)
+        status, size, actual, own = read(archive, name)
     except FlexibleChecksumError:
         return "mismatch", 0, "the store's own checksum does not match the content"
     except ClientError as exc:
@@ -349,69 +321,9 @@ def _check_s3(archive, key: str, expected: str | None, versions: list[str]) -> t
         return status, size, "its content differs from the store's own checksum"
     verdict, detail = _judge(actual, own, expected, replaced)
     if verdict == "replaced" and replaced:
-        detail = f"{len(versions)} versions: it was overwritten after ibreports wrote it" + _original(
+        detail = f"{len(versions)} versions: it was overwritten after ibreports wrote it" + restore_hint(
             archive, name, versions, expected)
     return verdict, size, detail
-
-
-def _original(archive, name: str, versions: list[str], expected: str | None) -> str:
-    """Whether the oldest version (the one ibreports wrote) still matches the ledger, and how to go back to it."""
-    from .archive.s3 import SHA256_META, multipart_part_size
-
-    first, newer = versions[0], [v for v in versions[1:] if v != "delete-marker"]
-    if first == "delete-marker":
-        return ""
-    try:
-        _status, _size, actual, _own = _read_s3(archive, name, first, SHA256_META, multipart_part_size)
-    except Exception:  # noqa: BLE001 - a detail of the report, never its verdict
-        return ""
-    if expected and actual == expected:
-        undo = "; ".join(f"aws s3api delete-object --bucket {archive.bucket} --key '{name}' --version-id {v}"
-                         for v in newer[:3])
-        return (f"; its oldest version {first} is the original and matches the ledger: keep a copy of the newer "
-                f"version(s) for the investigation, then remove them ({undo})")
-    return f"; its oldest version {first} does not match the ledger either"
-
-
-def _read_s3(archive, name: str, version: str | None, meta_name: str, part_size_of) -> tuple[str, int, str, str | None]:
-    """(status, size, SHA-256 of the content, the hash recorded with the object) of one GET."""
-    extra = {"VersionId": version} if version else {}
-    reply = archive.client.get_object(Bucket=archive.bucket, Key=name, ChecksumMode="ENABLED", **extra)
-    stored = reply.get("ChecksumSHA256") or ""
-    part_size = part_size_of(reply.get("ContentLength", 0), archive.part_size)
-    digest, parts, size = hashlib.sha256(), [], 0
-    part, filled = hashlib.sha256(), 0
-    body = reply["Body"]
-    with body:  # (its __enter__ returns the raw stream, without iter_chunks)
-        for chunk in body.iter_chunks(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            view = memoryview(chunk)
-            while view:  # the parts' own digests, for a multipart object's composite checksum
-                take = view[: part_size - filled]
-                part.update(take)
-                filled += len(take)
-                view = view[len(take):]
-                if filled == part_size:
-                    parts.append(part.digest())
-                    part, filled = hashlib.sha256(), 0
-    if filled or not parts:
-        parts.append(part.digest())
-    actual = digest.hexdigest()
-    own = (reply.get("Metadata") or {}).get(meta_name)
-    if own is None and stored:  # written before the metadata existed: the store's own checksum
-        if "-" in stored:
-            ok = stored == _b64(hashlib.sha256(b"".join(parts)).digest()) + f"-{len(parts)}"
-        else:
-            ok = stored == _b64(bytes.fromhex(actual))
-        if not ok:
-            return "mismatch", size, actual, None
-        own = actual
-    return "read", size, actual, own
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
 
 
 LABELS = {
