@@ -200,6 +200,7 @@ def run_sources(
         part = RunReport.from_dict(value)
         merged.files.extend(part.files)
         merged.warn_days = part.warn_days
+        merged.open_conflicts = sorted(set(merged.open_conflicts) | set(part.open_conflicts))
     merged.finished = _now()
     return merged
 
@@ -244,7 +245,7 @@ def finish(report: RunReport, config: str) -> State:
     for item in report.at_risk:
         logger.warning("%s is not archived and is purged in %d day(s)", item.name, item.days_left)
     failed = len(report.failed)
-    if failed or report.source_errors:
+    if failed or report.source_errors or report.open_conflicts:  # an open conflict fails every run until resolved
         return run_failed(
             f"{failed} of {len(report.acted_on)} file(s) failed and "
             f"{len(report.source_errors)} of {len(report.sources)} source(s) could not be retrieved "

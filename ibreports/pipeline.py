@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .archive import open_archive
 from .config import Config, SourceConfig
+from .conflicts import conflict_id, open_records
 from .errors import ArchiveConfigError, ArchiveUnreachable, IbreportsError, SourceDeadline
 from .files import disk_full, is_disk_full
 from .plan import Entry, RunOptions, Rules, plan
@@ -78,6 +79,8 @@ def fetch(
                 _source(run, source, opts)
             except Exception as exc:  # noqa: BLE001 - nothing escapes a source: recorded, the run goes on
                 _record(report, source.name, exc)
+    # Conflicts are durable: every run exits 1 while one is open (this run's and earlier ones).
+    report.open_conflicts = [conflict_id(k) for k in open_records(inventory)]
     report.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if not opts.dry_run:
         key = f"runs/{now:%Y/%m}/{report.run_id}.json"

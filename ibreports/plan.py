@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import statements
 from .archive import ObjectInfo
+from .conflicts import open_deliveries, resolved_deliveries
 from .errors import RemoteFileError
 from .report import FileOutcome, Outcome, Reason
 from .statements import ENCRYPTION_SUFFIXES, Statement
@@ -79,6 +80,7 @@ class Item:
     statement_key: str
     conflict: str = ""  # non-empty: the planner already knows this delivery conflicts (why)
     recheck: bool = False  # archived already; the content is at hand (on demand): compare, never rewrite
+    conflict_with: str = ""  # the archived key the conflict contradicts
 
 
 @dataclass
@@ -96,6 +98,8 @@ def plan(listing: list[Entry], inventory: dict[str, ObjectInfo], rules: Rules, n
     result = Plan()
     encrypted_names = {_decrypted(e.name) for e in listing if _encrypted(e.name)}
     verified = _verified_statements(inventory)
+    resolved = resolved_deliveries(inventory)
+    contested = open_deliveries(inventory)
     for entry in sorted(listing, key=lambda e: (_finite(e.mtime), e.name)):
         row = _row(entry, rules, now)
         try:
@@ -115,7 +119,7 @@ def plan(listing: list[Entry], inventory: dict[str, ObjectInfo], rules: Rules, n
             continue
         st = statements.parse(entry.name, entry.mtime)
         needed = statements.needed_keys(rules.source, st, rules.keep_encrypted)
-        archived = all(k in inventory for k in needed)
+        archived = all(k in inventory for k in needed) and (rules.source, entry.name) not in contested
         if (rules.since and st.statement_date < rules.since) or (rules.until and st.statement_date > rules.until):
             if not archived and row.days_left <= rules.warn_days:
                 _set(row, Outcome.OUT_OF_RANGE, Reason.OUT_OF_RANGE, "outside --since/--until and not archived")
@@ -123,7 +127,7 @@ def plan(listing: list[Entry], inventory: dict[str, ObjectInfo], rules: Rules, n
             continue
         result.rows.append(row)
         okey, skey = statements.original_key(rules.source, st), statements.statement_key(st)
-        conflict = ""
+        conflict, against = "", skey
         if not st.encryption:
             refusal = _refuse_plain(entry, st, skey, rules, encrypted_names, verified)
             if refusal:
@@ -134,7 +138,7 @@ def plan(listing: list[Entry], inventory: dict[str, ObjectInfo], rules: Rules, n
                 conflict = (f"the archived statement {skey} has {archived_info.size} bytes, "
                             f"this delivery {entry.size}")
         elif rules.keep_encrypted and (known := inventory.get(okey)) is not None and known.size != entry.size:
-            conflict = f"the archived original {okey} has {known.size} bytes, this delivery {entry.size}"
+            conflict, against = f"the archived original {okey} has {known.size} bytes, this delivery {entry.size}", okey
         # A produced file's content is already here: compare it (SHA-256) rather than trust the size,
         # from the inventory when the archive records hashes, else by reading the archived object.
         recheck = archived and entry.path is not None
@@ -146,11 +150,16 @@ def plan(listing: list[Entry], inventory: dict[str, ObjectInfo], rules: Rules, n
         if archived and not rules.force and not conflict and not recheck:
             row.outcome, row.archive_keys = Outcome.ALREADY_ARCHIVED, needed
             continue
+        if not rules.force and resolved.get((rules.source, entry.name)) == entry.size:
+            # A conflict a person resolved (ibreports conflicts resolve): the same delivery is settled.
+            _set(row, Outcome.ALREADY_ARCHIVED, Reason.CONFLICT, "a resolved conflict: see `ibreports conflicts list --all`")
+            continue
         if rules.listing and _settling(now - _finite(entry.mtime), rules.settle_seconds):
             _set(row, Outcome.WAITING, Reason.SETTLING,
                  f"modified {int(now - entry.mtime)} s ago; fetched once it is {rules.settle_seconds} s old")
             continue
-        result.items.append(Item(len(result.items), entry, st, row, okey, skey, conflict, recheck))
+        result.items.append(Item(len(result.items), entry, st, row, okey, skey, conflict, recheck,
+                                 against if conflict else ""))
     return result
 
 

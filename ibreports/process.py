@@ -16,6 +16,7 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+from . import conflicts
 from .config import SourceConfig
 from .errors import (
     ArchiveConfigError,
@@ -78,7 +79,8 @@ class Worker:
                 "original-sha256": out.sha256,
             }
             if item.conflict:
-                self.keep_conflict(item=item, path=delivered, why=item.conflict, meta=meta)
+                self.keep_conflict(item=item, path=delivered, why=item.conflict, meta=meta,
+                                   statement=self._decrypted_copy(delivered, plain))
                 return
             if is_openpgp(delivered):
                 wrote = self.encrypted(item=item, path=delivered, plain=plain, meta=meta)
@@ -136,11 +138,19 @@ class Worker:
     # -- branches -----------------------------------------------------------------------------
 
     def encrypted(self, *, item: Item, path: Path, plain: Path, meta: dict[str, str]) -> bool | None:
-        """An OpenPGP delivery: keep the original (when configured), decrypt strictly, archive the statement."""
+        """An OpenPGP delivery: keep the original (when configured), decrypt strictly, archive the statement.
+
+        When the archive holds the statement or this original already (another source, a redelivery,
+        something planted at the key), nothing is stored before the content is compared: a delivery
+        that contradicts the archive goes to quarantine, never in as the encrypted original."""
         out, run = item.outcome, self.run
+        keep = run.config.archive.keep_encrypted
+        held = run.snapshot()
+        if item.statement_key in held or (keep and item.original_key in held):
+            return self._compare_first(item=item, path=path, plain=plain, meta=meta, keep=keep)
         original: Future | None = None
         wrote_original = False
-        if run.config.archive.keep_encrypted:
+        if keep:
             # Big files: archive the original (I/O, fsync) while gpg decrypts (CPU).
             kwargs = dict(out=out, key=item.original_key, path=path, sha256=out.sha256, meta=dict(meta),
                           private=False, verify=self.force or self.source.delete_after_archive)
@@ -156,20 +166,48 @@ class Worker:
         finally:
             if original is not None:
                 wrote_original = original.result()  # an archive failure outranks a decryption failure
+        # (Another run may archive other content at the statement key meanwhile: then the original
+        # above is in, and the conflict below is recorded and stays open until a person resolves it.)
         wrote = self.statement(item=item, path=plain, sha256=None, meta=meta, evidence=path)
         if wrote is None:
             return None
         # The statement was archived before (keep_encrypted turned on later): the original completes it.
         return wrote or (wrote_original and item.statement_key in run.inventory)
 
+    def _compare_first(self, *, item: Item, path: Path, plain: Path, meta: dict[str, str], keep: bool) -> bool | None:
+        """Decrypt, compare with what the archive holds, and only then store (see ``encrypted``)."""
+        out = item.outcome
+        decrypted = self.run.decryptor().decrypt(path, plain)  # a failure stores nothing: the server keeps it
+        meta["pgp-key"], meta["pgp-signature"] = decrypted.key, decrypted.signature
+        out.signature = decrypted.signature
+        wrote = self.statement(item=item, path=plain, sha256=None, meta=meta, evidence=path)
+        if wrote is None or not keep:
+            return wrote
+        wrote_original = self._put(item.original_key, path, out.sha256, dict(meta), private=False)
+        out.archive_keys.append(item.original_key)
+        if not wrote_original:
+            archived = self._archived_sha256(item.original_key)
+            if archived != out.sha256:
+                why = (f"the archived original {item.original_key} has SHA-256 {archived[:16]}..., "
+                       f"this delivery's {out.sha256[:16]}...")
+                self.keep_conflict(item=item, path=path, why=why, meta=meta, against=item.original_key,
+                                   archived=archived)
+                return None
+            self.run.confirmed(item.original_key, archived)
+        return wrote or wrote_original
+
     def plain(self, *, item: Item, path: Path, meta: dict[str, str]) -> bool | None:
         """An unencrypted delivery (allowed for this source): archived as it is."""
         return self.statement(item=item, path=path, sha256=item.outcome.sha256, meta=meta, evidence=path)
 
     def not_pgp(self, *, item: Item, path: Path, meta: dict[str, str]) -> None:
-        """Named as encrypted but not OpenPGP: keep the evidence, refuse to call it a statement."""
-        self.store(out=item.outcome, key=item.original_key, path=path, sha256=item.outcome.sha256, meta=meta,
-                   private=False, verify=self.force)
+        """Named as encrypted but not OpenPGP: keep the evidence, refuse to call it a statement.
+
+        When the statement is archived already (another source), the evidence is not stored as this
+        source's original: that would make the statement look complete for it. It stays on the server."""
+        if item.statement_key not in self.run.snapshot():
+            self.store(out=item.outcome, key=item.original_key, path=path, sha256=item.outcome.sha256, meta=meta,
+                       private=False, verify=self.force)
         raise DecryptionError(
             "Named as encrypted but the content is not an OpenPGP message "
             + ("(empty file)." if item.entry.size == 0 else "(corrupted or truncated)."),
@@ -186,22 +224,65 @@ class Worker:
             return True
         archived, ours = self._archived_sha256(item.statement_key), sha256 or sha256_file(path)
         if archived == ours:
+            self.run.confirmed(item.statement_key, archived)
             return False
         why = f"the archived statement {item.statement_key} has SHA-256 {archived[:16]}..., this delivery's {ours[:16]}..."
-        self.keep_conflict(item=item, path=evidence, why=why, meta=meta)
+        self.keep_conflict(item=item, path=evidence, why=why, meta=meta, against=item.statement_key, archived=archived,
+                           statement=path if path != evidence else None)
         return None
 
-    def keep_conflict(self, *, item: Item, path: Path, why: str, meta: dict[str, str]) -> None:
-        """Keep the delivery aside under ``conflicts/`` and fail it: a person decides which is right."""
-        out = item.outcome
-        key = conflict_key(self.source.name, item.statement, out.sha256 or sha256_file(path))
-        self._put(key, path, out.sha256 or None, {**meta, "conflict": why[:200]}, private=True)
+    def keep_conflict(self, *, item: Item, path: Path, why: str, meta: dict[str, str], against: str = "",
+                      archived: str = "", statement: Path | None = None) -> None:
+        """Keep the delivery apart under ``conflicts/`` with a conflict record, and fail it: the conflict
+        stays open (every run exits 1) until a person resolves it (``ibreports conflicts resolve``)."""
+        out, run = item.outcome, self.run
+        delivered = out.sha256 or sha256_file(path)
+        key = conflict_key(self.source.name, item.statement, delivered)
+        against = against or item.conflict_with or item.statement_key
+        kept = {key: delivered}
+        self._put(key, path, delivered, {**meta, "conflict": why[:200]}, private=True)
         out.archive_keys.append(key)
-        kept = "; the server's copy was not deleted" if self.source.delete_after_archive else ""
+        if statement is not None:  # the decrypted statement, ready should a person choose it
+            kept[key + conflicts.STATEMENT] = self._put_hashed(key + conflicts.STATEMENT, statement, meta)
+            out.archive_keys.append(key + conflicts.STATEMENT)
+        record = conflicts.record_key(key)
+        held = run.snapshot()
+        if conflicts.resolution_key(record) in held:  # a person settled this very delivery already
+            self._set(out, Outcome.ALREADY_ARCHIVED, Reason.CONFLICT,
+                      f"a resolved conflict ({conflicts.conflict_id(record)}): see `ibreports conflicts list --all`")
+            return
+        if record not in held:
+            data = conflicts.new_record(
+                quarantine=key, source=self.source.name, remote_name=item.entry.name,
+                statement_date=item.statement.statement_date.isoformat(), run_id=run.report.run_id, key=against,
+                archived_sha256=archived or self._archived_sha256(against), delivered_sha256=delivered, why=why,
+                kept=kept)
+            assert run.staging is not None
+            if written := conflicts.write_once(run.archive, record, data, run.staging):
+                run.archived(record, 0, written)
+        kept_note = "; the server's copy was not deleted" if self.source.delete_after_archive else ""
         self._set(out, Outcome.FAILED, Reason.CONFLICT,
-                  f"conflict: {why}; the archived copy was not replaced and this delivery is kept as {key}{kept}. "
-                  "Compare both and keep the right one (ask IBKR if unsure).")
+                  f"conflict: {why}; the archived copy was not replaced and this delivery is kept apart as {key}"
+                  f"{kept_note}. It stays open (exit 1) until resolved: `ibreports conflicts list`, then "
+                  f"`ibreports conflicts resolve {conflicts.conflict_id(record)} --keep archived|new --reason TEXT` "
+                  "(ask IBKR if unsure).")
         log.error("%s: %s: %s", self.source.name, item.entry.name, out.reason)
+
+    def _decrypted_copy(self, path: Path, plain: Path) -> Path | None:
+        """The statement inside a conflicting encrypted delivery, kept beside it for a person to compare."""
+        if not is_openpgp(path):
+            return None
+        try:
+            self.run.decryptor().decrypt(path, plain)
+        except DecryptionError as exc:
+            log.warning("%s: a conflicting delivery could not be decrypted (%s); kept as delivered", self.source.name, exc)
+            return None
+        return plain
+
+    def _put_hashed(self, key: str, path: Path, meta: dict[str, str]) -> str:
+        sha256 = sha256_file(path)
+        self._put(key, path, sha256, meta, private=True)
+        return sha256
 
     # -- I/O with bounded retries ------------------------------------------------------------
 
@@ -244,7 +325,10 @@ class Worker:
         out.archive_keys.append(key)
         if written or not verify:
             return written
-        if self._archived_sha256(key) != (sha256 or sha256_file(path)):
+        archived = self._archived_sha256(key)
+        if archived == (sha256 or sha256_file(path)):
+            self.run.confirmed(key, archived)
+        else:
             raise ArchiveError(
                 f"The archived {key} differs from the file on the server (SHA-256 mismatch); "
                 "nothing was rewritten and the server's copy was not deleted.",
@@ -255,13 +339,14 @@ class Worker:
     def _put(self, key: str, path: Path, sha256: str | None, meta: dict[str, str], private: bool) -> bool:
         """archive.put, tried again while the store is unreachable (within the reconnect window)."""
         size = path.stat().st_size
+        sha256 = sha256 or sha256_file(path)  # the ledger (the run record) keeps what was written
         attempt = 0
         while True:
             try:
                 written = self.run.archive.put(key, path, sha256, meta, private=private)
                 self.store_outage.ok()
                 if written:
-                    self.run.archived(key, size)
+                    self.run.archived(key, size, sha256)
                 return written
             except ArchiveUnreachable as exc:
                 attempt += 1

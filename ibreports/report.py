@@ -90,6 +90,9 @@ class RunReport:
     already_archived: int = 0  # in run records, which list only the files a run acted on
     notes: list[str] = field(default_factory=list)  # run-level warnings worth repeating (plain FTP, ...)
     origin: dict[str, str] = field(default_factory=dict)  # who ran it: e.g. the Prefect flow run's id and URL
+    # The ledger: archive key -> SHA-256 of every object this run wrote (or compared and found equal).
+    written: dict[str, str] = field(default_factory=dict)
+    open_conflicts: list[str] = field(default_factory=list)  # ids of conflicts open after the run (exit 1)
 
     def count(self, outcome: str) -> int:
         return sum(1 for f in self.files if f.outcome == outcome)
@@ -119,7 +122,7 @@ class RunReport:
         source was misconfigured, 1 when files failed or are at risk, else 0."""
         if self.source_errors:
             return max(_source_exit_code(self.source_error_types.get(s, "")) for s in self.source_errors)
-        return 1 if self.failed or self.at_risk else 0
+        return 1 if self.failed or self.at_risk or self.open_conflicts else 0
 
     @property
     def bytes_archived(self) -> int:
@@ -138,6 +141,8 @@ class RunReport:
             parts.append(f"{deleted} deleted from the server")
         if self.at_risk:
             parts.append(f"{len(self.at_risk)} at risk of purge")
+        if self.open_conflicts:
+            parts.append(f"{len(self.open_conflicts)} open conflict(s) (ibreports conflicts list)")
         # Each error class names its own kind of failure: "misconfigured", "unreachable",
         # "login refused", "certificate refused", ... (errors.py, ``summary``).
         labels: dict[str, int] = {}

@@ -93,10 +93,19 @@ class RunState:
         with self._lock:
             return dict(self.inventory)
 
-    def archived(self, key: str, size: int) -> None:
-        """A key this run wrote: the next source's plan sees it (twins across sources)."""
+    def archived(self, key: str, size: int, sha256: str = "") -> None:
+        """A key this run wrote: the next source's plan sees it (twins across sources), and the run
+        record keeps its SHA-256 (the ledger ``verify`` checks the archive against)."""
         with self._lock:
             self.inventory[key] = ObjectInfo(key, size)
+            if sha256:
+                self.report.written[key] = sha256
+
+    def confirmed(self, key: str, sha256: str) -> None:
+        """An archived object this run compared with a fresh delivery and found equal: recorded too
+        (``fetch --force`` thus records objects archived before the ledger, or by a killed run)."""
+        with self._lock:
+            self.report.written.setdefault(key, sha256)
 
     def decryptor(self) -> Decryptor:
         with self._lock:

@@ -10,9 +10,11 @@ JSON schema (``ibreports status --json``), stable::
                 "statement_date": "YYYY-MM-DD", "age_days": int, "days_left": int,
                 "archived": bool, "at_risk": bool,
                 "last_outcome": str | null, "last_reason": str | null}],
-     "errors": {source: "cause and remedy"}}
+     "errors": {source: "cause and remedy"},
+     "conflicts": [{"id": str, "source": str, "remote_name": str, "key": str, ...}]}
 
-``files`` is sorted by days left (soonest purge first), then source and name.
+``conflicts`` lists the open conflicts (as ``ibreports conflicts list --json`` does): while one is
+open, status exits 1. ``files`` is sorted by days left (soonest purge first), then source and name.
 ``last_outcome``/``last_reason``: for a file not archived, what the latest run record that
 covered its source says happened to it (``failed``, ``rejected``, ``waiting``), else null.
 Sources without a file listing (the Flex Web Service) make statements when asked: nothing
@@ -31,6 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from . import statements
 from .archive import Archive, open_archive
+from .conflicts import list_conflicts, open_deliveries, resolved_deliveries
 from .config import Config, SourceConfig
 from .errors import IbreportsError
 from .remote import RemoteFile, open_remote
@@ -66,6 +69,7 @@ class StatusReport:
     errors: dict[str, str] = field(default_factory=dict)  # source -> one-line cause and remedy
     error_codes: dict[str, int] = field(default_factory=dict)  # source -> exit code of its error
     on_demand: list[str] = field(default_factory=list)  # sources without a listing: nothing to purge
+    conflicts: list[dict] = field(default_factory=list)  # open conflicts (ibreports conflicts list)
 
     @property
     def at_risk(self) -> list[StatusRow]:
@@ -73,10 +77,11 @@ class StatusReport:
 
     @property
     def exit_code(self) -> int:
-        """3 when a source could not be reached (2 for a configuration problem), 1 at risk, else 0."""
+        """3 when a source could not be reached (2 for a configuration problem), 1 at risk or an open
+        conflict, else 0."""
         if self.errors:
             return max(self.error_codes.values(), default=3)
-        return 1 if self.at_risk else 0
+        return 1 if self.at_risk or self.conflicts else 0
 
     def to_dict(self) -> dict:
         """The documented JSON schema (module docstring)."""
@@ -86,6 +91,7 @@ class StatusReport:
             "warn_days": self.warn_days,
             "files": [asdict(r) for r in self.files],
             "errors": dict(self.errors),
+            "conflicts": list(self.conflicts),
         }
 
 
@@ -102,6 +108,9 @@ def collect_status(config: Config, sources: list[str] | None = None, now: float 
     archive = open_archive(config.archive)
     inventory = archive.inventory()
     last = last_outcomes(archive, inventory, [s.name for s in selected])
+    report.conflicts = [c.to_dict() for c in list_conflicts(archive, inventory)]
+    resolved = resolved_deliveries(inventory)
+    contested = open_deliveries(inventory)
     for source in selected:
         if not kind_of(source).capabilities.listing:
             report.on_demand.append(source.name)
@@ -118,7 +127,7 @@ def collect_status(config: Config, sources: list[str] | None = None, now: float 
             report.error_codes[source.name] = 1  # as fetch counts it: a failure of ours, not an unreachable server
             continue
         for rf in listing:
-            row = _row(config, source.name, rf, inventory, now)
+            row = _row(config, source.name, rf, inventory, now, resolved, contested)
             if not row.archived and (source.name, rf.name) in last:
                 row.last_outcome, row.last_reason = last[(source.name, rf.name)]
             report.files.append(row)
@@ -165,7 +174,8 @@ def _list(source: SourceConfig) -> list[RemoteFile]:
         return remote.list()
 
 
-def _row(config: Config, source: str, rf: RemoteFile, inventory: dict, now: float) -> StatusRow:
+def _row(config: Config, source: str, rf: RemoteFile, inventory: dict, now: float,
+         resolved: dict | None = None, contested: set | None = None) -> StatusRow:
     days_left = statements.days_left(rf.mtime, config.retention.purge_days, now)
     st = statements.parse(rf.name, rf.mtime) if rf.name and rf.name.isprintable() else None
     try:
@@ -174,6 +184,9 @@ def _row(config: Config, source: str, rf: RemoteFile, inventory: dict, now: floa
         archived = False  # a hostile name is never downloaded: at risk like any other file
     else:
         archived = st is not None and all(k in inventory for k in statements.needed_keys(source, st, config.archive.keep_encrypted))
+        # A delivery whose conflict a person resolved is settled (the same bytes, kept in conflicts/).
+        archived = archived or (resolved or {}).get((source, rf.name)) == rf.size
+        archived = archived and (source, rf.name) not in (contested or set())  # an open conflict: not yet
     when = st.statement_date if st else datetime.fromtimestamp(rf.mtime, timezone.utc).date()
     return StatusRow(
         source=source,
@@ -211,6 +224,9 @@ def format_table(report: StatusReport) -> str:
             f"! {len(risky)} file(s) not archived within {report.warn_days} day(s) of the purge: "
             "run `ibreports fetch` now."
         )
+    for c in report.conflicts:
+        lines.append(f"! CONFLICT {c['id']}: {c.get('source')}/{c.get('remote_name')} contradicts {c.get('key')} "
+                     "(open: `ibreports conflicts list`, then `ibreports conflicts resolve`)")
     archived = sum(r.archived for r in report.files)
     lines.append(f"{len(report.files)} file(s) on the server, {archived} archived, {len(risky)} at risk.")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from ibreports.config import ArchiveConfig
 from ibreports.coverage import compute, new_gaps, previous_run, remote_ranges
 from ibreports.statements import parse, statement_key
 
-TOP = {"generated", "calendar", "grace_days", "since", "until", "kinds", "unsorted", "sources", "gaps"}
+TOP = {"generated", "calendar", "grace_days", "since", "until", "kinds", "unsorted", "sources", "gaps", "conflicts"}
 KIND = {"account", "query", "cadence", "first", "last", "count", "gaps"}
 GAP = {"from", "to", "business_days", "status", "files"}
 

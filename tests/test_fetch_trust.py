@@ -85,7 +85,7 @@ def test_different_plain_content_for_an_archived_statement_is_a_conflict(tmp_pat
     out = capsys.readouterr().out
     assert "conflict" in out and "was not replaced" in out
     assert (root / STATEMENT).read_bytes() == GENUINE  # never replaced
-    [kept] = list((root / "conflicts" / "ibkr-sftp").rglob(f"{NAME}.*"))
+    [kept] = [p for p in (root / "conflicts" / "ibkr-sftp").rglob(f"{NAME}.*") if p.suffix != ".json"]
     assert kept.read_bytes() == FORGED + b"<!-- longer -->"  # both originals kept
     [row] = [f for f in last_record(root, out)["files"] if f["name"] == NAME]
     assert (row["outcome"], row["code"]) == ("failed", "conflict")
@@ -105,8 +105,9 @@ def test_a_verified_statement_never_replaces_a_different_archived_one(tmp_path, 
     assert main(["--config", str(cfg), "fetch"]) == 1
     assert "conflict: the archived statement" in capsys.readouterr().out
     assert (root / STATEMENT).read_bytes() == FORGED  # a person decides; nothing silently replaced
-    assert list((root / "conflicts" / "ibkr-sftp").rglob(f"{NAME}.pgp.*"))
-    assert (root / f"encrypted/ibkr-sftp/2026/11/{NAME}.pgp").exists()
+    assert list((root / "conflicts" / "ibkr-sftp").rglob(f"{NAME}.pgp.*.statement"))  # the genuine one, decrypted
+    # The delivery is kept apart, never as the encrypted original of the statement it contradicts.
+    assert not (root / f"encrypted/ibkr-sftp/2026/11/{NAME}.pgp").exists()
 
 
 def test_a_missing_bucket_is_a_configuration_error(tmp_path, sftp, pgp_key, s3_server, capsys):

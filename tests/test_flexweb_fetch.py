@@ -51,7 +51,9 @@ def test_different_content_for_an_archived_statement_is_a_conflict(flex, capsys)
     assert "conflict" in out
     after = archived_files(archive)
     assert {k: v for k, v in after.items() if k.startswith("statements/")} == before  # never replaced
-    assert sum(k.startswith("conflicts/") for k in after) == 2  # kept aside for a person to look at
+    kept = [k for k in after if k.startswith("conflicts/")]
+    assert sum(not k.endswith(".conflict.json") for k in kept) == 2  # kept aside for a person to look at
+    assert sum(k.endswith(".conflict.json") for k in kept) == 2  # each recorded: open until resolved
 
 
 def test_fetch_since_until_fills_only_the_missing_weekdays(flex):

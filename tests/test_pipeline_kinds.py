@@ -111,7 +111,8 @@ def test_on_demand_content_that_differs_from_the_archive_is_a_conflict(tmp_path,
     [row] = [f for f in report.files if f.name == NAME]
     assert (row.outcome, row.code) == ("failed", "conflict") and report.exit_code == 1
     assert (tmp_path / "archive" / STATEMENT).read_bytes() == b"<FlexQueryResponse>day one</FlexQueryResponse>\n"
-    [kept] = (tmp_path / "archive" / "conflicts" / "flex").rglob(f"{NAME}.*")
+    [kept] = [p for p in (tmp_path / "archive" / "conflicts" / "flex").rglob(f"{NAME}.*") if p.suffix != ".json"]
+    assert (kept.parent / (kept.name + ".conflict.json")).exists()  # the conflict is recorded: open until resolved
     assert kept.read_bytes() == changed and kept.name.endswith(hashlib.sha256(changed).hexdigest()[:16])
 
 

@@ -116,6 +116,20 @@ def test_plain_delivery_of_an_archived_statement_with_other_content_is_a_conflic
     assert outcome_of(same, NAME).outcome == Outcome.ALREADY_ARCHIVED and same.items == []
 
 
+def test_an_open_conflict_keeps_a_file_unarchived_and_a_resolved_one_settles_the_same_delivery():
+    quarantine = f"conflicts/src/2026/11/{NAME}.pgp.0123456789abcdef"
+    held = inv((SKEY, 30), (OKEY, 10), (quarantine, 11), (quarantine + ".conflict.json", 500))
+    entry = Entry(NAME + ".pgp", 11, NOW - DAY)
+    result = plan([entry], held, rules(), NOW)
+    assert fetched(result) == [NAME + ".pgp"]  # compared again on every run while the conflict is open
+    assert plan([entry], held, rules(source="other", keep_encrypted=False), NOW).items == []  # not its conflict
+    resolved = {**held, **inv((quarantine + ".resolution.json", 300))}
+    row = outcome_of(plan([entry], resolved, rules(), NOW), NAME + ".pgp")
+    assert (row.outcome, row.code) == (Outcome.ALREADY_ARCHIVED, Reason.CONFLICT)
+    other = plan([Entry(NAME + ".pgp", 12, NOW - DAY)], resolved, rules(), NOW)
+    assert fetched(other) == [NAME + ".pgp"]  # other bytes than the settled delivery: looked at again
+
+
 def test_encrypted_delivery_whose_archived_original_differs_is_a_conflict():
     result = plan([Entry(NAME + ".pgp", 11, NOW - DAY)], inv((SKEY, 30), (OKEY, 10)), rules(), NOW)
     assert fetched(result) == [NAME + ".pgp"] and OKEY in result.items[0].conflict

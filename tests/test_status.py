@@ -22,7 +22,7 @@ from tests.fixtures.sshd import free_port
 DAY = 86400
 ROW_KEYS = {"source", "name", "account", "statement_date", "age_days", "days_left", "archived", "at_risk",
             "last_outcome", "last_reason"}
-TOP_KEYS = {"generated", "purge_days", "warn_days", "files", "errors"}
+TOP_KEYS = {"generated", "purge_days", "warn_days", "files", "errors", "conflicts"}
 XML = b'<FlexQueryResponse queryName="DailyActivity" type="AF"><FlexStatements count="0"/></FlexQueryResponse>\n'
 
 

@@ -15,6 +15,7 @@ import pytest
 from ibreports.archive import open_archive
 from ibreports.archive.local import SHA256_XATTR
 from ibreports.cli import main
+from ibreports.config import load_config
 from ibreports.report import FileOutcome, RunReport
 from tests.fixtures.s3 import s3_test_client
 
@@ -54,15 +55,14 @@ def archived(request, tmp_path):
         def corrupt(key: str, data: bytes) -> None:
             old = client.head_object(Bucket=bucket, Key=f"ib/{key}")["Metadata"]
             client.put_object(Bucket=bucket, Key=f"ib/{key}", Body=data, Metadata=old)  # what bit rot or tampering leaves
-    from ibreports.config import load_config
-
     archive = open_archive(load_config(config).archive)
     for key, data in KEYS.items():
         staged = tmp_path / "staged"
         staged.write_bytes(data)
         assert archive.put(key, staged, None, {"source": "ibkr-sftp"}, private=key.startswith("statements/"))
         staged.unlink()
-    report = RunReport(run_id="20261104T063000Z-abcdef", started="2026-11-04T06:30:00+00:00")
+    report = RunReport(run_id="20261104T063000Z-abcdef", started="2026-11-04T06:30:00+00:00",
+                       written={k: hashlib.sha256(v).hexdigest() for k, v in {**KEYS, GONE: b"gone"}.items()})
     for key in [*KEYS, GONE]:
         report.files.append(FileOutcome("ibkr-sftp", key.rsplit("/", 1)[-1], 1, 0.0, "U1234567", "2026-11-02",
                                         "archived", archive_keys=[key]))
@@ -99,16 +99,23 @@ def test_changed_content_is_a_mismatch_and_since_limits_the_check(archived, caps
     rc = main(["--config", str(config), "verify"])
     out = capsys.readouterr().out
     assert rc == 1 and f"MISMATCH {november}" in out and f"MISSING  {GONE}" in out
-    assert "3 object(s), " in out and "1 ok, 2 mismatch, 1 missing" in out
+    assert "3 object(s), " in out and "1 ok, 2 mismatch, 0 replaced, 0 unrecorded, 0 planted, 1 missing" in out
 
 
-def test_objects_without_a_recorded_checksum_are_unrecorded_not_failures(tmp_path, capsys):
+def test_an_object_no_record_knows_is_planted_and_a_lost_attribute_is_unrecorded(tmp_path, capsys):
     root = tmp_path / "archive"
     config = write_config(tmp_path, f'[archive]\nurl = "{root}"\n')
     (root / "statements/U1/2026/11").mkdir(parents=True)
-    (root / "statements/U1/2026/11/copied.xml").write_bytes(STATEMENT)  # e.g. copied in without xattrs
+    (root / "statements/U1/2026/11/copied.xml").write_bytes(STATEMENT)  # e.g. copied in by hand
     rc, doc = run_verify(config, capsys)
-    assert rc == 0 and doc["unrecorded"] == ["statements/U1/2026/11/copied.xml"] and doc["ok"] == 0
+    assert rc == 1 and doc["planted"] == ["statements/U1/2026/11/copied.xml"] and doc["ok"] == 0
+    # An old run record (before the ledger) names the key without a hash: its attribute is what counts.
+    report = RunReport(run_id="20261104T063000Z-000001", started="2026-11-04T06:30:00+00:00")
+    report.files.append(FileOutcome("s", "copied.xml", 1, 0.0, "U1", "2026-11-02", "archived",
+                                    archive_keys=["statements/U1/2026/11/copied.xml"]))
+    open_archive(load_config(config).archive).put_bytes("runs/2026/11/20261104T063000Z-000001.json", report.to_record())
+    rc, doc = run_verify(config, capsys)
+    assert rc == 1 and doc["unrecorded"] == ["statements/U1/2026/11/copied.xml"] and doc["planted"] == []
     os.setxattr(root / "statements/U1/2026/11/copied.xml", SHA256_XATTR, hashlib.sha256(STATEMENT).hexdigest().encode())
     rc, doc = run_verify(config, capsys)
     assert rc == 0 and doc["ok"] == 1
@@ -130,6 +137,12 @@ def test_s3_objects_from_before_the_metadata_verify_by_their_stored_checksum(s3_
         parts.append({"PartNumber": number, "ETag": reply["ETag"], "ChecksumSHA256": reply["ChecksumSHA256"]})
     client.complete_multipart_upload(Bucket=s3_bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
     rc, doc = run_verify(config, capsys)
+    assert rc == 1 and doc["planted"] == [key, "statements/U1/2026/11/single.xml"]  # no record knows them
+    report = RunReport(run_id="20261104T063000Z-000001", started="2026-11-04T06:30:00+00:00")  # before the ledger
+    report.files.append(FileOutcome("s", "x", 1, 0.0, "U1", "2026-11-02", "archived",
+                                    archive_keys=["statements/U1/2026/11/single.xml", key]))
+    client.put_object(Bucket=s3_bucket, Key="runs/2026/11/20261104T063000Z-000001.json", Body=report.to_record())
+    rc, doc = run_verify(config, capsys)
     assert rc == 0 and doc["ok"] == 2 and doc["unrecorded"] == [] and doc["mismatch"] == []
 
 
@@ -146,3 +159,19 @@ def test_an_unreachable_archive_endpoint_exits_3_as_the_help_says(command, s3_se
     assert "Could not reach the S3 endpoint" in capsys.readouterr().err
     assert main([command, "--help"]) == 0
     assert "3 archive endpoint unreachable" in capsys.readouterr().out
+
+
+def test_a_delivery_kept_apart_before_conflict_records_is_known_by_its_run_record(tmp_path, capsys):
+    root = tmp_path / "archive"
+    config = write_config(tmp_path, f'[archive]\nurl = "{root}"\n')
+    archive = open_archive(load_config(config).archive)
+    kept = "conflicts/ibkr-sftp/2026/11/U1.DailyActivity.20261102.20261102.xml.pgp.0123456789abcdef"
+    staged = tmp_path / "staged"
+    staged.write_bytes(b"-----BEGIN PGP MESSAGE-----\nother\n")
+    assert archive.put(kept, staged, None, {})
+    report = RunReport(run_id="20261104T063000Z-000002", started="2026-11-04T06:30:00+00:00")  # no `written`
+    report.files.append(FileOutcome("ibkr-sftp", "U1.DailyActivity.20261102.20261102.xml.pgp", 1, 0.0, "U1",
+                                    "2026-11-02", "failed", code="conflict", archive_keys=[kept]))
+    archive.put_bytes("runs/2026/11/20261104T063000Z-000002.json", report.to_record())
+    rc, doc = run_verify(config, capsys)
+    assert rc == 0 and doc["ok"] == 1 and doc["planted"] == [] and doc["conflicts"] == []  # no record: not open

@@ -47,6 +47,7 @@ class LocalArchive:
     def __init__(self, config: ArchiveConfig) -> None:
         self.root = Path(config.url)
         self.description = str(self.root)
+        self.not_counted: dict[str, str] = {}  # key -> why the last inventory left it out
         if self.root.exists() and not self.root.is_dir():
             raise ArchiveConfigError(f"The archive path {self.root} is not a folder.", "Fix archive.url.")
         try:
@@ -62,7 +63,7 @@ class LocalArchive:
         if start and (top.is_symlink() or not top.is_dir()):
             return found
         stack = [(top, start + "/" if start else "")]
-        me, foreign = os.geteuid(), []
+        me, foreign, links = os.geteuid(), [], []
         try:
             while stack:
                 folder, prefix = stack.pop()
@@ -73,6 +74,7 @@ class LocalArchive:
                             continue
                         key = prefix + entry.name
                         if entry.is_symlink():
+                            links.append(key)
                             continue  # never followed, never counted
                         info = entry.stat(follow_symlinks=False)
                         if info.st_uid != me:  # planted by another local user: not ours to trust
@@ -83,6 +85,8 @@ class LocalArchive:
                             found[key] = ObjectInfo(key, info.st_size)
         except OSError as exc:
             raise _error(exc, f"list the archive folder {self.root}") from None
+        self.not_counted = {**{k: "is a symbolic link" for k in links},
+                            **{k: "belongs to another user" for k in foreign}}  # verify names them
         if foreign:
             log.warning("%d item(s) in the archive folder %s belong to another user and are not counted as "
                         "archived (they may have been planted): %s", len(foreign), self.root,

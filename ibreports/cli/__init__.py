@@ -17,7 +17,7 @@ from typing import Callable
 from .. import __version__
 from ..errors import IbreportsError
 
-COMMAND_MODULES = ("keys", "fetch", "ops", "diagnose", "ledger")
+COMMAND_MODULES = ("keys", "fetch", "ops", "diagnose", "ledger", "conflicts")
 # Runs flow retrieve-statements for the demo: (demo folder, config file) -> None.
 FlowRunner = Callable[[Path, Path], object]
 CONFIG_HELP = "config file (default: $IBREPORTS_CONFIG or ./ibreports.toml)"
@@ -30,10 +30,11 @@ GENERIC_EXIT_CODES = (
 )
 EXIT_CODES = {
     "fetch": "exit codes: 0 every file archived (or waiting), 1 some files failed or are at risk of purge\n"
-             "  (the rest were archived), 2 usage or configuration error (also a misconfigured source),\n"
-             "  3 a source could not be reached or refused the login or host key",
-    "status": "exit codes: 0 all well, 1 an unarchived file is within warn_days of the purge,\n"
-              "  2 configuration error, 3 a source could not be reached (the others are still listed)",
+             "  (the rest were archived), or a conflict is open, 2 usage or configuration error (also a\n"
+             "  misconfigured source), 3 a source could not be reached or refused the login or host key",
+    "status": "exit codes: 0 all well, 1 an unarchived file is within warn_days of the purge, or a\n"
+              "  conflict is open, 2 configuration error, 3 a source could not be reached (the others are\n"
+              "  still listed)",
     "doctor": "exit codes: 0 every check passed, 1 another check failed (archive, PGP sample),\n"
               "  2 a configuration or key problem, 3 a connection, login or host-key problem",
     "trust-host": "exit codes: 0 the key is recorded (or already was), 2 usage or configuration error\n"
@@ -44,10 +45,14 @@ EXIT_CODES = {
     "keys": "exit codes: 0 success, 2 a wrong passphrase, a damaged, missing or unreadable bundle, keys that\n"
             "  differ (restore without --force), or another usage error; with s3://, a store that refuses\n"
             "  the request or cannot be reached exits as the archive does (1, 2 or 3)",
-    "coverage": "exit codes: 0 no gap, 1 a gap exists (older than [coverage] grace_days),\n"
-                "  2 configuration error, 3 archive endpoint unreachable",
-    "verify": "exit codes: 0 every archived object matches its recorded SHA-256, 1 a mismatch, missing or\n"
-              "  unreadable object, 2 configuration error, 3 archive endpoint unreachable",
+    "coverage": "exit codes: 0 no gap, 1 a gap exists (older than [coverage] grace_days) or a conflict\n"
+                "  is open, 2 configuration error, 3 archive endpoint unreachable",
+    "verify": "exit codes: 0 every archived object matches the ledger and no conflict is open, 1 a changed,\n"
+              "  replaced, planted, missing, unrecorded or unreadable object, or an open conflict,\n"
+              "  2 configuration error, 3 archive endpoint unreachable",
+    "conflicts": "exit codes: 0 no open conflict (list) or the resolution is recorded (resolve), 1 an open\n"
+                 "  conflict (list), 2 usage or configuration error (an unknown or resolved id), 3 archive\n"
+                 "  endpoint unreachable",
     "demo": "exit codes: 0 every demo statement archived, 1 a statement was not archived,\n"
             "  2 the folder is not the demo's (or another usage error)",
 }

@@ -111,5 +111,8 @@ def print_report(report: RunReport) -> None:
     for f in report.at_risk:
         where = " (outside --since/--until)" if f.outcome == OUT_OF_RANGE else ""
         print(f"AT RISK: {f.source}/{f.name}{where} is not archived and the server purges it in {f.days_left} day(s)")
+    for ident in report.open_conflicts[:MAX_ROWS]:
+        print(f"OPEN CONFLICT: {ident}: see `ibreports conflicts list`; resolve it with "
+              "`ibreports conflicts resolve ID --keep archived|new --reason TEXT`")
     prefix = "dry run: " if report.dry_run else ""
     print(f"{prefix}{report.summary_line()}" + (f"; run record: {report.record_key}" if report.record_key else ""))

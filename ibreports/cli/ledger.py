@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--offline", action="store_true", help="do not list the servers (gaps are then 'unknown')")
     p.set_defaults(handler=coverage)
 
-    p = sub.add_parser("verify", help="re-read archived statements and originals against their recorded SHA-256")
+    p = sub.add_parser("verify", help="re-read every archived object against the ledger the archive keeps")
     p.add_argument("--since", type=parse_date, help="only objects dated from (YYYY-MM-DD)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=verify)
@@ -33,10 +33,20 @@ def coverage(args: argparse.Namespace) -> int:
 
     if args.since and args.until and args.since > args.until:
         raise ConfigError(f"--since {args.since} is after --until {args.until}.", "Swap them.")
+    from ..archive import open_archive
+    from ..conflicts import open_summaries
+
     config = load_config(args.config)
-    report = collect_coverage(config, args.accounts, args.since, args.until, servers=not args.offline)
-    print(json.dumps(report.to_dict(), indent=1, sort_keys=True) if args.json else format_table(report))
-    return report.exit_code
+    keys = open_archive(config.archive).inventory()  # one listing: statements, and conflicts still open
+    report = collect_coverage(config, args.accounts, args.since, args.until, servers=not args.offline, keys=keys)
+    found = open_summaries(keys)  # durable: exit 1 while one is open
+    if args.json:
+        print(json.dumps({**report.to_dict(), "conflicts": found}, indent=1, sort_keys=True))
+    else:
+        print("\n".join([format_table(report), *(f"! CONFLICT {c['id']}: a delivery of {c['source']}/{c['remote_name']} "
+                                                 "contradicts the archive (open: `ibreports conflicts list`)"
+                                                 for c in found)]))
+    return max(report.exit_code, 1 if found else 0)
 
 
 def verify(args: argparse.Namespace) -> int:
