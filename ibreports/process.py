@@ -16,7 +16,9 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+from . import content
 from .config import SourceConfig
+from .content import ContentMismatch
 from .errors import (
     ArchiveConfigError,
     ArchiveError,
@@ -113,6 +115,8 @@ class Worker:
             self._fail(item, getattr(exc, "reason", "") or Reason.DECRYPTION, exc)
         except ArchiveError as exc:
             self._fail(item, Reason.ARCHIVE, exc)
+        except ContentMismatch as exc:
+            self._fail(item, Reason.MISMATCH, exc)
         except IbreportsError as exc:
             self._fail(item, Reason.ERROR, exc)
         except OSError as exc:  # e.g. a full disk under staging: this file fails, nothing is lost
@@ -174,6 +178,7 @@ class Worker:
                   evidence: Path) -> bool | None:
         """Archive the statement; an archived one with other content is a conflict (None), never replaced."""
         out = item.outcome
+        content.check(path, item.statement)  # another account or period inside: never filed under this name
         written = self._put(item.statement_key, path, sha256, meta, private=True)
         out.archive_keys.append(item.statement_key)
         if written:

@@ -16,8 +16,8 @@ from ibreports.coverage import compute, new_gaps, previous_run, remote_ranges
 from ibreports.statements import parse, statement_key
 
 TOP = {"generated", "calendar", "grace_days", "since", "until", "kinds", "unsorted", "sources", "gaps"}
-KIND = {"account", "query", "cadence", "first", "last", "count", "gaps"}
-GAP = {"from", "to", "business_days", "status", "files"}
+KIND = {"account", "query", "cadence", "first", "last", "count", "gaps", "odd", "conflicts"}
+GAP = {"from", "to", "business_days", "status", "files", "days_left", "refused"}
 
 
 def key(name: str) -> str:
@@ -54,9 +54,19 @@ def test_trailing_days_are_gaps_only_after_the_grace_period():
     assert relaxed.gaps == [] and relaxed.exit_code == 0
 
 
-def test_a_single_period_has_no_cadence_yet_so_no_gaps():
-    report = compute([key(daily("U1234567", date(2026, 10, 1)))], {}, {"s": "ok"}, today=date(2026, 12, 7))
+def test_a_single_custom_period_has_no_cadence_yet_so_no_gaps():
+    report = compute([key("U1234567.Custom.20261001.20261009.xml")], {}, {"s": "ok"}, today=date(2026, 12, 7))
     assert [(k.cadence, k.count, k.gaps) for k in report.kinds] == [("single", 1, [])] and report.exit_code == 0
+
+
+def test_a_single_daily_or_monthly_statement_keeps_its_cadence():
+    # What is left after the others were deleted still says how often statements come.
+    day = compute([key(daily("U1234567", date(2026, 11, 30)))], {}, {"s": "ok"}, today=date(2026, 12, 7))
+    assert day.kinds[0].cadence == "daily"
+    assert [(g.start, g.end, g.business_days) for g in day.kinds[0].gaps] == [(date(2026, 12, 1), date(2026, 12, 3), 3)]
+    month = compute([key("F1234567.Monthly.20260901.20260930.xml")], {}, {"s": "ok"}, today=date(2026, 12, 7))
+    assert month.kinds[0].cadence == "monthly"
+    assert [(g.start, g.end) for g in month.kinds[0].gaps] == [(date(2026, 10, 1), date(2026, 11, 30))]
 
 
 def test_calendar_is_configurable():
@@ -244,4 +254,5 @@ def test_coverage_of_an_s3_archive_with_one_listing(s3_server, s3_bucket, tmp_pa
     doc = json.loads(capsys.readouterr().out)
     assert rc == 1 and doc["sources"] == {}
     assert [(g["from"], g["status"]) for g in doc["kinds"][0]["gaps"]] == [("2026-11-04", "unknown")]
-    assert requests == ["ListObjectsV2"]  # one page: no request per object
+    # One page of statements/ and one of conflicts/: no request per object (--offline: no run record read).
+    assert requests == ["ListObjectsV2", "ListObjectsV2"]

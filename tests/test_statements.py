@@ -168,7 +168,7 @@ def test_any_bytes_decoded_as_a_server_would(raw: bytes, mtime: float) -> None:
 @given(
     st.from_regex(r"[A-Z]{1,3}[0-9]{5,10}", fullmatch=True),
     st.from_regex(r"[A-Za-z0-9_-]{1,40}", fullmatch=True),
-    st.dates(date(1990, 1, 1), date(2100, 12, 31)),
+    st.dates(date(1990, 1, 1), date.today()),  # outside 1990..today + 1 year a name is refused
     st.sampled_from(["xml", "csv", "zip"]),
     st.sampled_from(["pgp", "gpg", "asc", None]),
 )
