@@ -74,6 +74,7 @@ class Gap:
     files: list[str] = field(default_factory=list)
     days_left: int | None = None  # the fewest days a server copy has before the purge
     refused: dict[str, tuple[str, str]] = field(default_factory=dict)  # "source/name" -> (code, reason)
+    units: list[tuple[date, date, int | None]] = field(default_factory=list, repr=False)  # per day/month: days left
 
     def to_dict(self) -> dict:
         return {"from": self.start.isoformat(), "to": self.end.isoformat(), "business_days": self.business_days,
@@ -346,6 +347,7 @@ def _merge(units: list[tuple[date, date]], remote: list[RemoteRange], listed: bo
         else:
             gap = Gap(start, end, 0, status, files, refused=refused)
             gaps.append(gap)
+        gap.units.append((start, end, min(lefts) if lefts else None))
         if lefts:
             gap.days_left = min(lefts + ([gap.days_left] if gap.days_left is not None else []))
         gap.business_days += days.count(start, end)

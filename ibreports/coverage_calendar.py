@@ -51,13 +51,14 @@ def _start(report: CoverageReport, kind: Kind) -> date:
 
 
 def day_state(report: CoverageReport, kind: Kind, day: date, days: BusinessDays, gaps: dict) -> str:
-    """The state of one day of a daily, ranges or single kind (``gaps``: day -> its gap)."""
+    """The state of one day of a daily, ranges or single kind (``gaps``: missing day -> days left before
+    the purge of its server copy, or None)."""
     if day < _start(report, kind) or day > _end(report, kind):
         return "none"
     if any(m.start <= day <= m.end for m in kind.conflicts):
         return "conflict"
     if day in gaps:
-        left = gaps[day].days_left
+        left = gaps[day]
         return "at-risk" if left is not None and left <= report.warn_days else "missing"
     if covers(kind.held, day, day):
         return "held"
@@ -69,14 +70,14 @@ def day_state(report: CoverageReport, kind: Kind, day: date, days: BusinessDays,
 
 
 def month_state(report: CoverageReport, kind: Kind, month: date, gaps: dict) -> str:
-    """The state of one month of a monthly kind (``gaps``: first day of a month -> its gap)."""
+    """The state of one month of a monthly kind (``gaps``: first day of a missing month -> days left, or None)."""
     end = month_end(month)
     if end < _start(report, kind) or month > _end(report, kind):
         return "none"
     if any(m.start <= end and m.end >= month for m in kind.conflicts):
         return "conflict"
     if month in gaps:
-        left = gaps[month].days_left
+        left = gaps[month]
         return "at-risk" if left is not None and left <= report.warn_days else "missing"
     if covers(kind.held, month, end):
         return "held"
@@ -87,22 +88,14 @@ def grid(report: CoverageReport, kind: Kind, days: BusinessDays, limit: int) -> 
     """Rows of (label, cells); a cell is (its date or None past a month's end, its state)."""
     start, end = _start(report, kind), max(_end(report, kind), _start(report, kind))
     if kind.cadence == "monthly":
-        gaps = {}
-        for gap in kind.gaps:
-            for month in _months(gap.start, gap.end, 1200):
-                gaps[month] = gap
+        gaps = {start: left for gap in kind.gaps for start, _end, left in gap.units}  # month -> days left
         years = sorted({m.year for m in _months(start, end, limit)})
         return [(str(year), [(date(year, m, 1), month_state(report, kind, date(year, m, 1), gaps)) for m in range(1, 13)])
                 for year in years]
     rows = []
     months = _months(start, end, limit)
     lo = months[0] if months else start
-    gaps = {}
-    for gap in kind.gaps:
-        day = max(gap.start, lo)
-        while day <= gap.end:
-            gaps[day] = gap
-            day += timedelta(days=1)
+    gaps = {start: left for gap in kind.gaps for start, end, left in gap.units if end >= lo}  # day -> days left
     for month in months:
         cells: list[tuple[date | None, str]] = []
         for n in range(1, 32):
