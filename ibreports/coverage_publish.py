@@ -61,6 +61,8 @@ def _line(kind: Kind, gap: Gap) -> str:
 def _status(gap: Gap, attempted: bool = True) -> str:
     """The gap's state for people; a refused one names the refusal and its remedy (the run's reason)."""
     text = STATUS_TEXT["unchecked" if gap.status == "unknown" and not attempted else gap.status]
+    if gap.days_left is not None:
+        text += f" ({gap.days_left} day(s) before the server purges it)" if gap.days_left >= 0 else " (due for the purge)"
     if gap.refused:
         name, (code, reason) = next(iter(sorted(gap.refused.items())))
         more = f" (and {len(gap.refused) - 1} more)" if len(gap.refused) > 1 else ""
