@@ -27,6 +27,7 @@ STATES = {
     "closed": ("#e0e0e0", ".", "closed: not a business day"),
     "none": ("#ffffff", " ", "not expected"),
 }
+TITLES = {state: escape(text) for state, (_, _, text) in STATES.items()}
 MAX_MONTHS = 24  # drawn per kind in the HTML page (the newest ones); --since draws earlier ones
 MARKDOWN_MONTHS = 3
 MARKDOWN_KINDS = 40
@@ -98,8 +99,9 @@ def grid(report: CoverageReport, kind: Kind, days: BusinessDays, limit: int) -> 
     gaps = {start: left for gap in kind.gaps for start, end, left in gap.units if end >= lo}  # day -> days left
     for month in months:
         cells: list[tuple[date | None, str]] = []
+        last = month_end(month).day
         for n in range(1, 32):
-            if n > month_end(month).day:
+            if n > last:
                 cells.append((None, "blank"))
             else:
                 day = month.replace(day=n)
@@ -151,7 +153,7 @@ def html(report: CoverageReport) -> str:
                     continue
                 shown = f"{day:%Y-%m}" if kind.cadence == "monthly" else day.isoformat()
                 tds.append(f'<td class="{state}" data-date="{shown}" data-state="{state}" '
-                           f'title="{shown}: {escape(STATES[state][2])}">{STATES[state][1].strip()}</td>')
+                           f'title="{shown}: {TITLES[state]}">{STATES[state][1].strip()}</td>')
             out.append(f"<tr><th>{escape(label)}</th>{''.join(tds)}</tr>")
         out.append("</table>")
         notes = _notes(kind)
