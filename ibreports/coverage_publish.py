@@ -9,7 +9,8 @@ from datetime import datetime
 from .alerts import MAX_LINES, Alert, send_alerts
 from .archive import open_archive
 from .config import Config
-from .coverage import STATUS_TEXT, CoverageReport, Gap, Kind, collect_coverage, new_gaps, previous_run, refusals_of
+from .coverage import STATUS_TEXT, CoverageReport, Gap, Kind, new_gaps, previous_run
+from .coverage_inputs import collect_coverage, refusals_of
 from .coverage_calendar import calendar_markdown
 from .errors import IbreportsError
 from .report import RunReport

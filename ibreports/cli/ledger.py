@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def coverage(args: argparse.Namespace) -> int:
-    from ..coverage import collect_coverage
+    from ..coverage_inputs import collect_coverage
     from ..coverage_publish import format_table
 
     if args.since and args.until and args.since > args.until:
