@@ -242,11 +242,17 @@ def covers(merged: list[tuple[date, date]], start: date, end: date) -> bool:
     return i >= 0 and merged[i][0] <= start and merged[i][1] >= end
 
 
-class _Days:
-    """Business days, computed once per report and sliced per kind."""
+class Days:
+    """Business days, computed once per report (the widest span asked for) and sliced per kind."""
 
     def __init__(self, days: BusinessDays) -> None:
         self.calendar, self.lo, self.hi, self.list = days, None, None, []
+
+    def count(self, lo: date, hi: date) -> int:
+        return len(self.between(lo, hi))
+
+    def is_business_day(self, day: date) -> bool:
+        return self.calendar.is_business_day(day)
 
     def between(self, lo: date, hi: date) -> list[date]:
         if lo > hi:
@@ -277,7 +283,7 @@ def compute(
     ``conflicts``: open conflicts per kind (default: the ``conflicts/`` keys among ``keys``)."""
     keys = list(keys)
     today = today or datetime.now(timezone.utc).date()
-    days = _Days(BusinessDays(calendar))
+    days = Days(BusinessDays(calendar))
     report = CoverageReport(generated=datetime.now(timezone.utc).isoformat(timespec="seconds"), calendar=calendar,
                             grace_days=grace_days, since=since, until=until, sources=dict(sources), warn_days=warn_days,
                             today=today)
@@ -309,7 +315,7 @@ def compute(
         else:
             hi = horizon if every == "daily" else min(kind.last, horizon)
             units = [(d, d) for d in days.between(lo, hi) if not covers(kind.held, d, d)]
-        kind.gaps = _merge(units, remote.get((account, query), []), listed, days.calendar, refusals or {})
+        kind.gaps = _merge(units, remote.get((account, query), []), listed, days, refusals or {})
         report.kinds.append(kind)
     return report
 
@@ -325,7 +331,7 @@ def _missing_months(held: list[_Held], merged: list[tuple[date, date]], lo: date
     return units
 
 
-def _merge(units: list[tuple[date, date]], remote: list[RemoteRange], listed: bool, days: BusinessDays,
+def _merge(units: list[tuple[date, date]], remote: list[RemoteRange], listed: bool, days: "Days",
            refusals: Refusals) -> list[Gap]:
     """One gap per run of adjacent missing units with the same status."""
     gaps: list[Gap] = []

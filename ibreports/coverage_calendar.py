@@ -16,7 +16,7 @@ from datetime import date, timedelta
 from html import escape
 
 from .calendars import BusinessDays
-from .coverage import CoverageReport, Kind, covers, month_end
+from .coverage import CoverageReport, Days, Kind, covers, month_end
 
 STATES = {
     "held": ("#2e7d32", "#", "held: a statement covers it"),
@@ -51,23 +51,44 @@ def _start(report: CoverageReport, kind: Kind) -> date:
     return max(kind.first, report.since) if report.since else kind.first
 
 
-def day_state(report: CoverageReport, kind: Kind, day: date, days: BusinessDays, gaps: dict) -> str:
-    """The state of one day of a daily, ranges or single kind (``gaps``: missing day -> days left before
-    the purge of its server copy, or None)."""
-    if day < _start(report, kind) or day > _end(report, kind):
-        return "none"
-    if any(m.start <= day <= m.end for m in kind.conflicts):
-        return "conflict"
-    if day in gaps:
-        left = gaps[day]
-        return "at-risk" if left is not None and left <= report.warn_days else "missing"
-    if covers(kind.held, day, day):
-        return "held"
-    if not days.is_business_day(day):
-        return "closed"
-    if kind.horizon is not None and day > kind.horizon and kind.cadence != "ranges":
-        return "pending"
-    return "none"
+def _days_of(periods, lo: date, hi: date) -> set[date]:
+    """Every day of ``periods`` ((start, end) pairs) from ``lo`` to ``hi``."""
+    found = set()
+    for start, end in periods:
+        day, stop = max(start, lo), min(end, hi)
+        while day <= stop:
+            found.add(day)
+            day += timedelta(days=1)
+    return found
+
+
+def day_states(report: CoverageReport, kind: Kind, lo: date, hi: date, days: Days) -> dict[date, str]:
+    """The state of each day from ``lo`` to ``hi`` of a daily, ranges or single kind."""
+    start, end = _start(report, kind), _end(report, kind)
+    missing = {day: left for gap in kind.gaps for day, last, left in gap.units if lo <= day <= hi}
+    conflicts = _days_of(((m.start, m.end) for m in kind.conflicts), lo, hi)
+    held = _days_of(kind.held, lo, hi)
+    business = set(days.between(lo, hi))
+    states, day = {}, lo
+    while day <= hi:
+        if day < start or day > end:
+            state = "none"
+        elif day in conflicts:
+            state = "conflict"
+        elif day in missing:
+            left = missing[day]
+            state = "at-risk" if left is not None and left <= report.warn_days else "missing"
+        elif day in held:
+            state = "held"
+        elif day not in business:
+            state = "closed"
+        elif kind.horizon is not None and day > kind.horizon and kind.cadence != "ranges":
+            state = "pending"
+        else:
+            state = "none"
+        states[day] = state
+        day += timedelta(days=1)
+    return states
 
 
 def month_state(report: CoverageReport, kind: Kind, month: date, gaps: dict) -> str:
@@ -85,7 +106,7 @@ def month_state(report: CoverageReport, kind: Kind, month: date, gaps: dict) -> 
     return "pending" if kind.horizon is not None and end > kind.horizon else "none"
 
 
-def grid(report: CoverageReport, kind: Kind, days: BusinessDays, limit: int) -> list[tuple[str, list[tuple[date | None, str]]]]:
+def grid(report: CoverageReport, kind: Kind, days: Days, limit: int) -> list[tuple[str, list[tuple[date | None, str]]]]:
     """Rows of (label, cells); a cell is (its date or None past a month's end, its state)."""
     start, end = _start(report, kind), max(_end(report, kind), _start(report, kind))
     if kind.cadence == "monthly":
@@ -95,17 +116,13 @@ def grid(report: CoverageReport, kind: Kind, days: BusinessDays, limit: int) -> 
                 for year in years]
     rows = []
     months = _months(start, end, limit)
-    lo = months[0] if months else start
-    gaps = {start: left for gap in kind.gaps for start, end, left in gap.units if end >= lo}  # day -> days left
+    if not months:
+        return rows
+    states = day_states(report, kind, months[0], month_end(months[-1]), days)
     for month in months:
-        cells: list[tuple[date | None, str]] = []
         last = month_end(month).day
-        for n in range(1, 32):
-            if n > last:
-                cells.append((None, "blank"))
-            else:
-                day = month.replace(day=n)
-                cells.append((day, day_state(report, kind, day, days, gaps)))
+        cells = [(month.replace(day=n), states[month.replace(day=n)]) if n <= last else (None, "blank")
+                 for n in range(1, 32)]
         rows.append((f"{month:%Y-%m}", cells))
     return rows
 
@@ -125,7 +142,7 @@ border:1px solid #bdbdbd}
 
 def html(report: CoverageReport) -> str:
     """The calendar as one self-contained HTML page."""
-    days = BusinessDays(report.calendar)
+    days = Days(BusinessDays(report.calendar))
     gaps = len(report.gaps)
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -177,7 +194,7 @@ def _notes(kind: Kind) -> list[str]:
 
 def calendar_markdown(report: CoverageReport) -> str:
     """The calendar as Markdown text (the newest MARKDOWN_MONTHS months of each kind)."""
-    days = BusinessDays(report.calendar)
+    days = Days(BusinessDays(report.calendar))
     legend = ", ".join(f"`{ch}` {text.split(':')[0]}" for _, ch, text in STATES.values() if ch.strip())
     lines = ["# Statement coverage calendar", "", f"One character per day (per month for monthly kinds): {legend}.", ""]
     for kind in report.kinds[:MARKDOWN_KINDS]:
