@@ -240,6 +240,8 @@ def test_coverage_of_an_s3_archive_with_one_listing(s3_server, s3_bucket, tmp_pa
         name = daily("U1234567", day)
         (tmp_path / name).write_bytes(b"<x/>")
         archive.put(statement_key(parse(name, 0)), tmp_path / name, None, {}, private=True)
+    conflict = f"conflicts/ibkr-sftp/2026/11/{daily('U1234567', date(2026, 11, 3))}.pgp.0123456789abcdef"
+    archive.put(conflict, tmp_path / name, None, {}, private=True)  # a delivery kept aside: an open conflict
     config = tmp_path / "ibreports.toml"
     config.write_text(f'[archive]\nurl = "s3://{s3_bucket}/ib"\nendpoint_url = "{s3_server}"\nregion = "us-east-1"\n')
     requests: list[str] = []
@@ -257,6 +259,7 @@ def test_coverage_of_an_s3_archive_with_one_listing(s3_server, s3_bucket, tmp_pa
     doc = json.loads(capsys.readouterr().out)
     assert rc == 1 and doc["sources"] == {}
     assert [(g["from"], g["status"]) for g in doc["kinds"][0]["gaps"]] == [("2026-11-04", "unknown")]
+    assert doc["kinds"][0]["conflicts"] == [{"from": "2026-11-03", "to": "2026-11-03", "key": conflict}]
     # One page of statements/ and one of conflicts/: no request per object (--offline: no run record read).
     assert requests == ["ListObjectsV2", "ListObjectsV2"]
 
@@ -389,3 +392,23 @@ def test_a_file_refused_on_every_run_is_named_with_its_reason_not_run_fetch(tmp_
     [line] = [x for x in capsys.readouterr().out.splitlines() if "missing" in x]
     assert rc == 1 and "refused by the last run" in line and f"no-key: {name}: " in line
     assert "run `ibreports fetch`" not in line  # fetching again would refuse it again
+
+
+def test_the_daily_run_marks_what_it_refused_without_reading_a_run_record(tmp_path):
+    from ibreports.config import load_config
+    from ibreports.coverage_publish import daily_coverage
+    from ibreports.report import FileOutcome, RunReport
+
+    business = BusinessDays("NYSE").between(date.today() - timedelta(days=30), date.today() - timedelta(days=5))
+    before, blocked, after = business[-3:]
+    put_statements(tmp_path, [daily("U1234567", before), daily("U1234567", after)])
+    name = daily("U1234567", blocked) + ".pgp"
+    run = RunReport(run_id="r", started="", sources=["ibkr-sftp"], files=[
+        FileOutcome("ibkr-sftp", name, 10, datetime.now(timezone.utc).timestamp() - 95 * 86400, "U1234567",
+                    blocked.isoformat(), "failed", "Decryption refused (integrity): integrity check failed.", code="integrity")])
+    published = daily_coverage(load_config(archive_only_config(tmp_path)), run)
+    assert (f"U1234567 DailyActivity: {blocked} (1 business day(s)) on the server, refused by the last run "
+            f"(a new fetch refuses it again) (5 day(s) before the server purges it): integrity: {name}: "
+            "Decryption refused (integrity)") in published.summary
+    [row] = [line for line in published.calendar.splitlines() if line.startswith(f"{blocked:%Y-%m} ")]
+    assert row[8 + blocked.day - 1] == "!"  # at risk: on the server, not archived, 5 days before the purge
