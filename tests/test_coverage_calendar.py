@@ -6,7 +6,6 @@ import json
 import stat
 from datetime import date, timedelta
 from html.parser import HTMLParser
-from pathlib import Path
 
 from ibreports.archive.local import LocalArchive
 from ibreports.calendars import BusinessDays
