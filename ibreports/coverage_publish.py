@@ -42,7 +42,10 @@ def daily_coverage(config: Config, run: RunReport) -> Published:
         started = datetime.fromisoformat(run.started).timestamp() if run.started else None
         fresh = new_gaps(report, previous_run([k for k in inventory if k.startswith("runs/")], started))
         if fresh:
-            send_alerts(config, extra=[gap_alert(report, fresh)])
+            alert = gap_alert(report, fresh)
+            if link := run.origin.get("prefect_flow_run_url"):  # the alert leads to the run that sent it
+                alert = Alert(alert.cause, alert.title, f"{alert.body}\n\nFlow run: {link}")
+            send_alerts(config, extra=[alert])
         return Published(markdown(report, fresh), calendar_markdown(report))
     except IbreportsError as exc:
         why = str(exc)
