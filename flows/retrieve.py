@@ -27,6 +27,7 @@ FAN_OUT_DEPLOYMENT = "retrieve-statements/per-source"
 FAN_OUT_TIMEOUT = 4 * 3600.0  # seconds the parent waits for its children
 POLL_SECONDS = 2.0
 COVERAGE_ARTIFACT_KEY = "ibreports-coverage"
+CALENDAR_ARTIFACT_KEY = "ibreports-coverage-calendar"
 
 
 @flow(
@@ -67,8 +68,13 @@ def retrieve_statements(
     report = run_sources(path, names, since, until, dry_run, force=False)
     publish(report, "Statement retrieval")
     if not dry_run and sources is None:  # the whole run: what the archive now covers, and alerts on new gaps
-        summary = daily_coverage(load_config(path), report)
-        create_markdown_artifact(markdown=summary, key=COVERAGE_ARTIFACT_KEY, description="Statement coverage")
+        try:  # daily_coverage never raises; this guards the artifacts too: coverage never fails a good run
+            published = daily_coverage(load_config(path), report)
+            create_markdown_artifact(markdown=published.summary, key=COVERAGE_ARTIFACT_KEY, description="Statement coverage")
+            create_markdown_artifact(markdown=published.calendar, key=CALENDAR_ARTIFACT_KEY,
+                                     description="Statement coverage calendar")
+        except Exception as exc:  # noqa: BLE001
+            get_run_logger().warning("coverage not published: unexpected %s: %s", type(exc).__name__, str(exc)[:200])
     return finish(report, path)
 
 

@@ -1,20 +1,26 @@
 """Coverage: which statements the archive holds per account and kind, and which are missing.
 
-One listing of the archive (``statements/<account>/<YYYY>/<MM>/<name>``, statements.py) and
-one listing per source; no request per object. Each (account, query) is one kind, with a
-cadence read from its names:
+One listing of the archive (``statements/<account>/<YYYY>/<MM>/<name>``, statements.py, plus
+``conflicts/`` and, when the servers are listed, ``runs/``) and one listing per source; the
+newest run records are the only objects read. Each (account, query) is one kind, with the
+cadence most of its statements have (each statement's own shape: one day, one calendar month,
+or another period):
 
-- ``daily``: every statement covers one day; a gap is a business day (weekdays minus the
-  ``[coverage] calendar`` exchange's holidays) without one, up to today;
-- ``monthly``: every statement covers one calendar month; a gap is a month without one;
-- ``ranges``: anything else (weekly, custom periods); a gap is a business day between the first
+- ``daily``: most statements cover one day; a gap is a business day (weekdays minus the
+  ``[coverage] calendar`` exchange's holidays) that no statement covers, up to today;
+- ``monthly``: most statements cover one calendar month; a gap is a month without one;
+- ``ranges``: most are other periods (weekly, custom); a gap is a business day between the first
   and the last statement that no statement covers (nothing is assumed after the last one);
-- ``single``: one period so far: no cadence to check yet, so no gaps.
+- ``single``: one statement of another period: nothing to check yet, so no gaps.
 
-A day or month is a gap only once it is more than ``grace_days`` old (its statement may still
-be on its way). Each gap is checked against the servers' listings: still there ("on-server":
-run ``ibreports fetch``) or not ("purged": ask IBKR to regenerate it, or backfill it through
-the Flex Web Service); "unknown" when a source could not be listed.
+A statement of another shape than its kind's cadence (a multi-day statement in a daily kind) is
+reported under ``odd``; the days it covers count as held, and it never changes how the gaps of
+the rest are found. A day or month is a gap only once it is more than ``grace_days`` old (its
+statement may still be on its way). Each gap is checked against the servers' listings and the
+newest run records: still there ("on-server": run ``ibreports fetch``), there but refused by the
+last run ("refused": the recorded reason and its remedy), or not ("purged": ask IBKR to
+regenerate it, or backfill it through the Flex Web Service); "unknown" when a source could not
+be listed.
 
 JSON (``ibreports coverage --json``), stable::
 
@@ -23,31 +29,39 @@ JSON (``ibreports coverage --json``), stable::
      "kinds": [{"account": str, "query": str, "cadence": "daily" | "monthly" | "ranges" | "single",
                 "first": "YYYY-MM-DD", "last": "YYYY-MM-DD", "count": int,
                 "gaps": [{"from": "YYYY-MM-DD", "to": "YYYY-MM-DD", "business_days": int,
-                          "status": "on-server" | "purged" | "unknown", "files": ["source/name"]}]}],
+                          "status": "on-server" | "refused" | "purged" | "unknown", "files": ["source/name"],
+                          "days_left": int | null, "refused": {"source/name": {"code": str, "reason": str}}}],
+                "odd": [{"from": "YYYY-MM-DD", "to": "YYYY-MM-DD", "name": str}],
+                "conflicts": [{"from": "YYYY-MM-DD", "to": "YYYY-MM-DD", "key": str}]}],
      "unsorted": int, "sources": {source: "ok" | "cause and remedy"}, "gaps": int}
 
 ``kinds`` is sorted by account then query; ``gaps`` of a kind by date. ``unsorted`` counts
 archived statements whose names carry no account and period (never checked for gaps).
+``days_left``: the fewest days any server copy of the gap has before the purge (null: none).
 """
 
 from __future__ import annotations
 
+import bisect
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterable
 
 from . import statements
 from .calendars import BusinessDays
-from .config import Config
 
 STATUS_TEXT = {
     "on-server": "on the server, not archived: run `ibreports fetch`",
+    "refused": "on the server, refused by the last run (a new fetch refuses it again)",
     "purged": "purged: ask IBKR to regenerate it (or use a Flex Web Service backfill)",
     "unknown": "unknown: not on the servers that were listed, and a source was not (see below)",
     "unchecked": "not checked against the servers",
 }
-RemoteRange = tuple[date, date, str]  # period start, end, "source/name"
+MAX_GRACE_DAYS = 36500  # a larger [coverage] grace_days means the same: nothing is a gap yet
+RemoteRange = tuple[date, date, str, "int | None"]  # period start, end, "source/name", days left before the purge
+Refusals = dict[str, tuple[str, str]]  # "source/name" -> (code, reason) of the last run that refused it
 
 
 @dataclass
@@ -55,12 +69,28 @@ class Gap:
     start: date
     end: date
     business_days: int
-    status: str  # "on-server" | "purged" | "unknown"
+    status: str  # "on-server" | "refused" | "purged" | "unknown"
     files: list[str] = field(default_factory=list)
+    days_left: int | None = None  # the fewest days a server copy has before the purge
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)  # "source/name" -> (code, reason)
+    units: list[tuple[date, date, int | None]] = field(default_factory=list, repr=False)  # per day/month: days left
 
     def to_dict(self) -> dict:
         return {"from": self.start.isoformat(), "to": self.end.isoformat(), "business_days": self.business_days,
-                "status": self.status, "files": list(self.files)}
+                "status": self.status, "files": list(self.files), "days_left": self.days_left,
+                "refused": {f: {"code": c, "reason": r} for f, (c, r) in self.refused.items()}}
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A period of a kind with something to say about it: an odd statement, or an open conflict."""
+
+    start: date
+    end: date
+    label: str  # the statement's name (odd) or the conflict's archive key
+
+    def to_dict(self, what: str) -> dict:
+        return {"from": self.start.isoformat(), "to": self.end.isoformat(), what: self.label}
 
 
 @dataclass
@@ -72,11 +102,16 @@ class Kind:
     last: date
     count: int
     gaps: list[Gap] = field(default_factory=list)
+    odd: list[Mark] = field(default_factory=list)  # statements of another shape than the cadence
+    conflicts: list[Mark] = field(default_factory=list)
+    held: list[tuple[date, date]] = field(default_factory=list, repr=False)  # merged covered periods (not in JSON)
+    horizon: date | None = None  # the newest day that can be a gap
 
     def to_dict(self) -> dict:
         return {"account": self.account, "query": self.query, "cadence": self.cadence,
                 "first": self.first.isoformat(), "last": self.last.isoformat(), "count": self.count,
-                "gaps": [g.to_dict() for g in self.gaps]}
+                "gaps": [g.to_dict() for g in self.gaps], "odd": [m.to_dict("name") for m in self.odd],
+                "conflicts": [m.to_dict("key") for m in self.conflicts]}
 
 
 @dataclass
@@ -89,6 +124,8 @@ class CoverageReport:
     kinds: list[Kind] = field(default_factory=list)
     unsorted: int = 0
     sources: dict[str, str] = field(default_factory=dict)  # source -> "ok" or why it was not listed
+    warn_days: int = 14  # a gap whose server copy is this close to the purge is at risk
+    today: date | None = None  # the day the report was made for (not in JSON)
 
     @property
     def gaps(self) -> list[tuple[Kind, Gap]]:
@@ -112,6 +149,7 @@ class CoverageReport:
 class _Held:
     start: date
     end: date
+    name: str = ""
 
 
 def archived_statements(keys: Iterable[str]) -> tuple[dict[tuple[str, str], list[_Held]], int]:
@@ -121,38 +159,108 @@ def archived_statements(keys: Iterable[str]) -> tuple[dict[tuple[str, str], list
     for key in keys:
         if not key.startswith("statements/"):
             continue
-        st = statements.parse(key.rsplit("/", 1)[-1], 0)
+        name = key.rsplit("/", 1)[-1]
+        st = statements.parse(name, 0)
         if not st.parsed or not st.account or key.startswith(f"statements/{statements.UNSORTED}/"):
             unsorted += 1
             continue
-        kinds.setdefault((st.account, st.query or ""), []).append(_Held(st.period_start, st.period_end))
+        kinds.setdefault((st.account, st.query or ""), []).append(_Held(st.period_start, st.period_end, name))
     return kinds, unsorted
 
 
-def remote_ranges(files: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[RemoteRange]]:
-    """(source, remote name) pairs as periods per (account, query); names we cannot parse are left out."""
-    found: dict[tuple[str, str], list[RemoteRange]] = {}
-    for source, name in files:
-        if not name or not name.isprintable():
+def archived_conflicts(keys: Iterable[str]) -> dict[tuple[str, str], list[Mark]]:
+    """Open conflicts per (account, query), as the archive marks them today: a delivery kept aside at
+    ``conflicts/<source>/<YYYY>/<MM>/<name>.<sha256 prefix>`` (plan.conflict_key)."""
+    found: dict[tuple[str, str], list[Mark]] = {}
+    for key in keys:
+        if not key.startswith("conflicts/"):
             continue
-        st = statements.parse(name, 0)
-        if st.parsed and st.account:
-            found.setdefault((st.account, st.query or ""), []).append((st.period_start, st.period_end, f"{source}/{name}"))
+        name = key.rsplit("/", 1)[-1].rpartition(".")[0]
+        st = statements.parse(name, 0) if name and name.isprintable() else None
+        if st is not None and st.parsed and st.account:
+            found.setdefault((st.account, st.query or ""), []).append(Mark(st.period_start, st.period_end, key))
     return found
 
 
-def _month_end(day: date) -> date:
-    return (day.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+def remote_ranges(files: Iterable[tuple], purge_days: int | None = None,
+                  now: float | None = None) -> dict[tuple[str, str], list[RemoteRange]]:
+    """(source, remote name[, mtime]) as periods per (account, query); names we cannot parse are left out.
+    With an mtime and ``purge_days``, each carries the days left before the server purges it."""
+    now = time.time() if now is None else now
+    found: dict[tuple[str, str], list[RemoteRange]] = {}
+    for source, name, *rest in files:
+        if not isinstance(name, str) or not name or not name.isprintable():
+            continue
+        st = statements.parse(name, 0)
+        if st.parsed and st.account:
+            left = None
+            if rest and purge_days is not None and isinstance(rest[0], (int, float)):
+                left = statements.days_left(rest[0], purge_days, now)
+            found.setdefault((st.account, st.query or ""), []).append((st.period_start, st.period_end,
+                                                                        f"{source}/{name}", left))
+    return found
+
+
+def month_end(day: date) -> date:
+    if day.month == 12:
+        return day.replace(day=31)
+    return day.replace(month=day.month + 1, day=1) - timedelta(days=1)
+
+
+def _shape(start: date, end: date) -> str:
+    if start == end:
+        return "daily"
+    if start.day == 1 and end == month_end(start):
+        return "monthly"
+    return "ranges"
 
 
 def cadence(held: list[_Held]) -> str:
-    if len({(h.start, h.end) for h in held}) < 2:
+    """The shape most of the kind's periods have (one day, one calendar month, other); ties go to
+    daily, then monthly. One period of another shape: ``single``."""
+    counts = Counter(_shape(s, e) for s, e in {(h.start, h.end) for h in held})
+    best = max(("daily", "monthly", "ranges"), key=lambda c: counts[c])  # max keeps the first of equals
+    if best == "ranges" and sum(counts.values()) < 2:
         return "single"  # one period says nothing about how often the next ones come
-    if all(h.start == h.end for h in held):
-        return "daily"
-    if all(h.start.day == 1 and h.end == _month_end(h.start) for h in held):
-        return "monthly"
-    return "ranges"
+    return best
+
+
+def _merged(periods: Iterable[tuple[date, date]]) -> list[tuple[date, date]]:
+    out: list[tuple[date, date]] = []
+    for start, end in sorted(periods):
+        if out and start <= out[-1][1] + timedelta(days=1):
+            if end > out[-1][1]:
+                out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
+def covers(merged: list[tuple[date, date]], start: date, end: date) -> bool:
+    """Whether one merged period holds every day from ``start`` to ``end``."""
+    i = bisect.bisect_right(merged, (start, date.max)) - 1
+    return i >= 0 and merged[i][0] <= start and merged[i][1] >= end
+
+
+class Days:
+    """Business days, computed once per report (the widest span asked for) and sliced per kind."""
+
+    def __init__(self, days: BusinessDays) -> None:
+        self.calendar, self.lo, self.hi, self.list = days, None, None, []
+
+    def count(self, lo: date, hi: date) -> int:
+        return len(self.between(lo, hi))
+
+    def is_business_day(self, day: date) -> bool:
+        return self.calendar.is_business_day(day)
+
+    def between(self, lo: date, hi: date) -> list[date]:
+        if lo > hi:
+            return []
+        if self.lo is None or lo < self.lo or hi > self.hi:
+            self.lo, self.hi = min(lo, self.lo or lo), max(hi, self.hi or hi)
+            self.list = self.calendar.between(self.lo, self.hi)
+        return self.list[bisect.bisect_left(self.list, lo):bisect.bisect_right(self.list, hi)]
 
 
 def compute(
@@ -165,14 +273,25 @@ def compute(
     since: date | None = None,
     until: date | None = None,
     today: date | None = None,
+    refusals: Refusals | None = None,
+    conflicts: dict[tuple[str, str], list[Mark]] | None = None,
+    warn_days: int = 14,
 ) -> CoverageReport:
-    """The coverage report from archive keys and the servers' listings (pure: no I/O)."""
+    """The coverage report from archive keys and the servers' listings (pure: no I/O).
+
+    ``refusals``: server files the last run refused (their gaps are "refused", with the reason);
+    ``conflicts``: open conflicts per kind (default: the ``conflicts/`` keys among ``keys``)."""
+    keys = list(keys)
     today = today or datetime.now(timezone.utc).date()
-    days = BusinessDays(calendar)
+    days = Days(BusinessDays(calendar))
     report = CoverageReport(generated=datetime.now(timezone.utc).isoformat(timespec="seconds"), calendar=calendar,
-                            grace_days=grace_days, since=since, until=until, sources=dict(sources))
+                            grace_days=grace_days, since=since, until=until, sources=dict(sources), warn_days=warn_days,
+                            today=today)
     kinds, report.unsorted = archived_statements(keys)
+    conflicts = archived_conflicts(keys) if conflicts is None else conflicts
     listed = bool(sources) and all(v == "ok" for v in sources.values())
+    # The newest day that can be a gap: older than the grace period, within --until.
+    horizon = min(today - timedelta(days=min(max(grace_days, 0), MAX_GRACE_DAYS) + 1), until or today)
     for (account, query), held in sorted(kinds.items()):
         if accounts and account not in accounts:
             continue
@@ -181,89 +300,64 @@ def compute(
         held = [h for h in held if not (since and h.end < since) and not (until and h.start > until)]
         if not held:
             continue
-        kind = Kind(account, query, every, min(h.start for h in held), max(h.end for h in held), len(held))
-        # The newest day that can be a gap: older than the grace period, within --until.
-        horizon = min(today - timedelta(days=grace_days + 1), until or today)
+        kind = Kind(account, query, every, min(h.start for h in held), max(h.end for h in held), len(held),
+                    horizon=horizon)
+        if every in ("daily", "monthly"):
+            kind.odd = sorted(Mark(h.start, h.end, h.name) for h in held if _shape(h.start, h.end) != every)
+        kind.conflicts = sorted(m for m in conflicts.get((account, query), [])
+                                if not (since and m.end < since) and not (until and m.start > until))
+        kind.held = _merged((h.start, h.end) for h in held)
         lo = max(first_ever, since) if since else first_ever
-        if kind.cadence == "single":
+        if every == "single":
             units = []
-        elif kind.cadence == "monthly":
-            units = _missing_months(held, lo, horizon)
+        elif every == "monthly":
+            units = _missing_months(held, kind.held, lo, horizon)
         else:
-            hi = horizon if kind.cadence == "daily" else min(kind.last, horizon)
-            covered = {h.start + timedelta(days=i) for h in held for i in range((h.end - h.start).days + 1)}
-            units = [(d, d) for d in days.between(lo, hi) if d not in covered]
-        kind.gaps = _merge(units, remote.get((account, query), []), listed, days)
+            hi = horizon if every == "daily" else min(kind.last, horizon)
+            units = [(d, d) for d in days.between(lo, hi) if not covers(kind.held, d, d)]
+        kind.gaps = _merge(units, remote.get((account, query), []), listed, days, refusals or {})
         report.kinds.append(kind)
     return report
 
 
-def _missing_months(held: list[_Held], lo: date, horizon: date) -> list[tuple[date, date]]:
-    have = {(h.start.year, h.start.month) for h in held}
+def _missing_months(held: list[_Held], merged: list[tuple[date, date]], lo: date, horizon: date) -> list[tuple[date, date]]:
+    have = {(h.start.year, h.start.month) for h in held if _shape(h.start, h.end) == "monthly"}
     units, month = [], lo.replace(day=1)
-    while _month_end(month) <= horizon:
-        if (month.year, month.month) not in have:
-            units.append((month, _month_end(month)))
-        month = _month_end(month) + timedelta(days=1)
+    while month_end(month) <= horizon:
+        end = month_end(month)
+        if (month.year, month.month) not in have and not covers(merged, month, end):
+            units.append((month, end))
+        month = end + timedelta(days=1)
     return units
 
 
-def _merge(units: list[tuple[date, date]], remote: list[RemoteRange], listed: bool, days: BusinessDays) -> list[Gap]:
+def _merge(units: list[tuple[date, date]], remote: list[RemoteRange], listed: bool, days: "Days",
+           refusals: Refusals) -> list[Gap]:
     """One gap per run of adjacent missing units with the same status."""
     gaps: list[Gap] = []
     previous_end: date | None = None
     for start, end in units:
-        files = sorted(label for r_start, r_end, label in remote if r_start <= end and r_end >= start)
-        status = "on-server" if files else "purged" if listed else "unknown"
+        copies = [(label, left) for r_start, r_end, label, left in remote if r_start <= end and r_end >= start]
+        files = sorted(label for label, _ in copies)
+        refused = {f: refusals[f] for f in files if f in refusals}
+        status = ("refused" if files and len(refused) == len(files) else "on-server") if files \
+            else "purged" if listed else "unknown"
+        lefts = [left for _, left in copies if left is not None]
         adjacent = previous_end is not None and days.count(previous_end + timedelta(days=1), start - timedelta(days=1)) == 0
         if gaps and adjacent and gaps[-1].status == status:
             gap = gaps[-1]
             gap.end = end
             gap.files += [f for f in files if f not in gap.files]
+            gap.refused.update(refused)
         else:
-            gaps.append(Gap(start, end, 0, status, files))
-        gaps[-1].business_days += days.count(start, end)
+            gap = Gap(start, end, 0, status, files, refused=refused)
+            gaps.append(gap)
+        gap.units.append((start, end, min(lefts) if lefts else None))
+        if lefts:
+            gap.days_left = min(lefts + ([gap.days_left] if gap.days_left is not None else []))
+        gap.business_days += days.count(start, end)
         previous_end = end
     return gaps
-
-
-def list_sources(config: Config, names: list[str] | None = None) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """Every file name on the selected sources (one listing each), and per source "ok" or the error."""
-    from .errors import IbreportsError
-    from .remote import open_remote
-
-    files: list[tuple[str, str]] = []
-    state: dict[str, str] = {}
-    from .remote.registry import kind_of
-
-    for source in config.select(names):
-        if not kind_of(source).capabilities.listing:  # on-demand (Flex Web Service): nothing to list
-            state[source.name] = "not checked: an on-demand source has no listing"
-            continue
-        try:
-            with open_remote(source) as remote:
-                files += [(source.name, rf.name) for rf in remote.list()]
-        except IbreportsError as exc:
-            state[source.name] = f"could not be listed: {exc}"
-            continue
-        state[source.name] = "ok"
-    return files, state
-
-
-def collect_coverage(config: Config, accounts: list[str] | None = None, since: date | None = None,
-                     until: date | None = None, servers: bool = True, keys: Iterable[str] | None = None,
-                     listing: tuple[list[tuple[str, str]], dict[str, str]] | None = None) -> CoverageReport:
-    """The coverage report: one archive listing (unless ``keys`` are given), one listing per source
-    (unless ``listing``, the (source, name) pairs and per-source states a run already has, is given)."""
-    from .archive import open_archive
-
-    if keys is None:
-        keys = open_archive(config.archive).inventory("statements/").keys()
-    if listing is None:
-        listing = list_sources(config) if servers else ([], {s.name: "not checked" for s in config.sources})
-    files, state = listing
-    return compute(keys, remote_ranges(files), state, config.coverage.calendar, config.coverage.grace_days,
-                   accounts, since, until)
 
 
 def new_gaps(report: CoverageReport, previous_run: float | None) -> list[tuple[Kind, Gap]]:
@@ -271,7 +365,8 @@ def new_gaps(report: CoverageReport, previous_run: float | None) -> list[tuple[K
     if previous_run is None:
         return report.gaps
     before = datetime.fromtimestamp(previous_run, timezone.utc).date()
-    return [(k, g) for k, g in report.gaps if g.end + timedelta(days=report.grace_days + 1) > before]
+    grace = min(max(report.grace_days, 0), MAX_GRACE_DAYS)
+    return [(k, g) for k, g in report.gaps if g.end + timedelta(days=grace + 1) > before]
 
 
 def previous_run(run_keys: Iterable[str], before: float | None = None) -> float | None:

@@ -3,44 +3,86 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 
 from .alerts import MAX_LINES, Alert, send_alerts
 from .archive import open_archive
 from .config import Config
-from .coverage import STATUS_TEXT, CoverageReport, Gap, Kind, collect_coverage, new_gaps, previous_run
+from .coverage import STATUS_TEXT, CoverageReport, Gap, Kind, new_gaps, previous_run
+from .coverage_inputs import collect_coverage, refusals_of
+from .coverage_calendar import calendar_markdown
 from .errors import IbreportsError
 from .report import RunReport
 
 log = logging.getLogger("ibreports.coverage")
 
 
-def daily_coverage(config: Config, run: RunReport) -> str:
-    """Coverage after a run: returns the Markdown summary and alerts on gaps new since the previous run.
+@dataclass(frozen=True)
+class Published:
+    """What the daily run publishes: the summary and the calendar, both Markdown."""
+
+    summary: str
+    calendar: str
+
+
+def daily_coverage(config: Config, run: RunReport) -> Published:
+    """Coverage after a run: the Markdown summary and calendar; alerts on gaps new since the previous run.
 
     The servers are not listed again: the run's report holds every file each source listed (and the
-    error of each source that could not be listed). Never raises for an archive problem: coverage
-    must not turn a retrieval run into a failure.
+    error of each source that could not be listed), and what it refused. Never raises: coverage must
+    not turn a retrieval run into a failure (a problem is logged as one line and published as such).
     """
-    files = [(f.source, f.name) for f in run.files]
+    files = [(f.source, f.name, f.mtime) for f in run.files]
     state = {s: f"could not be listed: {run.source_errors[s]}" if s in run.source_errors else "ok" for s in run.sources}
     try:
         inventory = open_archive(config.archive).inventory()
-        report = collect_coverage(config, keys=[k for k in inventory if k.startswith("statements/")],
-                                  listing=(files, state))
+        report = collect_coverage(config, keys=[k for k in inventory if k.startswith(("statements/", "conflicts/"))],
+                                  listing=(files, state), refusals=refusals_of(run.files))
         started = datetime.fromisoformat(run.started).timestamp() if run.started else None
         fresh = new_gaps(report, previous_run([k for k in inventory if k.startswith("runs/")], started))
+        if fresh:
+            alert = gap_alert(report, fresh)
+            if link := run.origin.get("prefect_flow_run_url"):  # the alert leads to the run that sent it
+                alert = Alert(alert.cause, alert.title, f"{alert.body}\n\nFlow run: {link}")
+            send_alerts(config, extra=[alert])
+        return Published(markdown(report, fresh), calendar_markdown(report))
     except IbreportsError as exc:
-        log.warning("coverage could not be computed: %s", exc)
-        return f"# Statement coverage\n\nNot computed: {exc}\n"
-    if fresh:
-        send_alerts(config, extra=[gap_alert(report, fresh)])
-    return markdown(report, fresh)
+        why = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a bug in coverage: one line, the run stays as it was
+        why = f"unexpected {type(exc).__name__}: {str(exc)[:200]} (a bug: please report it)"
+        log.debug("coverage failed", exc_info=True)
+    log.warning("coverage could not be computed: %s", why)
+    text = f"# Statement coverage\n\nNot computed: {why}\n"
+    return Published(text, text)
 
 
 def _line(kind: Kind, gap: Gap) -> str:
     span = str(gap.start) if gap.start == gap.end else f"{gap.start}..{gap.end}"
-    return f"{kind.account} {kind.query}: {span} ({gap.business_days} business day(s)) {STATUS_TEXT[gap.status]}"
+    return f"{kind.account} {kind.query}: {span} ({gap.business_days} business day(s)) {_status(gap)}"
+
+
+def _status(gap: Gap, attempted: bool = True) -> str:
+    """The gap's state for people; a refused one names the refusal and its remedy (the run's reason)."""
+    text = STATUS_TEXT["unchecked" if gap.status == "unknown" and not attempted else gap.status]
+    if gap.days_left is not None:
+        text += f" ({gap.days_left} day(s) before the server purges it)" if gap.days_left >= 0 else " (due for the purge)"
+    if gap.refused:
+        name, (code, reason) = next(iter(sorted(gap.refused.items())))
+        more = f" (and {len(gap.refused) - 1} more)" if len(gap.refused) > 1 else ""
+        text += f": {code}: {name.split('/', 1)[-1]}: {reason or 'no reason recorded'}{more}"
+    return text
+
+
+def _marks(kind: Kind) -> list[str]:
+    """An odd statement (another period than the kind's cadence) and open conflicts, one line each."""
+    lines = [f"odd: {m.start}..{m.end} {m.label}: not a {kind.cadence} statement (its days count as held)"
+             for m in kind.odd[:20]]
+    if len(kind.odd) > 20:
+        lines.append(f"odd: ... and {len(kind.odd) - 20} more")
+    lines += [f"conflict: {m.start}..{m.end} {m.label}: another delivery differs from the archived statement "
+              "(compare both and keep the right one)" for m in kind.conflicts[:20]]
+    return lines
 
 
 def gap_alert(report: CoverageReport, fresh: list[tuple[Kind, Gap]]) -> Alert:
@@ -62,6 +104,9 @@ def markdown(report: CoverageReport, fresh: list[tuple[Kind, Gap]]) -> str:
     if gaps:
         lines += ["", "Gaps (older than the grace period):", ""]
         lines += [f"- {_line(k, g)}" + (" **(new)**" if (k, g) in fresh else "") for k, g in gaps[:200]]
+    marks = [f"- {k.account} {k.query}: {line}" for k in report.kinds for line in _marks(k)]
+    if marks:
+        lines += ["", "Odd statements and open conflicts:", ""] + marks[:200]
     for source, state in sorted(report.sources.items()):
         if state != "ok":
             lines.append(f"- source **{source}**: {state}")
@@ -78,9 +123,10 @@ def format_table(report: CoverageReport) -> str:
                      f"{kind.count:>6} {len(kind.gaps):>5}")
         for gap in kind.gaps:
             span = str(gap.start) if gap.start == gap.end else f"{gap.start}..{gap.end}"
-            files = f" ({', '.join(gap.files[:3])}{', ...' if len(gap.files) > 3 else ''})" if gap.files else ""
-            text = STATUS_TEXT["unchecked" if gap.status == "unknown" and not attempted else gap.status]
-            lines.append(f"      missing {span} ({gap.business_days} business day(s)): {text}{files}")
+            files = f" ({', '.join(gap.files[:3])}{', ...' if len(gap.files) > 3 else ''})" \
+                if gap.files and not gap.refused else ""
+            lines.append(f"      missing {span} ({gap.business_days} business day(s)): {_status(gap, attempted)}{files}")
+        lines += [f"      {line}" for line in _marks(kind)]
     if not report.kinds:
         lines.append("  (no statements in the archive" + (" for this selection)" if report.since or report.until else ")"))
     if report.unsorted:

@@ -118,6 +118,10 @@ def plan(listing: list[Entry], inventory: dict[str, ObjectInfo], rules: Rules, n
             result.rows.append(row)
             continue
         st = statements.parse(entry.name, entry.mtime)
+        if st.refusal:  # e.g. dated 9999-12-31: never archived under that date
+            _set(row, Outcome.REJECTED, Reason.BAD_DATE, st.refusal)
+            result.rows.append(row)
+            continue
         needed = statements.needed_keys(rules.source, st, rules.keep_encrypted)
         archived = all(k in inventory for k in needed) and (rules.source, entry.name) not in contested
         if (rules.since and st.statement_date < rules.since) or (rules.until and st.statement_date > rules.until):

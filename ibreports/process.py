@@ -17,7 +17,9 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from . import conflicts
+from . import content
 from .config import SourceConfig
+from .content import ContentMismatch
 from .errors import (
     ArchiveConfigError,
     ArchiveError,
@@ -118,6 +120,8 @@ class Worker:
             self._fail(item, getattr(exc, "reason", "") or Reason.DECRYPTION, exc)
         except ArchiveError as exc:
             self._fail(item, Reason.ARCHIVE, exc)
+        except ContentMismatch as exc:
+            self._fail(item, Reason.MISMATCH, exc)
         except IbreportsError as exc:
             self._fail(item, Reason.ERROR, exc)
         except OSError as exc:  # a local I/O error: this file fails, nothing is lost
@@ -218,6 +222,7 @@ class Worker:
                   evidence: Path) -> bool | None:
         """Archive the statement; an archived one with other content is a conflict (None), never replaced."""
         out = item.outcome
+        content.check(path, item.statement)  # another account or period inside: never filed under this name
         written = self._put(item.statement_key, path, sha256, meta, private=True)
         out.archive_keys.append(item.statement_key)
         if written:

@@ -32,6 +32,8 @@ class Reason(StrEnum):
     CHANGED = "changed"  # changed during the download: next run
     BAD_NAME = "bad-name"  # a name we refuse to use
     BAD_ENTRY = "bad-entry"  # a listing entry that cannot be true (negative size, ...)
+    BAD_DATE = "bad-date"  # a name dated outside 1990..today + 1 year: never archived under that date
+    MISMATCH = "mismatch"  # the statement's content names another account or period than its file name
     SHADOW = "shadow"  # a plain delivery of a statement that also comes (or came) encrypted
     PLAIN_REFUSED = "plain-refused"  # a plain delivery from a source with allow_plain = false
     CONFLICT = "conflict"  # different content for an archived statement: kept aside, never replaced

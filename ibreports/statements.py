@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 
 from .errors import ConfigError, RemoteFileError
 
@@ -43,6 +43,8 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # IBKR's names: sa
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 SURROGATE = re.compile("[\ud800-\udfff]")
 DAY = 86400.0
+EARLIEST = date(1990, 1, 1)  # no IBKR statement is older; a name dated before it is refused
+AHEAD_DAYS = 366  # nor dated more than a year ahead (e.g. 99991231)
 
 
 def _shown(name: str) -> str:
@@ -97,6 +99,7 @@ class Statement:
     encryption: str | None
     statement_date: date
     parsed: bool
+    refusal: str = ""  # non-empty: the name is refused, and why (a date outside the sane window)
 
     @property
     def decrypted_name(self) -> str:
@@ -193,12 +196,14 @@ def parse(name: str, mtime: float) -> Statement:
         fmt = parts[-1].lower()
         parts = parts[:-1]
     account = query = start = end = None
-    ok = False
+    ok, refusal = False, ""
     stem = ".".join(parts)
     for rule in GRAMMAR:
         found = rule(stem)
         if found is not None:
-            (account, query, start, end), ok = found, True
+            refusal = _out_of_window(found[2], found[3])
+            if not refusal:
+                (account, query, start, end), ok = found, True
             break
     return Statement(
         name=name,
@@ -210,7 +215,18 @@ def parse(name: str, mtime: float) -> Statement:
         encryption=encryption.lower() if encryption else None,
         statement_date=end or fallback,
         parsed=ok,
+        refusal=refusal,
     )
+
+
+def _out_of_window(start: date, end: date) -> str:
+    """Why a statement period cannot be real (before 1990, or more than a year ahead), else ""."""
+    latest = datetime.now(timezone.utc).date() + timedelta(days=AHEAD_DAYS)
+    if start >= EARLIEST and end <= latest:
+        return ""
+    return (f"its name dates it {start.isoformat()}..{end.isoformat()}, outside {EARLIEST.isoformat()}.."
+            f"{latest.isoformat()} (no statement is older than 1990 or dated more than a year ahead); "
+            "it was not downloaded. Rename or remove the file on the server, or ask IBKR why it has that name.")
 
 
 def _month(st: Statement) -> str:

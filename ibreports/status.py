@@ -136,7 +136,12 @@ def collect_status(config: Config, sources: list[str] | None = None, now: float 
 
 
 def last_outcomes(archive: Archive, inventory: dict, sources: list[str]) -> dict[tuple[str, str], tuple[str, str]]:
-    """(source, file name) -> (outcome, reason) for files the latest run of each source left unfinished.
+    """(source, file name) -> (outcome, reason) for files the latest run of each source left unfinished."""
+    return {k: (f["outcome"], str(f.get("reason") or "")) for k, f in last_unfinished(archive, inventory, sources).items()}
+
+
+def last_unfinished(archive: Archive, inventory: dict, sources: list[str]) -> dict[tuple[str, str], dict]:
+    """(source, file name) -> the run record's row for files the latest run of each source left unfinished.
 
     Run records are read newest first (their names start with a UTC timestamp) until every
     source was covered by one (dry runs do not count), at most MAX_RECORDS of them.
@@ -153,8 +158,8 @@ def last_outcomes(archive: Archive, inventory: dict, sources: list[str]) -> dict
                 continue
             covered = todo & set(record.get("sources") or [])
             for f in record.get("files") or []:
-                if f.get("source") in covered and f.get("outcome") in UNFINISHED:
-                    found[(f["source"], f.get("name"))] = (f["outcome"], str(f.get("reason") or ""))
+                if isinstance(f, dict) and f.get("source") in covered and f.get("outcome") in UNFINISHED:
+                    found[(f["source"], f.get("name"))] = f
             todo -= covered
     return found
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ibreports.archive.local import LocalArchive
 from ibreports.calendars import BusinessDays
@@ -16,8 +19,8 @@ from ibreports.coverage import compute, new_gaps, previous_run, remote_ranges
 from ibreports.statements import parse, statement_key
 
 TOP = {"generated", "calendar", "grace_days", "since", "until", "kinds", "unsorted", "sources", "gaps", "conflicts"}
-KIND = {"account", "query", "cadence", "first", "last", "count", "gaps"}
-GAP = {"from", "to", "business_days", "status", "files"}
+KIND = {"account", "query", "cadence", "first", "last", "count", "gaps", "odd", "conflicts"}
+GAP = {"from", "to", "business_days", "status", "files", "days_left", "refused"}
 
 
 def key(name: str) -> str:
@@ -54,9 +57,19 @@ def test_trailing_days_are_gaps_only_after_the_grace_period():
     assert relaxed.gaps == [] and relaxed.exit_code == 0
 
 
-def test_a_single_period_has_no_cadence_yet_so_no_gaps():
-    report = compute([key(daily("U1234567", date(2026, 10, 1)))], {}, {"s": "ok"}, today=date(2026, 12, 7))
+def test_a_single_custom_period_has_no_cadence_yet_so_no_gaps():
+    report = compute([key("U1234567.Custom.20261001.20261009.xml")], {}, {"s": "ok"}, today=date(2026, 12, 7))
     assert [(k.cadence, k.count, k.gaps) for k in report.kinds] == [("single", 1, [])] and report.exit_code == 0
+
+
+def test_a_single_daily_or_monthly_statement_keeps_its_cadence():
+    # What is left after the others were deleted still says how often statements come.
+    day = compute([key(daily("U1234567", date(2026, 11, 30)))], {}, {"s": "ok"}, today=date(2026, 12, 7))
+    assert day.kinds[0].cadence == "daily"
+    assert [(g.start, g.end, g.business_days) for g in day.kinds[0].gaps] == [(date(2026, 12, 1), date(2026, 12, 3), 3)]
+    month = compute([key("F1234567.Monthly.20260901.20260930.xml")], {}, {"s": "ok"}, today=date(2026, 12, 7))
+    assert month.kinds[0].cadence == "monthly"
+    assert [(g.start, g.end) for g in month.kinds[0].gaps] == [(date(2026, 10, 1), date(2026, 11, 30))]
 
 
 def test_calendar_is_configurable():
@@ -227,6 +240,8 @@ def test_coverage_of_an_s3_archive_with_one_listing(s3_server, s3_bucket, tmp_pa
         name = daily("U1234567", day)
         (tmp_path / name).write_bytes(b"<x/>")
         archive.put(statement_key(parse(name, 0)), tmp_path / name, None, {}, private=True)
+    conflict = f"conflicts/ibkr-sftp/2026/11/{daily('U1234567', date(2026, 11, 3))}.pgp.0123456789abcdef"
+    archive.put(conflict, tmp_path / name, None, {}, private=True)  # a delivery kept aside: an open conflict
     config = tmp_path / "ibreports.toml"
     config.write_text(f'[archive]\nurl = "s3://{s3_bucket}/ib"\nendpoint_url = "{s3_server}"\nregion = "us-east-1"\n')
     requests: list[str] = []
@@ -244,4 +259,156 @@ def test_coverage_of_an_s3_archive_with_one_listing(s3_server, s3_bucket, tmp_pa
     doc = json.loads(capsys.readouterr().out)
     assert rc == 1 and doc["sources"] == {}
     assert [(g["from"], g["status"]) for g in doc["kinds"][0]["gaps"]] == [("2026-11-04", "unknown")]
-    assert requests == ["ListObjectsV2"]  # one page: no request per object
+    assert doc["kinds"][0]["conflicts"] == [{"from": "2026-11-03", "to": "2026-11-03", "key": conflict}]
+    # One page of statements/ and one of conflicts/: no request per object (--offline: no run record read).
+    assert requests == ["ListObjectsV2", "ListObjectsV2"]
+
+
+# -- issue 20: cadence that one statement cannot change, dates that cannot crash, refusals named ----------
+
+def archive_only_config(tmp_path: Path) -> Path:
+    config = tmp_path / "ibreports.toml"
+    config.write_text(f'[archive]\nurl = "{tmp_path / "archive"}"\n')
+    return config
+
+
+def put_statements(tmp_path: Path, names: list[str]) -> LocalArchive:
+    archive = LocalArchive(ArchiveConfig(url=str(tmp_path / "archive")))
+    for name in names:
+        staged = tmp_path / name
+        staged.write_bytes(b"<FlexQueryResponse/>")
+        archive.put(statement_key(parse(name, 0)), staged, None, {}, private=True)
+        staged.unlink(missing_ok=True)
+    return archive
+
+
+def test_a_multi_day_statement_in_a_daily_series_does_not_hide_19_later_missing_days(tmp_path, capsys):
+    business = BusinessDays("NYSE").between(date.today() - timedelta(days=120), date.today() - timedelta(days=4))
+    daily_days, (odd_from, odd_to), missing = business[-45:-24], (business[-24], business[-20]), business[-19:]
+    odd = f"U1234567.DailyActivity.{odd_from:%Y%m%d}.{odd_to:%Y%m%d}.xml"
+    put_statements(tmp_path, [daily("U1234567", d) for d in daily_days] + [odd])
+    config = archive_only_config(tmp_path)
+
+    rc = main(["--config", str(config), "coverage", "--offline", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    [kind] = doc["kinds"]
+    assert kind["cadence"] == "daily" and kind["count"] == len(daily_days) + 1
+    assert kind["odd"] == [{"from": odd_from.isoformat(), "to": odd_to.isoformat(), "name": odd}]
+    assert [(g["from"], g["to"], g["business_days"]) for g in kind["gaps"]] == [
+        (missing[0].isoformat(), missing[-1].isoformat(), 19)]
+    rc = main(["--config", str(config), "coverage", "--offline"])
+    text = capsys.readouterr().out
+    assert rc == 1
+    assert f"missing {missing[0]}..{missing[-1]} (19 business day(s))" in text
+    assert f"odd: {odd_from}..{odd_to} {odd}: not a daily statement" in text
+
+
+def test_a_deleted_statement_does_not_flip_the_cadence(tmp_path, capsys):
+    business = BusinessDays("NYSE").between(date.today() - timedelta(days=60), date.today() - timedelta(days=4))
+    kept, deleted = business[-30], business[-29]
+    archive = put_statements(tmp_path, [daily("U1234567", kept), daily("U1234567", deleted)])
+    config = archive_only_config(tmp_path)
+    assert main(["--config", str(config), "coverage", "--offline", "--json"]) == 1
+    before = json.loads(capsys.readouterr().out)["kinds"][0]
+    assert before["cadence"] == "daily" and before["gaps"][0]["from"] == business[-28].isoformat()
+
+    os.unlink(archive.root / statement_key(parse(daily("U1234567", deleted), 0)))
+    assert main(["--config", str(config), "coverage", "--offline", "--json"]) == 1
+    after = json.loads(capsys.readouterr().out)["kinds"][0]
+    assert (after["cadence"], after["count"]) == ("daily", 1)
+    assert [(g["from"], g["to"], g["business_days"]) for g in after["gaps"]] == [
+        (deleted.isoformat(), business[-1].isoformat(), 29)]
+
+
+def test_a_statement_dated_9999_in_the_archive_does_not_crash_coverage(tmp_path, capsys):
+    # Archived before names were checked for sane dates: counted as unsorted, never a crash.
+    archive = put_statements(tmp_path, [daily("U1234567", date(2026, 11, 2)), daily("U1234567", date(2026, 11, 3))])
+    far = "U1234567.DailyActivity.99991201.99991231.xml"
+    (tmp_path / far).write_bytes(b"<FlexQueryResponse/>")
+    archive.put(f"statements/U1234567/9999/12/{far}", tmp_path / far, None, {}, private=True)
+    config = archive_only_config(tmp_path)
+    rc = main(["--config", str(config), "coverage", "--offline", "--until", "2026-11-03", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["unsorted"] == 1 and doc["kinds"][0]["count"] == 2
+    rc = main(["--config", str(config), "coverage", "--offline", "--since", "9999-12-31", "--until", "9999-12-31"])
+    assert rc == 0 and "no statements in the archive for this selection" in capsys.readouterr().out
+
+
+DATES = st.dates(date(1, 1, 1), date(9999, 12, 31))
+STAMP = DATES.map(lambda d: f"{d.year:04d}{d.month:02d}{d.day:02d}")
+NAMES = st.one_of(
+    st.builds(lambda a, q, f, t, ext: f"{a}.{q}.{f}.{t}.{ext}", st.sampled_from(["U1234567", "F7654321", "DU1111111"]),
+              st.sampled_from(["DailyActivity", "Monthly", "X"]), STAMP, STAMP, st.sampled_from(["xml", "csv.pgp"])),
+    st.builds(lambda a, d: f"{a}.Daily.{d}.xml", st.sampled_from(["U1234567", "U2"]), STAMP),
+    st.text(max_size=40),
+)
+KEYS = st.lists(st.builds(lambda top, name, sha: f"{top}/U1234567/2026/11/{name}" + (f".{sha}" if top == "conflicts" else ""),
+                          st.sampled_from(["statements", "conflicts", "encrypted", "runs"]), NAMES,
+                          st.text("0123456789abcdef", min_size=0, max_size=16)), max_size=30)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(KEYS, st.lists(st.tuples(st.just("s"), NAMES, st.floats(allow_nan=True, allow_infinity=True)), max_size=8),
+       st.one_of(st.none(), DATES), st.one_of(st.none(), DATES), st.integers(-5, 10**12),
+       st.sampled_from(["none", "NYSE"]))
+def test_coverage_never_raises_whatever_the_archive_holds(keys, files, since, until, grace, calendar):
+    from ibreports.coverage_calendar import calendar_markdown, html
+    from ibreports.coverage_publish import format_table, markdown
+
+    report = compute(keys, remote_ranges(files, 100), {"s": "ok"}, calendar=calendar, grace_days=grace,
+                     since=since, until=until, today=date(2026, 12, 7),
+                     refusals={f"s/{n}": ("integrity", "why") for _, n, _ in files})
+    json.dumps(report.to_dict())
+    assert report.exit_code in (0, 1)
+    format_table(report), markdown(report, report.gaps), calendar_markdown(report), html(report)
+
+
+def test_a_file_refused_on_every_run_is_named_with_its_reason_not_run_fetch(tmp_path, sftp_setup, pgp_key,
+                                                                              other_pgp_key, sftp_client_key, capsys):
+    from tests.configs import sftp_toml
+    from tests.fixtures.pgpkeys import encrypt_bytes
+    from tests.helpers import local_archive, write_config
+
+    server, known_hosts, _delivered = sftp_setup
+    business = BusinessDays("NYSE").between(date.today() - timedelta(days=30), date.today() - timedelta(days=5))
+    before, blocked, after = business[-3:]
+    put_statements(tmp_path, [daily("U1111111", before), daily("U1111111", after)])
+    name = daily("U1111111", blocked) + ".pgp"
+    encrypt_bytes(other_pgp_key.public_file, b"<FlexQueryResponse/>", server.root / "outgoing" / name)  # not our key
+    archive_toml, _root = local_archive(tmp_path)
+    config = write_config(tmp_path, sftp_toml(server, sftp_client_key, known_hosts), pgp_key, archive_toml)
+    assert main(["--config", str(config), "fetch"]) == 1  # refused: no-key
+    capsys.readouterr()
+
+    rc = main(["--config", str(config), "coverage", "--account", "U1111111", "--until", after.isoformat(), "--json"])
+    [gap] = json.loads(capsys.readouterr().out)["kinds"][0]["gaps"]
+    assert rc == 1 and (gap["from"], gap["status"], gap["files"]) == (blocked.isoformat(), "refused", [f"ibkr-sftp/{name}"])
+    refusal = gap["refused"][f"ibkr-sftp/{name}"]
+    assert refusal["code"] == "no-key" and "not encrypted to any key we hold" in refusal["reason"]
+    assert gap["days_left"] is not None and gap["days_left"] > 90  # delivered just now: far from the purge
+
+    rc = main(["--config", str(config), "coverage", "--account", "U1111111", "--until", after.isoformat()])
+    [line] = [x for x in capsys.readouterr().out.splitlines() if "missing" in x]
+    assert rc == 1 and "refused by the last run" in line and f"no-key: {name}: " in line
+    assert "run `ibreports fetch`" not in line  # fetching again would refuse it again
+
+
+def test_the_daily_run_marks_what_it_refused_without_reading_a_run_record(tmp_path):
+    from ibreports.config import load_config
+    from ibreports.coverage_publish import daily_coverage
+    from ibreports.report import FileOutcome, RunReport
+
+    business = BusinessDays("NYSE").between(date.today() - timedelta(days=30), date.today() - timedelta(days=5))
+    before, blocked, after = business[-3:]
+    put_statements(tmp_path, [daily("U1234567", before), daily("U1234567", after)])
+    name = daily("U1234567", blocked) + ".pgp"
+    run = RunReport(run_id="r", started="", sources=["ibkr-sftp"], files=[
+        FileOutcome("ibkr-sftp", name, 10, datetime.now(timezone.utc).timestamp() - 95 * 86400, "U1234567",
+                    blocked.isoformat(), "failed", "Decryption refused (integrity): integrity check failed.", code="integrity")])
+    published = daily_coverage(load_config(archive_only_config(tmp_path)), run)
+    assert (f"U1234567 DailyActivity: {blocked} (1 business day(s)) on the server, refused by the last run "
+            f"(a new fetch refuses it again) (5 day(s) before the server purges it): integrity: {name}: "
+            "Decryption refused (integrity)") in published.summary
+    [row] = [line for line in published.calendar.splitlines() if line.startswith(f"{blocked:%Y-%m} ")]
+    assert row[8 + blocked.day - 1] == "!"  # at risk: on the server, not archived, 5 days before the purge

@@ -11,9 +11,10 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.local_api import startup_timeout
-from flows.retrieve import COVERAGE_ARTIFACT_KEY, retrieve_statements
+from flows.retrieve import CALENDAR_ARTIFACT_KEY, COVERAGE_ARTIFACT_KEY, retrieve_statements
 from flows.verify import VERIFY_ARTIFACT_KEY, verify_archive_flow
 from ibreports.calendars import BusinessDays
+from ibreports.statements import parse
 from tests.configs import sftp_toml
 from tests.flowhelpers import artifacts, flow_run_id
 from tests.helpers import Receiver
@@ -63,6 +64,37 @@ def test_the_daily_flow_publishes_coverage_and_alerts_once_per_new_gap(setup):
     (summary,) = artifacts(flow_run_id(again), COVERAGE_ARTIFACT_KEY)
     assert "1 gap(s) (0 new)" in summary.data
     assert len(receiver.messages) == 1  # the same gap is not alerted twice
+
+
+def test_the_daily_flow_publishes_the_coverage_calendar(setup):
+    config, missing, _receiver, archive = setup
+    state = retrieve_statements(config=str(config), return_state=True)
+    assert state.is_completed(), state.message
+    (calendar,) = artifacts(flow_run_id(state), CALENDAR_ARTIFACT_KEY)
+    assert "**U1234567 DailyActivity** (daily, 1 gap(s))" in calendar.data
+    rows = {line[:7]: line[8:] for line in calendar.data.splitlines() if line[:4].isdigit()}
+
+    def drawn(day: date) -> str:
+        return rows[f"{day:%Y-%m}"][day.day - 1]
+
+    held = [parse(p.name, 0).period_start for p in (archive / "statements").rglob("*.xml")]
+    assert drawn(missing) == "x" and [drawn(d) for d in held] == ["#", "#"]
+
+
+def test_a_coverage_failure_is_one_line_and_never_fails_a_good_run(setup, monkeypatch, caplog):
+    config, _missing, receiver, archive = setup
+
+    def broken(*_args, **_kwargs):
+        raise OverflowError("date value out of range")
+
+    monkeypatch.setattr("ibreports.coverage_publish.collect_coverage", broken)  # a bug inside coverage
+    state = retrieve_statements(config=str(config), return_state=True)
+    assert state.is_completed(), state.message
+    assert len(list((archive / "statements").rglob("*.xml"))) == 2  # the run itself did its work
+    (summary,) = artifacts(flow_run_id(state), COVERAGE_ARTIFACT_KEY)
+    assert "Not computed: unexpected OverflowError: date value out of range" in summary.data
+    lines = [r.getMessage() for r in caplog.records if "coverage could not be computed" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0] and receiver.messages == []
 
 
 def test_the_verify_flow_passes_then_fails_on_a_changed_statement(setup):

@@ -178,6 +178,16 @@ def test_bad_names_and_absurd_dates_fail_alone():
     assert "ok.xml.pgp" in fetched(result)
 
 
+@pytest.mark.parametrize("name", ["U1234567.DailyActivity.99991201.99991231.xml.pgp", "U1234567.Old.19891231.19891231.xml",
+                                  "U1234567.Span.19891231.20261101.csv.pgp"])
+def test_a_name_dated_outside_1990_to_next_year_is_refused_with_its_reason(name):
+    result = plan([Entry(name, 10, NOW - DAY), Entry(NAME + ".pgp", 10, NOW - DAY)], {}, rules(), NOW)
+    row = outcome_of(result, name)
+    assert (row.outcome, row.code) == (Outcome.REJECTED, Reason.BAD_DATE)
+    assert "outside 1990-01-01.." in row.reason and "it was not downloaded" in row.reason
+    assert fetched(result) == [NAME + ".pgp"]  # the rest of the listing is untouched
+
+
 def test_oldest_first_and_pure():
     listing = [Entry(f"U1234567.D.202611{d:02d}.202611{d:02d}.xml.pgp", 10, NOW - d * DAY) for d in (3, 9, 5)]
     keys = inv((SKEY, 30))

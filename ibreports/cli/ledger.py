@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 from ..config import load_config
 from ..errors import ConfigError
+from ..files import create_private
 from .fetch import parse_date
 
 
@@ -19,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--until", type=parse_date, help="statement date until (YYYY-MM-DD)")
     p.add_argument("--json", action="store_true", help="machine-readable output (schema in docs/coverage.md)")
     p.add_argument("--offline", action="store_true", help="do not list the servers (gaps are then 'unknown')")
+    p.add_argument("--html", metavar="FILE", type=Path,
+                   help="also write the calendar (held, missing, at risk, conflict) as one self-contained HTML page")
     p.set_defaults(handler=coverage)
 
     p = sub.add_parser("verify", help="re-read every archived object against the ledger the archive keeps")
@@ -28,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def coverage(args: argparse.Namespace) -> int:
-    from ..coverage import collect_coverage
+    from ..coverage_inputs import collect_coverage
     from ..coverage_publish import format_table
 
     if args.since and args.until and args.since > args.until:
@@ -40,6 +45,8 @@ def coverage(args: argparse.Namespace) -> int:
     keys = open_archive(config.archive).inventory()  # one listing: statements, and conflicts still open
     report = collect_coverage(config, args.accounts, args.since, args.until, servers=not args.offline, keys=keys)
     found = open_summaries(keys)  # durable: exit 1 while one is open
+    if args.html:
+        _write_html(args.html, report)
     if args.json:
         print(json.dumps({**report.to_dict(), "conflicts": found}, indent=1, sort_keys=True))
     else:
@@ -47,6 +54,22 @@ def coverage(args: argparse.Namespace) -> int:
                                                  "contradicts the archive (open: `ibreports conflicts list`)"
                                                  for c in found)]))
     return max(report.exit_code, 1 if found else 0)
+
+
+def _write_html(path: Path, report) -> None:
+    from ..coverage_calendar import html
+
+    page = html(report).encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with os.fdopen(create_private(tmp), "wb") as out:  # 0600: it names accounts
+            out.write(page)
+        tmp.replace(path)  # a reader (a browser, a web server) never sees half a page
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"--html {path}: cannot write it ({exc.strerror or exc}).",
+                          "Give a path in a folder that exists and that you can write to.") from None
+    print(f"calendar written to {path}", file=sys.stderr)
 
 
 def verify(args: argparse.Namespace) -> int:
