@@ -19,6 +19,7 @@ from ..errors import AuthenticationError, ConfigError, ConnectionFailure, Ibrepo
 from . import net
 from .hostkeys import check_host_key, known_keys, preferred_algorithms
 from .legacy import SHA2_RSA, make_transport, signing_key, wants_sha1
+from .sshoffer import mismatch
 
 
 def load_private_key(source: SourceConfig) -> paramiko.PKey:
@@ -89,15 +90,14 @@ def wait_banner(source: SourceConfig, sock) -> str:
     return line.decode("ascii", "replace").strip()[:80]
 
 
-def ssh_failure(exc: BaseException, source: SourceConfig, during: str) -> IbreportsError:
+def ssh_failure(exc: BaseException, source: SourceConfig, during: str,
+                transport: paramiko.Transport | None = None) -> IbreportsError:
     """The error table of the sFTP backend: paramiko and socket errors -> our errors and remedies."""
     at = net.where(source)
     if isinstance(exc, IbreportsError):
         return exc
-    if isinstance(exc, paramiko.IncompatiblePeer):
-        return ConnectionFailure(
-            f"{at} shares no SSH algorithm with us ({exc}).", "Adjust disabled_algorithms for this source.",
-        )
+    if isinstance(exc, paramiko.IncompatiblePeer):  # both sides' lists: the server's offer is on the transport
+        return mismatch(exc, source, at, transport)
     if isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower():
         if getattr(source.settings, "proxy_command", None):  # paramiko waited for the banner, not us
             return ConnectionFailure(
@@ -145,7 +145,7 @@ def negotiate(source: SourceConfig, sock, known: dict[str, paramiko.PKey],
         if isinstance(exc, EOFError) and time.monotonic() - started >= source.timeout:
             raise stalled from None  # paramiko's handshake time-out shows as a bare EOFError
         if isinstance(exc, Exception):
-            raise ssh_failure(exc, source, "negotiation") from None
+            raise ssh_failure(exc, source, "negotiation", transport) from None
         raise
     return transport
 

@@ -1,0 +1,121 @@
+"""Remedies that point the right way, each tried on the real case: an sshd that offers only algorithms
+paramiko lacks, an FTP server that requires TLS, a key listed twice with a wrong passphrase, a .ppk key.
+fetch and doctor say the same sentence (they share the code that produces it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from ibreports.cli import main
+from tests import configs
+from tests.fixtures.pgpkeys import encrypt_bytes
+from tests.fixtures.sshd import OptionsSshd
+
+STATEMENT = b"<FlexQueryResponse queryName='DailyActivity'>one</FlexQueryResponse>\n"
+ENCRYPTED = "U1234567.DailyActivity.20261101.20261101.xml.pgp"
+
+
+def write_config(tmp_path: Path, sources: str, pgp: str) -> Path:
+    cfg = tmp_path / "ibreports.toml"
+    cfg.write_text(f"{sources}\n{pgp}\n[archive]\nurl = \"{tmp_path / 'archive'}\"\n")
+    return cfg
+
+
+def pgp_table(pgp_key, files: list[Path] | None = None) -> str:
+    listed = json.dumps([str(f) for f in files]) if files else json.dumps(str(pgp_key.secret_file))
+    return f'[pgp]\nsecret_key_file = {listed}\npassphrase = "env:TEST_PGP_PASSPHRASE"\n'
+
+
+def run(cfg: Path, capsys, *args: str) -> tuple[int, str]:
+    code = main(["--config", str(cfg), *args])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def doctor(cfg: Path, capsys) -> tuple[int, list[dict]]:
+    code, out = run(cfg, capsys, "doctor", "--json")
+    return code, [step for section in json.loads(out)["sections"] for step in section["steps"]]
+
+
+def failed(steps: list[dict]) -> list[dict]:
+    return [s for s in steps if s["status"] == "FAIL"]
+
+
+# -- a. SSH: the server offers only algorithms paramiko lacks --------------------------------------
+
+def sshd_offering(tmp_path: Path, key, options: dict[str, str]) -> OptionsSshd:
+    return OptionsSshd(tmp_path / "sshd", [key[1]], options)
+
+
+@pytest.mark.parametrize("option, value, what", [
+    ("KexAlgorithms", "curve25519-sha256", "key exchange"),
+    ("KexAlgorithms", "sntrup761x25519-sha512@openssh.com", "key exchange"),
+    ("Ciphers", "chacha20-poly1305@openssh.com", "cipher"),
+])
+def test_an_sshd_offering_only_algorithms_paramiko_lacks_says_so_and_whom_to_ask(
+        tmp_path, sftp_client_key, pgp_key, env, capsys, option, value, what):
+    assert value not in {*paramiko.Transport._preferred_kex, *paramiko.Transport._preferred_ciphers}
+    server = sshd_offering(tmp_path, sftp_client_key, {option: value})
+    try:
+        known = server.write_known_hosts(tmp_path / "known_hosts")
+        cfg = write_config(tmp_path, configs.sftp_toml(server, sftp_client_key, known), pgp_table(pgp_key))
+        code, out = run(cfg, capsys, "fetch")
+        doctor_code, steps = doctor(cfg, capsys)
+    finally:
+        server.stop()
+    assert code == 3 and doctor_code == 3, out
+    assert f"offers only SSH {what} algorithms that ibreports (paramiko {paramiko.__version__}) lacks" in out
+    assert f"the server offers {value}; we support " in out
+    ours = paramiko.Transport._preferred_kex if what == "key exchange" else paramiko.Transport._preferred_ciphers
+    assert ", ".join(ours) in out  # what we support, all of it
+    assert "ask IBKR (or the server's admin) to also enable one of" in out and f"sshd: {option}" in out
+    assert "Adjust disabled_algorithms" not in out and "disabled_algorithms" not in out.split("remedy")[0]
+    if value == "curve25519-sha256":  # the same curve under paramiko's name for it
+        assert "curve25519-sha256@libssh.org (the same algorithm as curve25519-sha256" in out
+    fail = failed(steps)
+    assert [s["name"] for s in fail] == ["hostkey"]
+    assert fail[0]["cause"] in out and fail[0]["fix"] in out  # doctor and fetch: the same sentences
+
+
+def test_a_kex_turned_off_by_disabled_algorithms_names_the_setting_to_change(
+        tmp_path, sftp_client_key, pgp_key, env, capsys):
+    server = sshd_offering(tmp_path, sftp_client_key, {"KexAlgorithms": "ecdh-sha2-nistp256"})
+    try:
+        known = server.write_known_hosts(tmp_path / "known_hosts")
+        source = configs.sftp_toml(server, sftp_client_key, known) + 'disabled_algorithms = { kex = ["ecdh-sha2-nistp256"] }\n'
+        cfg = write_config(tmp_path, source, pgp_table(pgp_key))
+        code, out = run(cfg, capsys, "fetch")
+    finally:
+        server.stop()
+    assert code == 3
+    assert "the server offers ecdh-sha2-nistp256; we support " in out
+    assert "disabled_algorithms turns off ecdh-sha2-nistp256" in out
+    assert "Remove ecdh-sha2-nistp256 from disabled_algorithms.kex of source ibkr-sftp" in out
+
+
+# -- b. FTP: a server that requires TLS, a source without it ----------------------------------------
+
+def test_an_ftp_server_requiring_tls_is_not_called_a_wrong_password(tmp_path, ftp_factory, pgp_key, env, capsys,
+                                                                    monkeypatch):
+    server = ftp_factory(tls=True)  # pyftpdlib: tls_control_required, answers USER with 550
+    monkeypatch.setenv("TEST_FTP_PASSWORD", server.password)  # the right password
+    encrypt_bytes(pgp_key.public_file, STATEMENT, server.root / "outgoing" / ENCRYPTED)
+    cfg = write_config(tmp_path, configs.ftp_toml(server, tls=False), pgp_table(pgp_key))
+    code, out = run(cfg, capsys, "fetch")
+    doctor_code, steps = doctor(cfg, capsys)
+    assert code == 2 and doctor_code == 2, out
+    assert "SSL/TLS required on the control channel" in out
+    assert "requires TLS before the login" in out and "Set tls = true for source ibkr-ftp" in out
+    assert "refused the username or password" not in out and "IBKR can reset it" not in out
+    fail = failed(steps)
+    assert [s["name"] for s in fail] == ["login"] and fail[0]["fix"] in out
+
+    # With tls = true and the server's certificate pinned, the same source logs in and fetches.
+    cfg = write_config(tmp_path, configs.ftp_toml(server, tls=True, ca_file=str(server.ca_file)), pgp_table(pgp_key))
+    code, out = run(cfg, capsys, "fetch")
+    assert code == 0, out
+    assert list((tmp_path / "archive" / "statements").rglob("*.xml"))
