@@ -32,7 +32,7 @@ from .files import sha256_file
 from .pgp import is_openpgp
 from .plan import Item, conflict_key
 from .remote import Remote
-from .report import FileOutcome, Outcome, Reason
+from .report import IN_REPORT, FileOutcome, Outcome, Reason
 from .runstate import Halted, Outage, RunState
 
 log = logging.getLogger("ibreports.pipeline")
@@ -117,11 +117,11 @@ class Worker:
             self._fail(item, Reason.ERROR, exc)
         except OSError as exc:  # e.g. a full disk under staging: this file fails, nothing is lost
             self._set(out, Outcome.FAILED, Reason.IO, f"local I/O error: {exc.strerror or exc}")
-            log.error("%s: %s failed: %s", self.source.name, item.entry.name, out.reason)
+            log.error("%s: %s failed: %s", self.source.name, item.entry.name, out.reason, extra=IN_REPORT)
         except Exception as exc:  # noqa: BLE001 - a bug fails this file, not the run
             self._set(out, Outcome.FAILED, Reason.ERROR, f"unexpected {type(exc).__name__}: {str(exc)[:300]}")
             log.error("%s: %s failed: %s", self.source.name, item.entry.name, out.reason,
-                      exc_info=log.isEnabledFor(logging.DEBUG))
+                      exc_info=log.isEnabledFor(logging.DEBUG), extra=IN_REPORT)
         finally:
             delivered.unlink(missing_ok=True)
             plain.unlink(missing_ok=True)
@@ -195,7 +195,7 @@ class Worker:
         self._set(out, Outcome.FAILED, Reason.CONFLICT,
                   f"conflict: {why}; the archived copy was not replaced and this delivery is kept as {key}{kept}. "
                   "Compare both and keep the right one (ask IBKR if unsure).")
-        log.error("%s: %s: %s", self.source.name, item.entry.name, out.reason)
+        log.error("%s: %s: %s", self.source.name, item.entry.name, out.reason, extra=IN_REPORT)
 
     # -- I/O with bounded retries ------------------------------------------------------------
 
@@ -309,7 +309,7 @@ class Worker:
 
     def _fail(self, item: Item, code: Reason | str, exc: IbreportsError) -> None:
         self._set(item.outcome, Outcome.FAILED, code, str(exc))
-        log.error("%s: %s failed: %s", self.source.name, item.entry.name, exc)
+        log.error("%s: %s failed: %s", self.source.name, item.entry.name, exc, extra=IN_REPORT)
 
     @staticmethod
     def _set(out: FileOutcome, outcome: Outcome, code: Reason | str, reason: str) -> None:

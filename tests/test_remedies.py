@@ -5,6 +5,8 @@ fetch and doctor say the same sentence (they share the code that produces it).""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import paramiko
@@ -119,3 +121,42 @@ def test_an_ftp_server_requiring_tls_is_not_called_a_wrong_password(tmp_path, ft
     code, out = run(cfg, capsys, "fetch")
     assert code == 0, out
     assert list((tmp_path / "archive" / "statements").rglob("*.xml"))
+
+
+# -- c. the same key listed twice, with a wrong passphrase: fetch and doctor say the same ------------
+
+def test_a_key_listed_twice_with_a_wrong_passphrase_is_reported_alike_by_fetch_and_doctor(
+        tmp_path, sftp_setup, sftp_client_key, pgp_key, env, capsys, monkeypatch, caplog):
+    server, known, delivered = sftp_setup
+    monkeypatch.setenv("TEST_PGP_PASSPHRASE", "not the passphrase of that key")
+    twice = [pgp_key.secret_file, pgp_key.secret_file]
+    cfg = write_config(tmp_path, configs.sftp_toml(server, sftp_client_key, known), pgp_table(pgp_key, twice))
+    code, out = run(cfg, capsys, "fetch")
+    fetch_said = out + caplog.text
+    doctor_code, steps = doctor(cfg, capsys)
+    assert code == 1  # the plain delivery archived, the encrypted ones failed: locked
+    assert doctor_code == 2  # a key problem
+    keys = [s for s in steps if s["name"].startswith("key ")]
+    assert [(s["name"], s["status"]) for s in keys] == [("key listed twice", "ok"), (f"key {pgp_key.secret_file.name}", "FAIL")]
+    note = keys[0]["detail"]
+    assert f"lists {pgp_key.secret_file} 2 times: it is loaded once" in note
+    assert fetch_said.count(note) == 1  # fetch logs the same sentence, once
+    cause, fix = keys[1]["cause"], keys[1]["fix"]
+    assert "does not unlock the PGP key" in cause and "TEST_PGP_PASSPHRASE" in fix
+    assert f"cannot be used: {cause} {fix}" in caplog.text  # once per run, the same sentences
+    assert sum(r.getMessage().startswith("PGP key in") for r in caplog.records) == 1
+    encrypted = [n for n in delivered if n.endswith((".pgp", ".asc"))]
+    reason = f"(locked): it is encrypted to key {pgp_key.subkey_id}, which cannot be used: {cause} {fix}"
+    assert out.count(reason) == len(encrypted)
+
+    # g. The installed command says each file's reason once (the table; not again as a log line),
+    # and status shows the last run's reason whole, its remedy included.
+    cli = [sys.executable, str(Path(sys.executable).with_name("ibreports")), "--config", str(cfg)]
+    done = subprocess.run([*cli, "fetch"], capture_output=True, text=True, timeout=300)
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said
+    assert said.count(reason) == len(encrypted), said
+    assert said.count(" already archived, ") == 1  # the summary line once
+    assert done.stderr.count(note) == 1 and done.stderr.count(f"cannot be used: {cause} {fix}") == 1
+    done = subprocess.run([*cli, "status"], capture_output=True, text=True, timeout=300)
+    assert done.stdout.count(f"last run: failed: Decryption refused {reason}\n") == len(encrypted), done.stdout
