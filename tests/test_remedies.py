@@ -5,6 +5,7 @@ fetch and doctor say the same sentence (they share the code that produces it).""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from ibreports.cli import main
 from tests import configs
 from tests.fixtures.pgpkeys import encrypt_bytes
-from tests.fixtures.sshd import OptionsSshd
+from tests.fixtures.sshd import OptionsSshd, make_client_key
 
 STATEMENT = b"<FlexQueryResponse queryName='DailyActivity'>one</FlexQueryResponse>\n"
 ENCRYPTED = "U1234567.DailyActivity.20261101.20261101.xml.pgp"
@@ -160,3 +161,60 @@ def test_a_key_listed_twice_with_a_wrong_passphrase_is_reported_alike_by_fetch_a
     assert done.stderr.count(note) == 1 and done.stderr.count(f"cannot be used: {cause} {fix}") == 1
     done = subprocess.run([*cli, "status"], capture_output=True, text=True, timeout=300)
     assert done.stdout.count(f"last run: failed: Decryption refused {reason}\n") == len(encrypted), done.stdout
+
+
+# -- d. a PuTTY key: the conversion writes a new file, and the config then points at it ---------------
+
+def test_the_ppk_remedy_converts_into_a_new_file_that_then_logs_in(tmp_path, sftp_setup, pgp_key, env, capsys):
+    server, known, delivered = sftp_setup
+    (tmp_path / "made").mkdir()
+    openssh, public = make_client_key(tmp_path / "made", None)
+    server.authorized_keys.write_text(public + "\n")
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    ppk = keys / "ibkr_sftp_rsa"  # what a PuTTY user names it: the very name the old remedy wrote to
+    subprocess.run(["puttygen", str(openssh), "-O", "private", "-o", str(ppk)], check=True, capture_output=True,
+                   timeout=60)
+    assert ppk.read_bytes().startswith(b"PuTTY-User-Key-File")
+    original = ppk.read_bytes()
+    source = configs.sftp_toml(server, (ppk, public, None), known)
+    cfg = write_config(tmp_path, source, pgp_table(pgp_key))
+    code, out = run(cfg, capsys, "fetch")
+    assert code == 2 and "is in PuTTY (.ppk) format" in out, out
+    command = out.split("(the .ppk stays as it is): ", 1)[1].split(" ; then", 1)[0]
+    converted = keys / "ibkr_sftp_rsa_openssh"
+    assert command == f"puttygen {ppk} -O private-openssh -o {converted}"
+    assert f'then set key_file = "{converted}" for source ibkr-sftp' in out
+    subprocess.run(shlex.split(command), check=True, capture_output=True, timeout=60)  # as the user would
+    assert ppk.read_bytes() == original  # the .ppk is still there, untouched
+    cfg.write_text(cfg.read_text().replace(f'"{ppk}"', f'"{converted}"'))
+    code, out = run(cfg, capsys, "fetch")
+    assert code == 0, out
+    assert len(list((tmp_path / "archive" / "statements").rglob("*.xml"))) == len(delivered) - 1  # the csv as is
+
+
+# -- e. keys backup: the verify line it prints runs as printed, from anywhere ----------------------------
+
+def test_the_backup_verify_hint_names_the_config_and_runs_as_printed(tmp_path, s3_server, s3_bucket, monkeypatch,
+                                                                     capsys):
+    monkeypatch.delenv("IBREPORTS_CONFIG", raising=False)
+    monkeypatch.setenv("IBREPORTS_KEY_PASSPHRASE", "the key passphrase for this test")
+    keys = tmp_path / "keys"
+    assert main(["keygen", "--dir", str(keys), "--rsa-bits", "2048", "--pgp-bits", "2048"]) == 0
+    config = tmp_path / "etc" / "mine.toml"  # not ./ibreports.toml: verify must be told
+    config.parent.mkdir()
+    config.write_text(f'[archive]\nurl = "s3://{s3_bucket}/archive"\nendpoint_url = "{s3_server}"\nregion = "us-east-1"\n')
+    secret = tmp_path / "backup-pass"
+    secret.write_text("the backup passphrase of this test\n")
+    secret.chmod(0o600)
+    capsys.readouterr()
+    assert main(["--config", str(config), "keys", "backup", "--dir", str(keys), "--to", f"s3://{s3_bucket}/backups/",
+                 "--passphrase-file", str(secret)]) == 0
+    hint = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Check it any time with: "))
+    words = shlex.split(hint.split(": ", 1)[1])
+    assert words[:3] == ["ibreports", "--config", str(config)] and "--passphrase-file" in words
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, str(Path(sys.executable).with_name("ibreports")), *words[1:]],
+                          cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "OK, 4 files" in done.stdout, done.stdout + done.stderr

@@ -6,6 +6,7 @@ The host key is checked against known_hosts BEFORE any authentication is attempt
 
 from __future__ import annotations
 
+import shlex
 import socket
 import time
 from pathlib import Path
@@ -34,9 +35,13 @@ def load_private_key(source: SourceConfig) -> paramiko.PKey:
     except OSError as exc:
         raise ConfigError(f"sFTP private key {path} cannot be read ({exc.strerror}).", "Fix its permissions.") from None
     if data.startswith(b"PuTTY-User-Key-File"):
+        # Into a new file: writing over the .ppk (often named ibkr_sftp_rsa too) would lose it if puttygen fails.
+        converted = path.with_name(f"{path.stem if path.suffix.lower() == '.ppk' else path.name}_openssh")
         raise ConfigError(
             f"sFTP private key {path} is in PuTTY (.ppk) format.",
-            f"Convert it to OpenSSH format: puttygen {path.name} -O private-openssh -o ibkr_sftp_rsa",
+            f"Convert it into a new file in OpenSSH format (the .ppk stays as it is): puttygen {shlex.quote(str(path))} "
+            f"-O private-openssh -o {shlex.quote(str(converted))} ; then set key_file = \"{converted}\" for source "
+            f"{source.name}.",
         )
     secret = source.settings.key_passphrase.get().encode() if source.settings.key_passphrase else None
     loader = serialization.load_ssh_private_key if b"OPENSSH PRIVATE KEY" in data else serialization.load_pem_private_key
