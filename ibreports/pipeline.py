@@ -108,7 +108,7 @@ def _warn_plain_ftp(source: SourceConfig, report: RunReport) -> None:
         note = (f"source {source.name}: {source.kind} without TLS (tls = false) sends the password and every "
                 "file in clear; "
                 "anyone on the network path can read them or forge deliveries. Set tls = true if the server "
-                "offers FTPS (IBKR's does).")
+                "offers FTPS (ibreports doctor's tls step shows whether it does).")
         log.warning(note, extra=IN_REPORT)
         report.notes.append(note)
 

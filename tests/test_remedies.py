@@ -218,3 +218,29 @@ def test_the_backup_verify_hint_names_the_config_and_runs_as_printed(tmp_path, s
     done = subprocess.run([sys.executable, str(Path(sys.executable).with_name("ibreports")), *words[1:]],
                           cwd=elsewhere, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "OK, 4 files" in done.stdout, done.stdout + done.stderr
+
+
+# -- f. the demo's next steps deploy the way the docs do -------------------------------------------------
+
+def test_the_demos_deploy_step_is_make_deploy_which_deploys_and_creates_the_automations():
+    from ibreports.demo import NEXT_STEPS
+
+    step = next(line for line in NEXT_STEPS.splitlines() if line.lstrip().startswith("8."))
+    assert step.split("#")[0].split() == ["8.", "make", "deploy"]
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    recipe = makefile.split("\ndeploy:", 1)[1].split("\n\n", 1)[0]
+    assert "prefect deploy --all" in recipe and "-m flows.automations" in recipe
+
+
+# -- h. the documented configuration is safe: FTP with TLS, parsed by the real parser ---------------------
+
+def test_the_configuration_example_parses_and_its_ftp_source_uses_tls(tmp_path, monkeypatch):
+    from ibreports.config import load_config
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    example = page.split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = tmp_path / "ibreports.toml"
+    cfg.write_text(example)
+    config = load_config(str(cfg))
+    ftp = [s for s in config.sources if s.kind == "ftp"]
+    assert ftp and all(s.settings.tls for s in ftp)

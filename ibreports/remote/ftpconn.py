@@ -93,7 +93,7 @@ def ftp_failure(exc: BaseException, source: SourceConfig, during: str) -> Ibrepo
     if isinstance(exc, ssl.SSLError):
         return ConnectionFailure(
             f"The TLS handshake with {at} failed during {during} ({exc.reason or exc}).",
-            "Check host, port and tls (IBKR's FTP server speaks explicit FTPS on port 21).",
+            "Check host, port and tls (explicit FTPS, AUTH TLS, on the FTP port: 21 for IBKR).",
         )
     if isinstance(exc, TimeoutError):
         return net.idle(source, during)
