@@ -139,6 +139,9 @@ def test_the_installed_command_is_the_library_cli():
     assert scripts == {"ibreports": "ibreports.cli:run"}
     script = Path(sys.executable).with_name("ibreports").read_text()
     assert "from ibreports.cli import run" in script  # the installed venv has the same entry point
+    done = subprocess.run([sys.executable, "-m", "ibreports.cli", "--version"], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert done.returncode == 0 and done.stdout.strip() == f"ibreports {ibreports.__version__}", done.stderr
 
 
 def _imported(stderr: str) -> list[str]:

@@ -150,7 +150,3 @@ def _clean_start() -> None:
 def run() -> None:
     """The installed ``ibreports`` command (and ``python -m ibreports.cli``)."""
     sys.exit(main())
-
-
-if __name__ == "__main__":
-    run()
