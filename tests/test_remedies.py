@@ -244,3 +244,22 @@ def test_the_configuration_example_parses_and_its_ftp_source_uses_tls(tmp_path, 
     config = load_config(str(cfg))
     ftp = [s for s in config.sources if s.kind == "ftp"]
     assert ftp and all(s.settings.tls for s in ftp)
+
+
+@pytest.mark.parametrize("right_first", [True, False])
+def test_two_copies_of_one_key_with_their_own_passphrases_decrypt_when_one_is_right(
+        tmp_path, sftp_setup, sftp_client_key, pgp_key, env, capsys, monkeypatch, right_first):
+    """The same key in two files, one entry with a wrong passphrase: the right one unlocks it, in either order."""
+    server, known, delivered = sftp_setup
+    copy = tmp_path / "copy_of_secret.asc"
+    copy.write_bytes(pgp_key.secret_file.read_bytes())
+    monkeypatch.setenv("TEST_PGP_PASSPHRASE", "not the passphrase of that key")
+    monkeypatch.setenv("RIGHT_PASSPHRASE", pgp_key.passphrase)
+    entries = [f'{{ file = "{copy}", passphrase = "env:RIGHT_PASSPHRASE" }}', json.dumps(str(pgp_key.secret_file))]
+    pgp = (f'[pgp]\nsecret_key_file = [{", ".join(entries if right_first else entries[::-1])}]\n'
+           'passphrase = "env:TEST_PGP_PASSPHRASE"\n')
+    cfg = write_config(tmp_path, configs.sftp_toml(server, sftp_client_key, known), pgp)
+    code, out = run(cfg, capsys, "fetch")
+    assert code == 0, out
+    statements = [p for p in (tmp_path / "archive" / "statements").rglob("*") if p.is_file()]
+    assert len(statements) == len(delivered)  # each delivery decrypted (or, the plain one, kept as is)
