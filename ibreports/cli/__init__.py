@@ -3,7 +3,7 @@
 Each submodule registers its commands with ``register(subparsers)``; a handler takes
 the parsed arguments and returns the exit code. The installed command is :func:`run`.
 No command imports Prefect but ``demo``, which runs a flow: it imports ``flows.demo``
-when it runs (tests/test_cli_startup.py checks every other command).
+when it runs (tests/test_imports.py checks every other command).
 """
 
 from __future__ import annotations
