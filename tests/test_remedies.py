@@ -5,6 +5,7 @@ fetch and doctor say the same sentence (they share the code that produces it).""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -76,7 +77,7 @@ def test_an_sshd_offering_only_algorithms_paramiko_lacks_says_so_and_whom_to_ask
     ours = paramiko.Transport._preferred_kex if what == "key exchange" else paramiko.Transport._preferred_ciphers
     assert ", ".join(ours) in out  # what we support, all of it
     assert "ask IBKR (or the server's admin) to also enable one of" in out and f"sshd: {option}" in out
-    assert "Adjust disabled_algorithms" not in out and "disabled_algorithms" not in out.split("remedy")[0]
+    assert "disabled_algorithms" not in out  # none is set, so none is blamed
     if value == "curve25519-sha256":  # the same curve under paramiko's name for it
         assert "curve25519-sha256@libssh.org (the same algorithm as curve25519-sha256" in out
     fail = failed(steps)
@@ -84,9 +85,10 @@ def test_an_sshd_offering_only_algorithms_paramiko_lacks_says_so_and_whom_to_ask
     assert fail[0]["cause"] in out and fail[0]["fix"] in out  # doctor and fetch: the same sentences
 
 
-def test_a_kex_turned_off_by_disabled_algorithms_names_the_setting_to_change(
-        tmp_path, sftp_client_key, pgp_key, env, capsys):
-    server = sshd_offering(tmp_path, sftp_client_key, {"KexAlgorithms": "ecdh-sha2-nistp256"})
+@pytest.mark.parametrize("offered", ["ecdh-sha2-nistp256", "curve25519-sha256"])
+def test_disabled_algorithms_is_blamed_only_when_it_turns_off_what_the_server_offers(
+        tmp_path, sftp_client_key, pgp_key, env, capsys, offered):
+    server = sshd_offering(tmp_path, sftp_client_key, {"KexAlgorithms": offered})
     try:
         known = server.write_known_hosts(tmp_path / "known_hosts")
         source = configs.sftp_toml(server, sftp_client_key, known) + 'disabled_algorithms = { kex = ["ecdh-sha2-nistp256"] }\n'
@@ -95,9 +97,16 @@ def test_a_kex_turned_off_by_disabled_algorithms_names_the_setting_to_change(
     finally:
         server.stop()
     assert code == 3
-    assert "the server offers ecdh-sha2-nistp256; we support " in out
-    assert "disabled_algorithms turns off ecdh-sha2-nistp256" in out
-    assert "Remove ecdh-sha2-nistp256 from disabled_algorithms.kex of source ibkr-sftp" in out
+    assert f"the server offers {offered}; we support " in out
+    ours = re.split(r"[.,]? \(|\. |, and ", out.split("we support ", 1)[1], maxsplit=1)[0]
+    assert "mlkem768x25519-sha256" in ours.split(", ")
+    assert "ecdh-sha2-nistp256" not in ours.split(", ")  # what we offer, less what the source disables
+    if offered == "ecdh-sha2-nistp256":
+        assert "disabled_algorithms turns off ecdh-sha2-nistp256" in out
+        assert "Remove ecdh-sha2-nistp256 from disabled_algorithms.kex of source ibkr-sftp" in out
+    else:
+        assert "disabled_algorithms is not the cause: nothing it disables is offered" in out
+        assert "ask IBKR (or the server's admin)" in out and "Remove " not in out
 
 
 # -- b. FTP: a server that requires TLS, a source without it ----------------------------------------

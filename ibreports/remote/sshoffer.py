@@ -69,7 +69,7 @@ def mismatch(exc: paramiko.IncompatiblePeer, source: SourceConfig, at: str,
     wanted = ", ".join(aliases + [a for a in ours if a not in ALIASES.values() or not aliases])
     return ConnectionFailure(
         f"{at} offers only SSH {what} algorithms that ibreports (paramiko {paramiko.__version__}) lacks: {listed}"
-        + (f" (disabled_algorithms is not the cause: nothing it disables is offered)." if disabled else "."),
+        + (" (disabled_algorithms is not the cause: nothing it disables is offered)." if disabled else "."),
         f"No setting here can add an algorithm: ask IBKR (or the server's admin) to also enable one of: {wanted} "
         f"(OpenSSH's sshd: {option}).",
     )
