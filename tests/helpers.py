@@ -6,11 +6,16 @@ import dataclasses
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import ibreports
 from ibreports.config import SourceConfig
 from ibreports.remote.registry import get_kind
 from tests.fixtures.pgpkeys import encrypt_bytes
@@ -150,13 +155,6 @@ def as_other_user(code: str, *args: str, uid: int = NOBODY, timeout: float = 60)
     interpreter that user can start (this venv's base, else the system's python3).
     Returns the CompletedProcess (text).
     """
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-
-    import ibreports
-
     user = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
     readable = Path(tempfile.mkdtemp(prefix="ibreports-other-user-"))
     try:
