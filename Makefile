@@ -23,13 +23,14 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test system-packages
 
-# sshd (real OpenSSH server for the tests) and gpg; installed with apt when missing.
+# sshd (real OpenSSH server for the tests), gpg and puttygen (a real .ppk key); installed with apt when missing.
 system-packages:
 	@missing=""; \
 	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	command -v gpg >/dev/null || missing="$$missing gnupg"; \
 	command -v gpgconf >/dev/null || missing="$$missing gnupg"; \
 	command -v ssh-keygen >/dev/null || missing="$$missing openssh-client"; \
+	command -v puttygen >/dev/null || missing="$$missing putty-tools"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -1,7 +1,7 @@
 """The demo's flow runner: flow ``retrieve-statements`` in-process, with Prefect's console quiet.
 
-The CLI (ibreports/cli) imports no Prefect: the installed ``ibreports`` command
-(:mod:`flows.cli`) hands it this runner.
+``ibreports demo`` (ibreports/cli/ops.py) imports this module when it runs, and only then:
+no other command imports Prefect.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from .process import Worker
 from .runstate import Halted, ProgressHook, RunState
 from .remote import Remote
 from .remote.registry import kind_of
-from .report import Outcome, Reason, RunReport
+from .report import IN_REPORT, Outcome, Reason, RunReport
 
 log = logging.getLogger("ibreports.pipeline")
 
@@ -89,17 +89,17 @@ def fetch(
             report.record_key = key
         except Exception as exc:  # noqa: BLE001 - the per-file outcomes still reach the user
             log.error("the run record could not be written: %s", exc)
-    log.info("run %s: %s", report.run_id, report.summary_line())
+    log.info("run %s: %s", report.run_id, report.summary_line(), extra=IN_REPORT)
     return report
 
 
 def _record(report: RunReport, source: str, exc: BaseException) -> None:
     if isinstance(exc, IbreportsError):
-        log.error("%s: %s", source, exc)
+        log.error("%s: %s", source, exc, extra=IN_REPORT)
         message = str(exc)
     else:  # a bug: the type and message say what; the traceback only with --debug
         log.error("%s: unexpected %s: %s", source, type(exc).__name__, exc,
-                  exc_info=log.isEnabledFor(logging.DEBUG))
+                  exc_info=log.isEnabledFor(logging.DEBUG), extra=IN_REPORT)
         message = (f"unexpected {type(exc).__name__}: {str(exc)[:300]}; the other sources went on. "
                    "Run again with --debug for the traceback and report it.")
     report.source_errors[source] = message
@@ -112,8 +112,8 @@ def _warn_plain_ftp(source: SourceConfig, report: RunReport) -> None:
         note = (f"source {source.name}: {source.kind} without TLS (tls = false) sends the password and every "
                 "file in clear; "
                 "anyone on the network path can read them or forge deliveries. Set tls = true if the server "
-                "offers FTPS (IBKR's does).")
-        log.warning(note)
+                "offers FTPS (ibreports doctor's tls step shows whether it does).")
+        log.warning(note, extra=IN_REPORT)
         report.notes.append(note)
 
 
@@ -200,7 +200,7 @@ def _work(run: RunState, source: SourceConfig, opts: RunOptions, remote: Remote,
     run.report.files.extend(planned.rows)
     for row in planned.rows:
         if row.outcome == Outcome.REJECTED:
-            log.warning("%s: rejected %r: %s", source.name, row.name[:80], row.reason)
+            log.warning("%s: rejected %r: %s", source.name, row.name[:80], row.reason, extra=IN_REPORT)
     run.progress("total-files", len(planned.items))
     run.progress("total-bytes", planned.total_bytes)
     if opts.dry_run:

@@ -36,7 +36,7 @@ from .files import disk_full, is_disk_full, sha256_file
 from .pgp import is_openpgp
 from .plan import Item, conflict_key
 from .remote import Remote
-from .report import FileOutcome, Outcome, Reason
+from .report import IN_REPORT, FileOutcome, Outcome, Reason
 from .runstate import Halted, Outage, RunState
 
 log = logging.getLogger("ibreports.pipeline")
@@ -129,11 +129,11 @@ class Worker:
                 self._fail(item, Reason.DISK_FULL, self._staging_full(item, exc))
             else:
                 self._set(out, Outcome.FAILED, Reason.IO, f"local I/O error: {exc.strerror or exc}")
-                log.error("%s: %s failed: %s", self.source.name, item.entry.name, out.reason)
+                log.error("%s: %s failed: %s", self.source.name, item.entry.name, out.reason, extra=IN_REPORT)
         except Exception as exc:  # noqa: BLE001 - a bug fails this file, not the run
             self._set(out, Outcome.FAILED, Reason.ERROR, f"unexpected {type(exc).__name__}: {str(exc)[:300]}")
             log.error("%s: %s failed: %s", self.source.name, item.entry.name, out.reason,
-                      exc_info=log.isEnabledFor(logging.DEBUG))
+                      exc_info=log.isEnabledFor(logging.DEBUG), extra=IN_REPORT)
         finally:
             delivered.unlink(missing_ok=True)
             plain.unlink(missing_ok=True)
@@ -271,7 +271,7 @@ class Worker:
                   f"{kept_note}. It stays open (exit 1) until resolved: `ibreports conflicts list`, then "
                   f"`ibreports conflicts resolve {conflicts.conflict_id(record)} --keep archived|new --reason TEXT` "
                   "(ask IBKR if unsure).")
-        log.error("%s: %s: %s", self.source.name, item.entry.name, out.reason)
+        log.error("%s: %s: %s", self.source.name, item.entry.name, out.reason, extra=IN_REPORT)
 
     def _decrypted_copy(self, path: Path, plain: Path) -> Path | None:
         """The statement inside a conflicting encrypted delivery, kept beside it for a person to compare."""
@@ -417,7 +417,7 @@ class Worker:
 
     def _fail(self, item: Item, code: Reason | str, exc: IbreportsError) -> None:
         self._set(item.outcome, Outcome.FAILED, code, str(exc))
-        log.error("%s: %s failed: %s", self.source.name, item.entry.name, exc)
+        log.error("%s: %s failed: %s", self.source.name, item.entry.name, exc, extra=IN_REPORT)
 
     @staticmethod
     def _set(out: FileOutcome, outcome: Outcome, code: Reason | str, reason: str) -> None:

@@ -52,6 +52,9 @@ class Reason(StrEnum):
 DONE = (Outcome.ARCHIVED, Outcome.ALREADY_ARCHIVED, Outcome.VERIFIED)
 FAILED = (Outcome.FAILED, Outcome.REJECTED)
 OUT_OF_RANGE = Outcome.OUT_OF_RANGE
+# ``extra`` of a log record whose text the run report holds too (a file's reason, a source's error, a
+# note, the summary): `ibreports fetch` prints the report, so its console leaves these records out.
+IN_REPORT = {"in_report": True}
 
 
 @dataclass

@@ -18,7 +18,7 @@ from .archive import Archive, ObjectInfo
 from .config import Config
 from .errors import ArchiveError, DecryptionError, IbreportsError
 from .files import claim_workdir, private_base, release_workdir, sweep_abandoned
-from .pgp import Decryptor, decryptor_for, sweep_abandoned_homes
+from .pgp import Decryptor, decryptor_for, listed_again, sweep_abandoned_homes
 from .report import RunReport
 
 log = logging.getLogger("ibreports.pipeline")
@@ -136,6 +136,8 @@ class RunState:
                 "The file is PGP-encrypted but no PGP secret key is configured.",
                 "Set [pgp] secret_key_file (ibreports keygen writes keys/ibkr_pgp_secret.asc).",
             )
+        for note in listed_again(pgp):
+            log.warning("%s", note)
         decryptor = decryptor_for(pgp)
         for problem in decryptor.problems:  # once per run; only the files encrypted to that key fail
             log.error("PGP key in %s cannot be used: %s", problem.file, problem.error)

@@ -216,7 +216,7 @@ def format_table(report: StatusReport) -> str:
             f"{(r.account or '-'):<10} {r.statement_date:<10}  {r.source}/{name[:120]}"
         )
         if r.last_outcome:
-            lines.append(f"{'':>21}last run: {r.last_outcome}: {(r.last_reason or 'no reason recorded')[:300]}")
+            lines.append(f"{'':>21}last run: {r.last_outcome}: {r.last_reason or 'no reason recorded'}")  # whole: the remedy ends it
     if not report.files:
         lines.append("  (no files on the server)")
     for source in report.on_demand:

@@ -6,11 +6,16 @@ import dataclasses
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import ibreports
 from ibreports.config import SourceConfig
 from ibreports.remote.registry import get_kind
 from tests.fixtures.pgpkeys import encrypt_bytes
@@ -135,3 +140,37 @@ class Receiver:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
+
+
+# -- running code as another local user ---------------------------------------------------------
+
+NOBODY = 65534
+
+
+def as_other_user(code: str, *args: str, uid: int = NOBODY, timeout: float = 60):
+    """Run Python ``code`` as ``uid`` with the library importable, wherever the checkout lies.
+
+    A checkout (and its .venv) under a 0700 folder (/root, any mktemp -d) is out of the other
+    user's reach: the library is copied to a fresh 0755 folder, and the code runs under the first
+    interpreter that user can start (this venv's base, else the system's python3).
+    Returns the CompletedProcess (text).
+    """
+    user = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    readable = Path(tempfile.mkdtemp(prefix="ibreports-other-user-"))
+    try:
+        readable.chmod(0o755)
+        shutil.copytree(Path(ibreports.__file__).parent, readable / "ibreports",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [readable, *readable.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        probe = "import sys; assert sys.version_info >= (3, 11)"
+        for python in dict.fromkeys([os.path.realpath(sys._base_executable), sys.executable, "/usr/bin/python3"]):
+            if subprocess.run([*user, python, "-I", "-c", probe], capture_output=True, timeout=timeout).returncode == 0:
+                break
+        else:
+            raise RuntimeError(f"no Python >= 3.11 that uid {uid} can run")
+        prelude = f"import sys; sys.path.insert(0, {str(readable)!r})\n"
+        return subprocess.run([*user, python, "-I", "-c", prelude + code, *args], capture_output=True, text=True,
+                              timeout=timeout, cwd=readable)
+    finally:
+        shutil.rmtree(readable)

@@ -117,6 +117,7 @@ def test_demo_archives_and_decrypts_every_seeded_statement(tmp_path, capfd, pref
     assert "ibreports keygen" in printed and "trust-host" in printed and "doctor" in printed
     assert "statements/" in printed and "encrypted/" in printed and "bytes, mode 0400)" in printed
     assert "[alerts] urls" in printed.split("For real use:")[1]
+    assert "8. make deploy " in printed and "prefect deploy" not in printed  # the deployments and the automations
 
     # Clean output: ibreports' run summary once, no Prefect chatter, the temporary server already stopped
     # (so its "Stopping temporary server" cannot come after the next steps).

@@ -6,17 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from ibreports.cli import main
 from ibreports.report import RunReport, table_rows
 from tests.configs import sftp_toml
-from tests.helpers import local_archive, write_config
-
-NOBODY = 65534
+from tests.helpers import NOBODY, as_other_user, local_archive, write_config
 
 
 def _latest_record(root: Path) -> dict:
@@ -74,10 +70,9 @@ def test_an_abandoned_folder_that_cannot_be_removed_is_not_reported_removed(tmp_
         os.chown(base, NOBODY, NOBODY)
         os.chown(stuck, NOBODY, NOBODY)
         os.chown(stuck / ".in-use", NOBODY, NOBODY)  # theirs/ stays root's: nobody cannot empty it
-        code = "import sys; from pathlib import Path; from ibreports.files import sweep_abandoned; " \
+        code = "from pathlib import Path; from ibreports.files import sweep_abandoned; " \
                "print(sweep_abandoned('ibr-test-', Path(sys.argv[1])))"
-        done = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                               sys.executable, "-c", code, str(base)], capture_output=True, text=True, timeout=60)
+        done = as_other_user(code, str(base), uid=NOBODY)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "0" and (stuck / "theirs" / "file").exists()
         assert f"could not remove {stuck}, left by an interrupted run" in done.stderr

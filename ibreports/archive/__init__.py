@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from ..config import ArchiveConfig
-from ..errors import ArchiveError, ConfigError
-
-MAX_KEY_BYTES = 1024  # S3's limit; also keeps local paths within PATH_MAX
+from ..errors import ConfigError
+from .objects import MAX_KEY_BYTES, ObjectInfo, validate_key  # noqa: F401 - re-exported
 
 # Optional archive features, by name. An archive declares the ones it has in ``features``;
 # callers and the archive contract suite go by the declaration, never by the archive's type.
@@ -17,12 +15,6 @@ MAX_KEY_BYTES = 1024  # S3's limit; also keeps local paths within PATH_MAX
 FEATURES: dict[str, str] = {
     "object_lock": "write-once retention: the store refuses to delete or overwrite a statement before a date",
 }
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
 
 
 class Archive(Protocol):
@@ -59,30 +51,6 @@ class Archive(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (used by doctor's probe only)."""
-
-
-def validate_key(key: str) -> str:
-    """Return ``key`` if it is a safe relative '/'-separated key, else raise ArchiveError.
-
-    Shared by every archive so a key that one backend refuses is refused by all:
-    no leading '/', no empty, '.' or '..' segment, no backslash, NUL or control character.
-    """
-    bad = (
-        not isinstance(key, str)
-        or not key
-        or key.startswith("/")
-        or "\\" in key
-        or not key.isprintable()  # NUL, control characters, lone surrogates
-        or any(part in ("", ".", "..") for part in key.split("/"))
-        or len(key.encode("utf-8", "replace")) > MAX_KEY_BYTES
-    )
-    if bad:
-        raise ArchiveError(
-            f"Refused archive key {key!r}: it must be a relative path without '..', '.', empty segments, "
-            "backslashes or control characters.",
-            "This is a bug or a hostile file name; report it with the file name.",
-        )
-    return key
 
 
 def archive_class(config: ArchiveConfig) -> type:

@@ -30,7 +30,7 @@ from ..errors import ArchiveConfigError, ArchiveError
 from ..files import (
     CHUNK, UnsafeEntry, create_private, descend, disk_full, is_disk_full, open_dir, private_base, sha256_file,
 )
-from . import ObjectInfo, validate_key
+from .objects import ObjectInfo, validate_key
 
 SHA256_XATTR = "user.ibreports.sha256"  # the content's SHA-256 (hex), recorded when the object is written
 READ_ONLY_MODE = 0o400  # archived statements and originals: nothing rewrites them

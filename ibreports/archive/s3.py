@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..config import ArchiveConfig
 from ..errors import ArchiveError
 from ..files import CHUNK, create_private, is_disk_full, sha256_file
-from . import ObjectInfo, validate_key
+from .objects import ObjectInfo, validate_key
 from .s3client import encode_metadata, error_code, make_s3_client, s3_error  # noqa: F401 - re-exported
 
 MiB = 1 << 20

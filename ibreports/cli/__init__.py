@@ -1,8 +1,9 @@
 """Thin command layer: parse arguments, call the library, print, map errors to exit codes.
 
 Each submodule registers its commands with ``register(subparsers)``; a handler takes
-the parsed arguments and returns the exit code. The CLI imports no Prefect: the entry
-point hands ``main`` the flow runner the demo needs (``flows.cli`` is the installed one).
+the parsed arguments and returns the exit code. The installed command is :func:`run`.
+No command imports Prefect but ``demo``, which runs a flow: it imports ``flows.demo``
+when it runs (tests/test_imports.py checks every other command).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .. import __version__
 from ..errors import IbreportsError
 
 COMMAND_MODULES = ("keys", "fetch", "ops", "diagnose", "ledger", "conflicts")
-# Runs flow retrieve-statements for the demo: (demo folder, config file) -> None.
+# Runs flow retrieve-statements for the demo: (demo folder, config file) -> None (default: flows.demo.run_flow).
 FlowRunner = Callable[[Path, Path], object]
 CONFIG_HELP = "config file (default: $IBREPORTS_CONFIG or ./ibreports.toml)"
 DEBUG_HELP = "verbose logs and tracebacks"
@@ -101,7 +102,7 @@ def _describe(sub: argparse._SubParsersAction, exit_codes: str | None = None) ->
 
 
 def main(argv: list[str] | None = None, flow_runner: FlowRunner | None = None) -> int:
-    """Run one command; ``flow_runner`` is what ``demo`` runs the flow with (None: demo unavailable)."""
+    """Run one command; ``flow_runner`` is what ``demo`` runs the flow with (None: flows.demo.run_flow)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -152,9 +153,5 @@ def _clean_start() -> None:
 
 
 def run() -> None:
-    """The CLI without a flow runner (``python -m ibreports.cli``); the installed command is flows.cli:run."""
+    """The installed ``ibreports`` command (and ``python -m ibreports.cli``)."""
     sys.exit(main())
-
-
-if __name__ == "__main__":
-    run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import threading
 import time
@@ -25,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def _not_in_report(record: logging.LogRecord) -> bool:
+    """Console filter: a line the printed report says anyway (a file's reason, a source's error) once only."""
+    return not getattr(record, "in_report", False)
+
+
 def parse_date(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -41,10 +47,16 @@ def run(args: argparse.Namespace) -> int:
     options = RunOptions(tuple(args.sources) if args.sources else None, args.since, args.until, args.dry_run,
                          args.force)
     progress = Progress(sys.stderr)
+    # The console handler main() set up (not a test's capture): with --debug it shows everything, twice.
+    console = [] if args.debug else [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
+    for handler in console:
+        handler.addFilter(_not_in_report)
     try:
         report = fetch(config, progress=progress, options=options)
     finally:
         progress.done()
+        for handler in console:
+            handler.removeFilter(_not_in_report)
     print_report(report)
     if config.alerts.urls and not report.dry_run:
         from ..alerts import send_alerts

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 from pathlib import Path
 
+from ..config import config_path
 from .common import BACKUP_PASSPHRASE_ENV, KEY_PASSPHRASE_ENV, archive_settings, read_passphrase
 
 IBKR_REPORTING = "reportingintegration@interactivebrokers.com"
@@ -93,8 +96,20 @@ def backup(args: argparse.Namespace) -> int:
     rep = backup_keys(Path(args.dir), args.to, passphrase, archive)
     print(f"Backed up {len(rep.files)} files from {args.dir} to {rep.url} ({rep.size} bytes, AES-256-GCM, scrypt).")
     _print_fingerprints(rep.fingerprints)
-    print(f"Check it any time with: ibreports keys verify --from {rep.url}")
+    print(f"Check it any time with: {verify_command(args, rep.url)}")
     return 0
+
+
+def verify_command(args: argparse.Namespace, url: str) -> str:
+    """The `keys verify` line that checks this very bundle: the same config (an s3:// bundle's endpoint and
+    credentials come from it) and passphrase file."""
+    cmd = ["ibreports"]
+    if args.config or url.startswith("s3://") and (os.environ.get("IBREPORTS_CONFIG") or config_path().exists()):
+        cmd += ["--config", str(config_path(args.config))]
+    cmd += ["keys", "verify", "--from", url]
+    if args.passphrase_file:
+        cmd += ["--passphrase-file", str(Path(args.passphrase_file).absolute())]
+    return shlex.join(cmd)
 
 
 def restore(args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from ..config import load_config
-from ..errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,12 +38,11 @@ def status(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
+    """The one command that runs a Prefect flow: only it imports the flows (and so Prefect), when it runs."""
     from ..demo import run_demo
 
-    if args.flow_runner is None:
-        raise ConfigError(
-            "ibreports demo runs the retrieval flow under Prefect, and this entry point brings no flow runner.",
-            "Run the installed `ibreports` command (entry point flows.cli:run).",
-        )
+    runner = args.flow_runner
+    if runner is None:
+        from flows.demo import run_flow as runner
     folder = Path(args.dir).absolute()
-    return run_demo(folder, lambda config: args.flow_runner(folder, config))
+    return run_demo(folder, lambda config: runner(folder, config))

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..archive import Archive, open_archive
 from ..config import ArchiveConfig, Config, PgpConfig
 from ..errors import ArchiveError, ConfigError, DecryptionError
-from ..pgp import Decryptor, KeySpec, Limits, armor_fingerprints, key_specs, recipients
+from ..pgp import Decryptor, KeySpec, Limits, armor_fingerprints, key_specs, listed_again, recipients
 from .steps import Checklist, Sample
 
 
@@ -28,7 +28,9 @@ def check_pgp(config: Config, cl: Checklist, stack: ExitStack, samples: list[Sam
     signers_ok = all([cl.step(f"signer {Path(path).name}", _signer, path, blocking=False) for path in pgp.signer_keys])
     signers = pgp.signer_keys if signers_ok else []  # a broken signer file is its own failure, not the keys'
     held: list[Decryptor] = []
-    for spec in key_specs(pgp):
+    for note in listed_again(pgp):  # the very sentence fetch logs
+        cl.step("key listed twice", lambda text: (None, text), note, blocking=False)
+    for spec in key_specs(pgp):  # the keys fetch loads: each file once
         decryptor = cl.step(f"key {Path(spec.file).name}", _load, pgp, spec, signers, blocking=False)
         if decryptor is not None:
             stack.callback(decryptor.close)

@@ -143,7 +143,10 @@ def prepare_home(home: Path, keys: list[Key], signer_files: list[Path]) -> dict[
     listing = gpg(home, "--with-colons", "--with-keygrip", "--list-secret-keys").stdout.decode("utf-8", "replace")
     subkeys = _encryption_subkeys(listing)
     problems: dict[str, KeyProblem] = {}
+    unlocked: set[str] = set()
     for key in keys:
+        if key.fingerprint in unlocked:
+            continue  # the same key from another file, already unlocked: another preset would replace its passphrase
         usable, stubs = subkeys.get(key.fingerprint, ([], 0))
         if not usable:
             fpr = key.fingerprint
@@ -163,6 +166,9 @@ def prepare_home(home: Path, keys: list[Key], signer_files: list[Path]) -> dict[
             if problem is not None:
                 problems[key.fingerprint] = problem
                 break
+        else:  # every subkey decrypts: an earlier copy's wrong passphrase no longer counts
+            unlocked.add(key.fingerprint)
+            problems.pop(key.fingerprint, None)
     for fpr in problems:
         # gpg stops at the first key it cannot unlock: a locked key must not hide a usable one
         # of a message encrypted to both. Its key IDs stay known for the messages that need it.

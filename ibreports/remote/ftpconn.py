@@ -6,6 +6,7 @@ Each step raises one of our errors with a remedy, so ``doctor`` can run them one
 from __future__ import annotations
 
 import ftplib
+import re
 import socket
 import ssl
 
@@ -16,6 +17,10 @@ from . import net
 NETWORK_ERRORS = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply, ftplib.error_proto)
 # OpenSSL verify codes (X509_V_ERR_*) that each have their own remedy.
 EXPIRED, SELF_SIGNED, SELF_SIGNED_IN_CHAIN, UNKNOWN_ISSUER, HOSTNAME_MISMATCH, IP_MISMATCH = 10, 18, 19, 20, 62, 64
+# A login refused because the control channel is plain, not because of the password: vsftpd "530 Non-anonymous
+# sessions must use encryption.", pyftpdlib "550 SSL/TLS required on the control channel.", ProFTPD "550 SSL/TLS
+# required on the control channel", IIS "534 Policy requires SSL.", Pure-FTPd "530 Sorry, cleartext sessions ... are not accepted".
+TLS_REQUIRED = re.compile(r"must use encryption|cleartext sessions|(ssl|tls)\b.*\brequired|requires? (ssl|tls)|must use (ssl|tls)", re.I)
 
 
 class DataChannelError(OSError):
@@ -88,7 +93,7 @@ def ftp_failure(exc: BaseException, source: SourceConfig, during: str) -> Ibrepo
     if isinstance(exc, ssl.SSLError):
         return ConnectionFailure(
             f"The TLS handshake with {at} failed during {during} ({exc.reason or exc}).",
-            "Check host, port and tls (IBKR's FTP server speaks explicit FTPS on port 21).",
+            "Check host, port and tls (explicit FTPS, AUTH TLS, on the FTP port: 21 for IBKR).",
         )
     if isinstance(exc, TimeoutError):
         return net.idle(source, during)
@@ -209,6 +214,13 @@ def login(ftp: ftplib.FTP, source: SourceConfig, password: str) -> None:
     try:
         ftp.login(source.settings.username, password)
     except ftplib.error_perm as exc:
+        if not source.settings.tls and TLS_REQUIRED.search(str(exc)):
+            raise ConfigError(
+                f"The FTP server {net.where(source)} requires TLS before the login ({str(exc)[:80]}), and source "
+                f"{source.name} has tls = false.",
+                f"Set tls = true for source {source.name} (explicit FTPS: AUTH TLS, then PROT P on the data "
+                "channel); nothing else needs to change.",
+            ) from None
         raise AuthenticationError(
             f"The FTP server refused the username or password for user {source.settings.username} ({str(exc)[:3]}).",
             "Check the username and the password (IBREPORTS_FTP_PASSWORD); IBKR can reset it.",

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from contextlib import ExitStack
 
     from ..config import SourceConfig
-    from ..doctor.steps import Checklist, Sample
+    from ..doctor.checklist import Checklist, Sample
     from .ftp import FtpRemote
 
 

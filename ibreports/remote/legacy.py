@@ -11,6 +11,8 @@ from __future__ import annotations
 import paramiko
 from cryptography.hazmat.primitives import hashes
 
+from .sshoffer import OfferTransport
+
 SHA2_RSA = ["rsa-sha2-256", "rsa-sha2-512"]
 # Bigger channel packets and window than paramiko's defaults (32 KiB, 2 MiB): per-packet work
 # in Python bounds bulk downloads, and a long fat link needs a window to match.
@@ -25,7 +27,7 @@ class Sha1RSAKey(paramiko.RSAKey):
     HASHES = {**paramiko.RSAKey.HASHES, "ssh-rsa": hashes.SHA1}
 
 
-class Sha1Transport(paramiko.Transport):
+class Sha1Transport(OfferTransport):
     """A transport that offers ``ssh-rsa`` last for public-key login (never for host keys)."""
 
     _preferred_pubkeys = (*paramiko.Transport._preferred_pubkeys, "ssh-rsa")
@@ -39,7 +41,7 @@ def wants_sha1(disabled: dict[str, list[str]] | None) -> bool:
 
 def make_transport(sock, disabled: dict[str, list[str]] | None) -> paramiko.Transport:
     """A client transport honouring ``disabled``, able to sign with SHA-1 when that is what is left."""
-    cls = Sha1Transport if wants_sha1(disabled) else paramiko.Transport
+    cls = Sha1Transport if wants_sha1(disabled) else OfferTransport
     return cls(sock, disabled_algorithms=disabled, default_window_size=WINDOW, default_max_packet_size=MAX_PACKET)
 
 

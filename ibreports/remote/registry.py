@@ -24,9 +24,9 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from contextlib import ExitStack
 
-    from ..config import SourceConfig
-    from ..doctor.steps import Checklist, Sample
-    from . import Remote
+    from ..configmodel import SourceConfig
+    from ..doctor.checklist import Checklist, Sample
+    from .protocol import Remote
 
 # The built-in kinds and the modules that register them when imported (a new kind adds itself here).
 BUILTIN = {"sftp": "ibreports.remote.sftpkind", "ftp": "ibreports.remote.ftpkind",

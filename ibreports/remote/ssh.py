@@ -6,6 +6,7 @@ The host key is checked against known_hosts BEFORE any authentication is attempt
 
 from __future__ import annotations
 
+import shlex
 import socket
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..errors import AuthenticationError, ConfigError, ConnectionFailure, Ibrepo
 from . import net
 from .hostkeys import check_host_key, known_keys, preferred_algorithms
 from .legacy import SHA2_RSA, make_transport, signing_key, wants_sha1
+from .sshoffer import mismatch
 
 
 def load_private_key(source: SourceConfig) -> paramiko.PKey:
@@ -33,9 +35,13 @@ def load_private_key(source: SourceConfig) -> paramiko.PKey:
     except OSError as exc:
         raise ConfigError(f"sFTP private key {path} cannot be read ({exc.strerror}).", "Fix its permissions.") from None
     if data.startswith(b"PuTTY-User-Key-File"):
+        # Into a new file: writing over the .ppk (often named ibkr_sftp_rsa too) would lose it if puttygen fails.
+        converted = path.with_name(f"{path.stem if path.suffix.lower() == '.ppk' else path.name}_openssh")
         raise ConfigError(
             f"sFTP private key {path} is in PuTTY (.ppk) format.",
-            f"Convert it to OpenSSH format: puttygen {path.name} -O private-openssh -o ibkr_sftp_rsa",
+            f"Convert it into a new file in OpenSSH format (the .ppk stays as it is): puttygen {shlex.quote(str(path))} "
+            f"-O private-openssh -o {shlex.quote(str(converted))} ; then set key_file = \"{converted}\" for source "
+            f"{source.name}.",
         )
     secret = source.settings.key_passphrase.get().encode() if source.settings.key_passphrase else None
     loader = serialization.load_ssh_private_key if b"OPENSSH PRIVATE KEY" in data else serialization.load_pem_private_key
@@ -89,15 +95,14 @@ def wait_banner(source: SourceConfig, sock) -> str:
     return line.decode("ascii", "replace").strip()[:80]
 
 
-def ssh_failure(exc: BaseException, source: SourceConfig, during: str) -> IbreportsError:
+def ssh_failure(exc: BaseException, source: SourceConfig, during: str,
+                transport: paramiko.Transport | None = None) -> IbreportsError:
     """The error table of the sFTP backend: paramiko and socket errors -> our errors and remedies."""
     at = net.where(source)
     if isinstance(exc, IbreportsError):
         return exc
-    if isinstance(exc, paramiko.IncompatiblePeer):
-        return ConnectionFailure(
-            f"{at} shares no SSH algorithm with us ({exc}).", "Adjust disabled_algorithms for this source.",
-        )
+    if isinstance(exc, paramiko.IncompatiblePeer):  # both sides' lists: the server's offer is on the transport
+        return mismatch(exc, source, at, transport)
     if isinstance(exc, paramiko.SSHException) and "banner" in str(exc).lower():
         if getattr(source.settings, "proxy_command", None):  # paramiko waited for the banner, not us
             return ConnectionFailure(
@@ -145,7 +150,7 @@ def negotiate(source: SourceConfig, sock, known: dict[str, paramiko.PKey],
         if isinstance(exc, EOFError) and time.monotonic() - started >= source.timeout:
             raise stalled from None  # paramiko's handshake time-out shows as a bare EOFError
         if isinstance(exc, Exception):
-            raise ssh_failure(exc, source, "negotiation") from None
+            raise ssh_failure(exc, source, "negotiation", transport) from None
         raise
     return transport
 
