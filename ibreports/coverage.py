@@ -383,3 +383,30 @@ def previous_run(run_keys: Iterable[str], before: float | None = None) -> float 
             best = stamp
     return best
 
+
+def gap_line(kind: Kind, gap: Gap) -> str:
+    span = str(gap.start) if gap.start == gap.end else f"{gap.start}..{gap.end}"
+    return f"{kind.account} {kind.query}: {span} ({gap.business_days} business day(s)) {gap_status(gap)}"
+
+
+def gap_status(gap: Gap, attempted: bool = True) -> str:
+    """The gap's state for people; a refused one names the refusal and its remedy (the run's reason)."""
+    text = STATUS_TEXT["unchecked" if gap.status == "unknown" and not attempted else gap.status]
+    if gap.days_left is not None:
+        text += f" ({gap.days_left} day(s) before the server purges it)" if gap.days_left >= 0 else " (due for the purge)"
+    if gap.refused:
+        name, (code, reason) = next(iter(sorted(gap.refused.items())))
+        more = f" (and {len(gap.refused) - 1} more)" if len(gap.refused) > 1 else ""
+        text += f": {code}: {name.split('/', 1)[-1]}: {reason or 'no reason recorded'}{more}"
+    return text
+
+
+def kind_marks(kind: Kind) -> list[str]:
+    """An odd statement (another period than the kind's cadence) and open conflicts, one line each."""
+    lines = [f"odd: {m.start}..{m.end} {m.label}: not a {kind.cadence} statement (its days count as held)"
+             for m in kind.odd[:20]]
+    if len(kind.odd) > 20:
+        lines.append(f"odd: ... and {len(kind.odd) - 20} more")
+    lines += [f"conflict: {m.start}..{m.end} {m.label}: another delivery differs from the archived statement "
+              "(open until resolved: `ibreports conflicts list`)" for m in kind.conflicts[:20]]
+    return lines

@@ -16,7 +16,7 @@ from datetime import date, timedelta
 from html import escape
 
 from .calendars import BusinessDays
-from .coverage import CoverageReport, Days, Kind, covers, month_end
+from .coverage import CoverageReport, Days, Kind, covers, gap_line, kind_marks, month_end
 
 STATES = {
     "held": ("#2e7d32", "#", "held: a statement covers it"),
@@ -187,9 +187,7 @@ def html(report: CoverageReport) -> str:
 
 
 def _notes(kind: Kind) -> list[str]:
-    from .coverage_publish import _line, _marks
-
-    return [_line(kind, g) for g in kind.gaps[:50]] + _marks(kind)
+    return [gap_line(kind, g) for g in kind.gaps[:50]] + kind_marks(kind)
 
 
 def calendar_markdown(report: CoverageReport) -> str:

@@ -9,7 +9,7 @@ from datetime import datetime
 from .alerts import MAX_LINES, Alert, send_alerts
 from .archive import open_archive
 from .config import Config
-from .coverage import STATUS_TEXT, CoverageReport, Gap, Kind, new_gaps, previous_run
+from .coverage import CoverageReport, Gap, Kind, gap_line, gap_status, kind_marks, new_gaps, previous_run
 from .coverage_inputs import collect_coverage, refusals_of
 from .coverage_calendar import calendar_markdown
 from .errors import IbreportsError
@@ -57,36 +57,8 @@ def daily_coverage(config: Config, run: RunReport) -> Published:
     return Published(text, text)
 
 
-def _line(kind: Kind, gap: Gap) -> str:
-    span = str(gap.start) if gap.start == gap.end else f"{gap.start}..{gap.end}"
-    return f"{kind.account} {kind.query}: {span} ({gap.business_days} business day(s)) {_status(gap)}"
-
-
-def _status(gap: Gap, attempted: bool = True) -> str:
-    """The gap's state for people; a refused one names the refusal and its remedy (the run's reason)."""
-    text = STATUS_TEXT["unchecked" if gap.status == "unknown" and not attempted else gap.status]
-    if gap.days_left is not None:
-        text += f" ({gap.days_left} day(s) before the server purges it)" if gap.days_left >= 0 else " (due for the purge)"
-    if gap.refused:
-        name, (code, reason) = next(iter(sorted(gap.refused.items())))
-        more = f" (and {len(gap.refused) - 1} more)" if len(gap.refused) > 1 else ""
-        text += f": {code}: {name.split('/', 1)[-1]}: {reason or 'no reason recorded'}{more}"
-    return text
-
-
-def _marks(kind: Kind) -> list[str]:
-    """An odd statement (another period than the kind's cadence) and open conflicts, one line each."""
-    lines = [f"odd: {m.start}..{m.end} {m.label}: not a {kind.cadence} statement (its days count as held)"
-             for m in kind.odd[:20]]
-    if len(kind.odd) > 20:
-        lines.append(f"odd: ... and {len(kind.odd) - 20} more")
-    lines += [f"conflict: {m.start}..{m.end} {m.label}: another delivery differs from the archived statement "
-              "(compare both and keep the right one)" for m in kind.conflicts[:20]]
-    return lines
-
-
 def gap_alert(report: CoverageReport, fresh: list[tuple[Kind, Gap]]) -> Alert:
-    lines = [_line(k, g) for k, g in fresh]
+    lines = [gap_line(k, g) for k, g in fresh]
     shown = lines[:MAX_LINES] + ([f"... and {len(lines) - MAX_LINES} more"] if len(lines) > MAX_LINES else [])
     head = (f"Statements missing from the archive for more than {report.grace_days} day(s) "
             f"({report.calendar} business days); see `ibreports coverage`.")
@@ -103,8 +75,8 @@ def markdown(report: CoverageReport, fresh: list[tuple[Kind, Gap]]) -> str:
               for k in report.kinds]
     if gaps:
         lines += ["", "Gaps (older than the grace period):", ""]
-        lines += [f"- {_line(k, g)}" + (" **(new)**" if (k, g) in fresh else "") for k, g in gaps[:200]]
-    marks = [f"- {k.account} {k.query}: {line}" for k in report.kinds for line in _marks(k)]
+        lines += [f"- {gap_line(k, g)}" + (" **(new)**" if (k, g) in fresh else "") for k, g in gaps[:200]]
+    marks = [f"- {k.account} {k.query}: {line}" for k in report.kinds for line in kind_marks(k)]
     if marks:
         lines += ["", "Odd statements and open conflicts:", ""] + marks[:200]
     for source, state in sorted(report.sources.items()):
@@ -125,8 +97,8 @@ def format_table(report: CoverageReport) -> str:
             span = str(gap.start) if gap.start == gap.end else f"{gap.start}..{gap.end}"
             files = f" ({', '.join(gap.files[:3])}{', ...' if len(gap.files) > 3 else ''})" \
                 if gap.files and not gap.refused else ""
-            lines.append(f"      missing {span} ({gap.business_days} business day(s)): {_status(gap, attempted)}{files}")
-        lines += [f"      {line}" for line in _marks(kind)]
+            lines.append(f"      missing {span} ({gap.business_days} business day(s)): {gap_status(gap, attempted)}{files}")
+        lines += [f"      {line}" for line in kind_marks(kind)]
     if not report.kinds:
         lines.append("  (no statements in the archive" + (" for this selection)" if report.since or report.until else ")"))
     if report.unsorted:

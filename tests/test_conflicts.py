@@ -68,7 +68,9 @@ def test_a_second_source_with_other_content_stays_a_conflict_until_resolved(
     rc, out = run(cfg, capsys, "status")
     assert rc == 1 and f"! CONFLICT {ident}: ibkr-ftp/{NAME}.pgp contradicts {KEY}" in out
     rc, doc = run_json(cfg, capsys, "coverage", "--offline")
-    assert rc == 1 and [c["id"] for c in doc["conflicts"]] == [ident] and doc["gaps"] == 0
+    assert rc == 1 and [c["id"] for c in doc["conflicts"]] == [ident]
+    [kind] = [k for k in doc["kinds"] if k["conflicts"]]  # the calendar's conflict mark: the statement's day, the delivery kept apart
+    assert [(m["from"], m["key"]) for m in kind["conflicts"]] == [("2026-11-01", "conflicts/" + ident)]
     rc, doc = run_json(cfg, capsys, "verify")
     assert rc == 1 and doc["conflicts"] == [ident] and doc["ok"] == doc["checked"]  # nothing else is wrong
     rc, out = run(cfg, capsys, "conflicts", "list")
@@ -86,7 +88,9 @@ def test_a_second_source_with_other_content_stays_a_conflict_until_resolved(
     rc, doc = run_json(cfg, capsys, "status")
     assert rc == 0 and all(f["archived"] for f in doc["files"] if f["name"].startswith("U1234567")) and not doc["conflicts"]
     assert run_json(cfg, capsys, "verify")[0] == 0
-    assert run_json(cfg, capsys, "coverage", "--offline")[0] == 0
+    # No gap up to the deliveries' last day, and the resolved conflict no longer fails coverage.
+    rc, doc = run_json(cfg, capsys, "coverage", "--offline", "--account", "U1234567", "--until", "2026-11-01")
+    assert rc == 0, [(k["account"], k["gaps"]) for k in doc["kinds"]]
     # Both copies are kept: the archived statement untouched, the other delivery in quarantine.
     assert (root / KEY).read_bytes() == PLAIN[NAME] and (root / "conflicts" / ident).read_bytes() == ftp_bytes
 

@@ -241,7 +241,8 @@ def test_coverage_of_an_s3_archive_with_one_listing(s3_server, s3_bucket, tmp_pa
         (tmp_path / name).write_bytes(b"<x/>")
         archive.put(statement_key(parse(name, 0)), tmp_path / name, None, {}, private=True)
     conflict = f"conflicts/ibkr-sftp/2026/11/{daily('U1234567', date(2026, 11, 3))}.pgp.0123456789abcdef"
-    archive.put(conflict, tmp_path / name, None, {}, private=True)  # a delivery kept aside: an open conflict
+    archive.put(conflict, tmp_path / name, None, {}, private=True)  # a delivery kept apart ...
+    archive.put_bytes(conflict + ".conflict.json", b"{}")  # ... with its record and no resolution: open
     config = tmp_path / "ibreports.toml"
     config.write_text(f'[archive]\nurl = "s3://{s3_bucket}/ib"\nendpoint_url = "{s3_server}"\nregion = "us-east-1"\n')
     requests: list[str] = []
@@ -260,8 +261,9 @@ def test_coverage_of_an_s3_archive_with_one_listing(s3_server, s3_bucket, tmp_pa
     assert rc == 1 and doc["sources"] == {}
     assert [(g["from"], g["status"]) for g in doc["kinds"][0]["gaps"]] == [("2026-11-04", "unknown")]
     assert doc["kinds"][0]["conflicts"] == [{"from": "2026-11-03", "to": "2026-11-03", "key": conflict}]
-    # One page of statements/ and one of conflicts/: no request per object (--offline: no run record read).
-    assert requests == ["ListObjectsV2", "ListObjectsV2"]
+    # One listing of the archive (statements, conflicts and run records): no request per object
+    # (--offline: no run record read).
+    assert requests == ["ListObjectsV2"]
 
 
 # -- issue 20: cadence that one statement cannot change, dates that cannot crash, refusals named ----------
