@@ -24,12 +24,12 @@ import hashlib
 import json
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Callable
 
+from .threads import ContextThreadPool
 from . import statements
 from .archive import Archive, open_archive
 from .config import ArchiveConfig
@@ -89,7 +89,7 @@ def verify_archive(config: ArchiveConfig, since: date | None = None, progress: P
     result.missing = sorted(k for k in recorded_keys(archive, inventory) - set(inventory) if in_range(k, since))
     check = _check_s3 if config.is_s3 else _check_local
     done = 0
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="verify") as pool:
+    with ContextThreadPool(WORKERS, thread_name_prefix="verify") as pool:
         for key, (status, size, detail) in zip(keys, pool.map(lambda k: _safely(check, archive, k), keys)):
             done += 1
             result.checked += 1
