@@ -188,14 +188,24 @@ class PrefectStack:
         """Every state the flow run went through, oldest first."""
         return sorted(self.get(f"/flow_run_states/?flow_run_id={run_id}"), key=lambda s: s["timestamp"])
 
-    def logs(self, run_id: str) -> list[str]:
+    def flow_run_logs(self, run_id: str) -> list[str]:
         """The flow run's log messages, its task runs' included."""
         found = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200, "sort": "TIMESTAMP_ASC"})
         return [log["message"] for log in found]
 
-    def events(self, name: str) -> list[dict]:
-        """Events of one name (the newest 200)."""
-        return self.post("/events/filter", {"filter": {"event": {"name": [name]}}, "limit": 200})["events"]
+    def events(self, name: str, resources: list[str] | None = None) -> list[dict]:
+        """Every event of one name (of these resources only, when given), page after page (50 each)."""
+        query: dict = {"event": {"name": [name]}}
+        if resources:
+            query["resource"] = {"id": resources}
+        page = self.post("/events/filter", {"filter": query})
+        found = list(page["events"])
+        while page.get("next_page"):
+            resp = httpx.get(page["next_page"], timeout=30)
+            resp.raise_for_status()
+            page = resp.json()
+            found += page["events"]
+        return found
 
     def wait_flow_run(self, run_id: str, timeout: float = 180) -> dict:
         """Poll until the flow run reaches a terminal state; returns the flow run."""
