@@ -190,6 +190,7 @@ def test_daily_flow_archives_exactly_what_the_cli_archives(tmp_path, server, sft
     rows = table(flow_run_id(state))
     assert sorted(r["file"] for r in rows) == sorted(server.delivered)
     assert {r["outcome"] for r in rows} == {"archived"}
+    assert list(rows[0])[:3] == ["outcome", "file", "statement date"]  # what happened first: on screen in the UI
     assert all(r["archive keys"] and r["account"] and r["statement date"].startswith("2026-11") for r in rows)
     assert {r["signature"] for r in rows if r["file"].endswith(".pgp")} == {"unsigned"}  # the signature column
     (summary,) = artifacts(flow_run_id(state), SUMMARY_ARTIFACT_KEY)
