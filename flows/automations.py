@@ -60,10 +60,15 @@ def expand(automation: dict[str, Any], deployments: dict[str, str], blocks: list
     """The automation with ids filled in and ``notify`` expanded; None if it would do nothing."""
     automation = copy.deepcopy(automation)
     trigger = automation["trigger"]
+    def fill(value: str) -> str:
+        return _DEPLOYMENT.sub(lambda m: deployments[m.group(1)], value)
+
     for key in ("match", "match_related"):
         for name, value in list(trigger.get(key, {}).items()):
             if isinstance(value, str):
-                trigger[key][name] = _DEPLOYMENT.sub(lambda m: deployments[m.group(1)], value)
+                trigger[key][name] = fill(value)
+            elif isinstance(value, list):  # any of several resources (e.g. the scheduled deployments)
+                trigger[key][name] = [fill(item) for item in value]
     if automation["name"] in within:
         trigger["within"] = within[automation["name"]]
     actions = []
@@ -91,7 +96,7 @@ def create_all(path: Path, config: str | None, within: dict[str, int], out=sys.s
     blocks = save_blocks(urls)
     if not urls:
         print("No [alerts] urls in the config: crashed runs are still marked Crashed, but nobody is told "
-              "and the dead-man's switch is not created.", file=out)
+              "of failed, crashed or cancelled runs and the dead-man's switch is not created.", file=out)
     wanted = set(_DEPLOYMENT.findall(json.dumps(automations)))  # the comments name none
     created = []
     with get_client(sync_client=True) as client:

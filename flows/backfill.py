@@ -8,7 +8,8 @@ from prefect import flow, get_run_logger
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import MAX_PARALLEL_SOURCES, finish, publish, resolve_config, run_name, run_sources
+from flows.common import MAX_PARALLEL_SOURCES, finish, publish, resolve_config, run_sources
+from flows.runs import guarded, run_name
 from ibreports.config import load_config
 from ibreports.errors import ConfigError
 
@@ -39,6 +40,10 @@ def backfill_statements(
         config: Config file on the worker. Default: $IBREPORTS_CONFIG, else ibreports.toml
             in IBREPORTS_HOME. Never put secrets in parameters.
     """
+    return guarded(_backfill, start, end, sources, force, config)
+
+
+def _backfill(start: date, end: date, sources: list[str] | None, force: bool, config: str | None) -> State:
     if start > end:
         raise ConfigError(
             f"Backfill start {start.isoformat()} is after end {end.isoformat()}.",

@@ -30,6 +30,8 @@ from ibreports.pipeline import fetch
 from ibreports.remote.registry import kind_of
 from ibreports.report import RunReport, table_rows
 
+from flows.runs import run_failed, server_tells_failures
+
 RUN_ARTIFACT_KEY = "ibreports-run"
 SUMMARY_ARTIFACT_KEY = "ibreports-summary"
 MAX_PARALLEL_SOURCES = 4
@@ -38,10 +40,6 @@ SLOT_TIMEOUT = 3600.0  # seconds a source run waits for its server's slots befor
 
 class ServerBusy(Exception):
     """No slot of the server's concurrency limit became free in time (never retried)."""
-
-
-class RunFailed(Exception):
-    """A flow that fails by raising (verify-archive); the retrieval flows return run_failed()'s state instead."""
 
 
 def resolve_config(config: str | None) -> str:
@@ -223,10 +221,20 @@ def _markdown(report: RunReport, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The artifact's columns: what happened first, then the short ones; long ones (keys, signature) last.
+ARTIFACT_COLUMNS = ("outcome", "file", "statement date", "days left", "reason", "source", "account", "size",
+                    "code", "deleted from server", "archive keys", "signature")
+
+
+def artifact_rows(report: RunReport) -> list[dict[str, str]]:
+    """The table artifact's rows: the library's table, outcome first (the UI shows the first columns)."""
+    return [{column: row[column] for column in ARTIFACT_COLUMNS if column in row} for row in table_rows(report)]
+
+
 def publish(report: RunReport, title: str) -> None:
     """Table artifact (one row per file) plus a markdown summary; no secrets in either."""
     create_table_artifact(
-        table=table_rows(report),
+        table=artifact_rows(report),
         key=RUN_ARTIFACT_KEY,
         description=f"{title}: {report.summary_line()}",
     )
@@ -236,24 +244,29 @@ def publish(report: RunReport, title: str) -> None:
 def finish(report: RunReport, config: str) -> State:
     """Send alerts; the run's final state: Failed when anything failed (after the artifacts exist).
 
-    A state rather than an exception: the reason is logged once, without a traceback.
+    A state rather than an exception: the reason is logged once, without a traceback. When the
+    Prefect server tells a person of this run's failure (automations.yaml), the run does not
+    send its own failure alert too: one message per failed run.
     """
     logger = get_run_logger()
     cfg = load_config(config)
+    failed = len(report.failed)
+    broken = bool(failed or report.source_errors)
     if cfg.alerts.urls and not report.dry_run:
-        send_alerts(cfg, report)
+        skip = ("failed", "unreachable") if broken and server_tells_failures() else ()
+        send_alerts(cfg, report, skip=skip)
     for item in report.at_risk:
         logger.warning("%s is not archived and is purged in %d day(s)", item.name, item.days_left)
-    failed = len(report.failed)
-    if failed or report.source_errors or report.open_conflicts:  # an open conflict fails every run until resolved
+    if broken or report.open_conflicts:  # an open conflict fails every run until resolved
         return run_failed(
             f"{failed} of {len(report.acted_on)} file(s) failed and "
             f"{len(report.source_errors)} of {len(report.sources)} source(s) could not be retrieved "
-            f"({report.summary_line()}); see the '{RUN_ARTIFACT_KEY}' artifact."
+            f"({report.summary_line()}){_problems(report)}; see the '{RUN_ARTIFACT_KEY}' artifact."
         )
     counts = f"{report.count('archived')} archived, {failed} failed"
-    if report.count("already-archived"):
-        counts += f", {report.count('already-archived')} already archived"
+    for outcome in ("already-archived", "verified", "waiting"):
+        if report.count(outcome):
+            counts += f", {report.count(outcome)} {outcome.replace('-', ' ')}"
     return Completed(message=counts, data={
         "files": len(report.acted_on),
         "archived": report.count("archived"),
@@ -265,23 +278,11 @@ def finish(report: RunReport, config: str) -> State:
     })
 
 
-def run_failed(message: str) -> State:
-    """The Failed final state of a run, its reason logged once (RunFailed: ...), no traceback."""
-    get_run_logger().error("RunFailed: %s", message)
-    return Failed(message=f"RunFailed: {message}")
-
-
-def run_name(kind: str) -> str:
-    """The flow run's name: what it is and when (``daily-2026-12-02``, ``backfill-2026-08-01..2026-08-31``)."""
-    from prefect.runtime import flow_run
-
-    params = flow_run.parameters or {}
-    start = flow_run.scheduled_start_time
-    day = (start.date() if start is not None else datetime.now(timezone.utc).date()).isoformat()
-    if kind == "backfill":
-        return f"backfill-{params.get('start')}..{params.get('end')}"
-    if params.get("since") or params.get("until"):
-        return f"retrieve-{params.get('since') or 'start'}..{params.get('until') or day}"
-    if params.get("sources"):
-        return f"fetch-{'+'.join(params['sources'])}-{day}"
-    return f"daily-{day}"
+def _problems(report: RunReport, most: int = 5) -> str:
+    """What failed, with its remedy, for the state message (which the server's failure alert carries)."""
+    lines = [f"source {name}: {error}" for name, error in sorted(report.source_errors.items())]
+    lines += [f"{item.name}: {item.reason}" for item in report.failed]
+    if not lines:
+        return ""
+    more = f"; and {len(lines) - most} more" if len(lines) > most else ""
+    return ": " + "; ".join(lines[:most]) + more

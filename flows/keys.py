@@ -22,6 +22,8 @@ from ibreports.keys import backup_keys as backup_key_folder
 from ibreports.keys import generate_keys as generate_key_pairs
 from ibreports.keys import restore_keys
 
+from flows.runs import guarded, run_name
+
 KEY_PASSPHRASE_ENV = "IBREPORTS_KEY_PASSPHRASE"
 BACKUP_PASSPHRASE_ENV = "IBREPORTS_BACKUP_PASSPHRASE"
 BACKUP_URL_ENV = "IBREPORTS_KEY_BACKUP_URL"
@@ -60,7 +62,7 @@ def _archive_settings(config: str | None) -> ArchiveConfig | None:
     return load_config(path).archive if config or path.exists() else None
 
 
-@flow(name="generate-keys", persist_result=False)
+@flow(name="generate-keys", persist_result=False, flow_run_name=lambda: run_name("generate-keys"))
 def generate_keys(
     dir: str = "keys",
     name: str = "ibreports",
@@ -84,6 +86,11 @@ def generate_keys(
         passphrase_block: Prefect Secret block with the key passphrase. Default:
             $IBREPORTS_KEY_PASSPHRASE in the worker's environment.
     """
+    return guarded(_generate_keys, dir, name, email, rsa_bits, pgp_bits, pgp_expire, force, passphrase_block)
+
+
+def _generate_keys(dir: str, name: str, email: str | None, rsa_bits: int, pgp_bits: int, pgp_expire: str,
+                   force: bool, passphrase_block: str | None) -> dict[str, Any]:
     logger = get_run_logger()
     _clean_start()
     folder = Path(dir).absolute()
@@ -143,7 +150,7 @@ def config_key_folder(config: str | None) -> Path:
     return top
 
 
-@flow(name="backup-keys", persist_result=False)
+@flow(name="backup-keys", persist_result=False, flow_run_name=lambda: run_name("backup-keys"))
 def backup_keys(
     dir: str | None = None,
     to: str | None = None,
@@ -162,6 +169,10 @@ def backup_keys(
         config: Config file (for the key folder and the S3 settings). Default:
             $IBREPORTS_CONFIG, else ibreports.toml in IBREPORTS_HOME.
     """
+    return guarded(_backup_keys, dir, to, passphrase_block, config)
+
+
+def _backup_keys(dir: str | None, to: str | None, passphrase_block: str | None, config: str | None) -> dict[str, Any]:
     logger = get_run_logger()
     _clean_start()
     url = to or os.environ.get(BACKUP_URL_ENV)

@@ -17,9 +17,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from ibreports.config import load_config
 from ibreports.coverage_publish import daily_coverage
 
-from flows.common import (
-    MAX_PARALLEL_SOURCES, SUMMARY_ARTIFACT_KEY, finish, publish, resolve_config, run_failed, run_name, run_sources,
-)
+from flows.common import MAX_PARALLEL_SOURCES, SUMMARY_ARTIFACT_KEY, finish, publish, resolve_config, run_sources
+from flows.runs import guarded, run_failed, run_name
 
 # Fan-out children go to a deployment without the daily one's CANCEL_NEW limit,
 # which would otherwise cancel them as collisions with their parent.
@@ -60,6 +59,19 @@ def retrieve_statements(
         fan_out_deployment: Deployment that runs one source (fan_out only).
         fan_out_timeout: Seconds to wait for the fan-out runs; later ones are cancelled.
     """
+    return guarded(_retrieve, config, sources, since, until, dry_run, fan_out, fan_out_deployment, fan_out_timeout)
+
+
+def _retrieve(
+    config: str | None,
+    sources: list[str] | None,
+    since: date | None,
+    until: date | None,
+    dry_run: bool,
+    fan_out: bool,
+    fan_out_deployment: str,
+    fan_out_timeout: float,
+) -> State:
     path = resolve_config(config)
     names = [s.name for s in load_config(path).select(sources)]
     if fan_out and len(names) > 1:

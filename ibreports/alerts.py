@@ -54,8 +54,10 @@ class Alert:
 
 
 def send_alerts(config: Config, report: RunReport | None = None, status_rows: Iterable | None = None,
-                extra: Iterable[Alert] = ()) -> int:
+                extra: Iterable[Alert] = (), skip: Iterable[str] = ()) -> int:
     """Send one message per cause to every ``[alerts] urls`` target; returns messages delivered.
+
+    ``skip``: causes someone else tells (the flows: the Prefect server tells a failed run).
 
     Never raises for a delivery problem: alerting must not turn a run into a failure.
     """
@@ -76,7 +78,8 @@ def send_alerts(config: Config, report: RunReport | None = None, status_rows: It
         return 0
     secrets = _known_secrets(config)
     sent = 0
-    for alert in [*build_alerts(config, report, status_rows), *extra]:
+    skipped = set(skip)
+    for alert in [a for a in [*build_alerts(config, report, status_rows), *extra] if a.cause not in skipped]:
         kind = apprise.NotifyType.FAILURE if alert.cause != "at-risk" else apprise.NotifyType.WARNING
         if targets.notify(title=_scrub(alert.title, secrets), body=_scrub(alert.body, secrets), notify_type=kind):
             sent += 1

@@ -13,10 +13,10 @@ import logging
 import secrets
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timezone
 from pathlib import Path
 
+from .threads import ContextThreadPool
 from .archive import open_archive
 from .config import Config, SourceConfig
 from .conflicts import conflict_id, open_records
@@ -212,7 +212,7 @@ def _work(run: RunState, source: SourceConfig, opts: RunOptions, remote: Remote,
         run.warm_up()  # gpg key import and passphrase check while the first downloads run
     worker = Worker(run, source, remote, force=opts.force, deadline=deadline)
     workers = max(1, min(run.config.run.workers, source.connections))
-    with ThreadPoolExecutor(workers, thread_name_prefix=f"fetch-{source.name}") as pool:
+    with ContextThreadPool(workers, thread_name_prefix=f"fetch-{source.name}") as pool:
         list(pool.map(worker.process, planned.items))
     _after(run, source, worker)
 

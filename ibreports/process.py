@@ -40,6 +40,11 @@ from .report import IN_REPORT, FileOutcome, Outcome, Reason
 from .runstate import Halted, Outage, RunState
 
 log = logging.getLogger("ibreports.pipeline")
+# One line per file handled. Off unless a caller turns it on (the Prefect flows do, for the run's
+# logs); the CLI shows progress and a table instead.
+files_log = logging.getLogger("ibreports.files")
+if files_log.level == logging.NOTSET:
+    files_log.setLevel(logging.WARNING)
 
 OVERLAP_BYTES = 4 << 20  # from this size, the original is archived while gpg decrypts
 BULK_BYTES = 16 << 20  # from this size, downloads take turns (see Worker.download)
@@ -102,6 +107,7 @@ class Worker:
             out.outcome = Outcome.ARCHIVED if wrote else Outcome.VERIFIED if self.force else Outcome.ALREADY_ARCHIVED
             if out.outcome == Outcome.ALREADY_ARCHIVED and not item.recheck:
                 out.code, out.reason = Reason.RACE, "archived meanwhile by another run"
+            files_log.info("%s: %s %s (%d bytes)", self.source.name, item.entry.name, out.outcome, item.entry.size)
         except FileChangedError as exc:  # still being written: complete next run, never half
             self._set(out, Outcome.WAITING, Reason.CHANGED, str(exc))
             log.info("%s: %s", self.source.name, exc)

@@ -10,10 +10,10 @@ import os
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+from .threads import ContextThreadPool
 from .archive import Archive, ObjectInfo
 from .config import Config
 from .errors import ArchiveError, DecryptionError, IbreportsError
@@ -54,7 +54,7 @@ class RunState:
         self.staging: Path | None = None
         self._staging_lock = -1
         self.bulk = threading.Lock()
-        self.side: ThreadPoolExecutor | None = None
+        self.side: ContextThreadPool | None = None
 
     def __enter__(self) -> "RunState":
         base = self.config.run.staging_dir
@@ -70,7 +70,7 @@ class RunState:
         # others can read it, and a killed run's leftovers are removed by the next run.
         self.staging, self._staging_lock = claim_workdir(STAGING_PREFIX, base)
         self.staging = self.staging.resolve()
-        self.side = ThreadPoolExecutor(max(1, self.config.run.workers), thread_name_prefix="archive-original")
+        self.side = ContextThreadPool(max(1, self.config.run.workers), thread_name_prefix="archive-original")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -44,6 +43,7 @@ from .archive import Archive, open_archive, validate_key
 from .config import ArchiveConfig
 from .errors import IbreportsError
 from .files import CHUNK
+from .threads import ContextThreadPool
 from .report import DONE
 
 Progress = Callable[[int, int, int], None]  # (objects done, objects in total, bytes read)
@@ -164,7 +164,7 @@ def verify_archive(config: ArchiveConfig, since: date | None = None, progress: P
             return "error", 0, f"could not be read: {exc.strerror or exc}"
 
     # S3: a few GETs at once hide the latency; a local folder is read in order (threads only cost there).
-    pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="verify") if local is None else None
+    pool = ContextThreadPool(WORKERS, thread_name_prefix="verify") if local is None else None
     try:
         verdicts = pool.map(one, keys) if pool else map(one, keys)
         for done, (key, (status, size, detail)) in enumerate(zip(keys, verdicts), start=1):
@@ -197,7 +197,7 @@ def read_ledger(archive: Archive, objects: dict[str, int], result: VerifyResult)
     acknowledged: dict[str, str] = {}
     legacy: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="ibreports-verify-") as tmp:
-        with ThreadPoolExecutor(WORKERS, thread_name_prefix="verify-ledger") as pool:
+        with ContextThreadPool(WORKERS, thread_name_prefix="verify-ledger") as pool:
             records = list(pool.map(lambda k: conflicts.read_json(archive, k, Path(tmp)), runs + resolutions))
     for key, record in zip(runs + resolutions, records):
         if not record:

@@ -136,6 +136,17 @@ class PrefectStack:
         path = self.logs / f"{name}.log"
         return path.read_text(errors="replace")[-6000:] if path.exists() else ""
 
+    def stop_one(self, proc: subprocess.Popen) -> None:
+        """Stop one child (e.g. a worker) and its process group now."""
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+        self.procs.remove(proc)
+
     def stop(self) -> None:
         """SIGTERM each process group, then SIGKILL whatever is left."""
         for proc in self.procs:
@@ -153,14 +164,50 @@ class PrefectStack:
     # -- API ----------------------------------------------------------------------------
 
     def get(self, path: str) -> dict:
-        resp = httpx.get(f"{self.api}{path}", timeout=30)  # a loaded 2-core machine: SQLite answers slowly
+        return self._call("GET", path)
+
+    def post(self, path: str, body: dict) -> list | dict:
+        return self._call("POST", path, body)
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> list | dict:
+        """One API call; a busy server's 503 (its SQLite database locked) is tried again, as Prefect's client does."""
+        for attempt in range(8):
+            # a loaded 2-core machine: SQLite answers slowly
+            resp = httpx.request(method, f"{self.api}{path}", json=body, timeout=30)
+            if resp.status_code not in (429, 503) or attempt == 7:
+                break
+            time.sleep(1 + attempt)
         resp.raise_for_status()
         return resp.json()
 
-    def post(self, path: str, body: dict) -> list | dict:
-        resp = httpx.post(f"{self.api}{path}", json=body, timeout=30)
-        resp.raise_for_status()
-        return resp.json()
+    def create_run(self, deployment: str, parameters: dict | None = None, job_variables: dict | None = None) -> dict:
+        """A flow run of ``FLOW/NAME`` through the API (what `prefect deployment run` does, without its start-up)."""
+        dep = self.get(f"/deployments/name/{deployment}")
+        return self.post(f"/deployments/{dep['id']}/create_flow_run",
+                         {"parameters": parameters or {}, "job_variables": job_variables or {}})
+
+    def states(self, run_id: str) -> list[dict]:
+        """Every state the flow run went through, oldest first."""
+        return sorted(self.get(f"/flow_run_states/?flow_run_id={run_id}"), key=lambda s: s["timestamp"])
+
+    def flow_run_logs(self, run_id: str) -> list[str]:
+        """The flow run's log messages, its task runs' included."""
+        found = self.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200, "sort": "TIMESTAMP_ASC"})
+        return [log["message"] for log in found]
+
+    def events(self, name: str, resources: list[str] | None = None) -> list[dict]:
+        """Every event of one name (of these resources only, when given), page after page (50 each)."""
+        query: dict = {"event": {"name": [name]}}
+        if resources:
+            query["resource"] = {"id": resources}
+        page = self.post("/events/filter", {"filter": query})
+        found = list(page["events"])
+        while page.get("next_page"):
+            resp = httpx.get(page["next_page"], timeout=30)
+            resp.raise_for_status()
+            page = resp.json()
+            found += page["events"]
+        return found
 
     def wait_flow_run(self, run_id: str, timeout: float = 180) -> dict:
         """Poll until the flow run reaches a terminal state; returns the flow run."""
