@@ -37,22 +37,11 @@ elif mode == "stream":
     from ibreports.remote.flexweb.xmlsplit import split_xml
     pieces = [p.name for p in split_xml(source, "DailyActivity", "benchmark", staging)]
 else:  # the ElementTree splitter the streaming one replaced
-    import xml.etree.ElementTree as ET
-    pieces, parents, envelope = [], [], None
-    for event, elem in ET.iterparse(source, events=("start", "end")):
-        if event == "start":
-            envelope = dict(elem.attrib) if envelope is None else envelope
-            parents.append(elem)
-            continue
-        parents.pop()
-        if elem.tag != "FlexStatement":
-            continue
-        root = ET.Element("FlexQueryResponse", envelope)
-        ET.SubElement(root, "FlexStatements", {"count": "1"}).append(elem)
-        (staging / (elem.get("accountId") + ".xml")).write_bytes(ET.tostring(root, encoding="utf-8"))
-        pieces.append(elem.get("accountId"))
-        if parents:
-            parents[-1].remove(elem)
+    from tests.fixtures.treesplit import tree_split
+    pieces = []
+    for account, data in tree_split(source):
+        (staging / (account + ".xml")).write_bytes(data)
+        pieces.append(account)
 # VmHWM, this process's own peak: ru_maxrss would carry over the spawning parent's peak (vfork + exec).
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"pieces": len(pieces), "seconds": time.perf_counter() - start, "peak_rss_kb": hwm}))

@@ -16,6 +16,7 @@ from ibreports.remote.flexweb.csvsplit import split_csv
 from ibreports.remote.flexweb.xmlsplit import EntityRefused, Expect, split_xml
 from ibreports.statements import parse, statement_key
 from tests.fixtures import flexdocs
+from tests.fixtures.treesplit import tree_split
 from tests.flexsource import flex_remote, produce
 
 ADVISOR = ["F1234567", "U1111111", "U2222222", "U3333333"]
@@ -161,26 +162,8 @@ TRICKY = (
 
 
 def _as_before(source, query: str) -> dict[str, bytes]:
-    """What the ElementTree splitter this module replaced wrote (kept here to prove the bytes did not change)."""
-    out: dict[str, bytes] = {}
-    envelope, parents = None, []
-    for event, elem in ET.iterparse(source, events=("start", "end")):
-        if event == "start":
-            envelope = dict(elem.attrib) if envelope is None else envelope
-            parents.append(elem)
-            continue
-        parents.pop()
-        if elem.tag != "FlexStatement":
-            continue
-        elem.attrib.pop("whenGenerated", None)
-        root = ET.Element("FlexQueryResponse", envelope)
-        holder = ET.SubElement(root, "FlexStatements", {"count": "1"})
-        holder.text, holder.tail, root.text = "\n", "\n", "\n"
-        holder.append(elem)
-        elem.tail = "\n"
-        name = f"{elem.get('accountId')}.{query}.20261102.20261102.xml"
-        out[name] = (b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n")
-    return out
+    """What the ElementTree splitter this module replaced wrote (kept to prove the bytes did not change)."""
+    return {f"{account}.{query}.20261102.20261102.xml": data for account, data in tree_split(source)}
 
 
 @pytest.mark.parametrize("body", [TRICKY, flexdocs.flex_xml("DailyActivity", ADVISOR, DAY, DAY, "Custom")])
