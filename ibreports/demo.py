@@ -281,5 +281,5 @@ For real use:
   5. ibreports trust-host --source ibkr-sftp # check the fingerprint with IBKR, then pin it
   6. ibreports doctor                       # every step checked, with the fix for each failure
   7. ibreports fetch                        # then: ibreports status
-  8. make deploy                           # the daily run and the automations that watch it (docs/prefect.md)
+  8. make deploy                            # the daily run and the automations that watch it (docs/prefect.md)
   9. [alerts] urls = ["..."] in ibreports.toml # a message on a failed run, files at risk, a server down (docs/alerts.md)"""
