@@ -103,6 +103,8 @@ def coverage_workload(b: Bench, runs: int, log) -> dict:
         log(f"coverage run {i + 1}/{runs}: ibreports verify --json")
         out = timed(b, config, "verify", "--json")
         assert out["rc"] == 0, (out["rc"], out["stdout"][-500:])  # verify's JSON may change: its exit code may not
+        checked = json.loads(out["stdout"])
+        assert checked["ok"] == checked["checked"] >= statements, (checked["ok"], checked["checked"])  # each one read
         res["verify"].append(out["wall_s"])
         res["verify_own"].append(out["ibreports_s"])
         res.setdefault("verify_cpu", []).append(round(out["cpu_s"], 3))
@@ -121,9 +123,10 @@ def summarize(r: dict, med, targets: list) -> None:
                     "value": own, "limit": 5.0, "pass": own <= 5.0})
     calls = r["coverage_calls"]
     per_object = sum(v for k, v in calls.items() if not k.endswith(".inventory"))
-    targets.append({"target": "coverage: one listing each of statements/, conflicts/, runs/; no request per object",
-                    "value": per_object, "limit": 0,
-                    "pass": per_object == 0 and calls.get("LocalArchive.inventory") == 3})
+    # One listing of the whole archive; the only reads are of the newest run record (populate writes one).
+    targets.append({"target": "coverage: one archive listing; reads only the newest run record, none per statement",
+                    "value": per_object, "limit": 1,
+                    "pass": per_object <= 1 and calls.get("LocalArchive.inventory") == 1})
 
 
 def lines(r: dict) -> list[str]:
